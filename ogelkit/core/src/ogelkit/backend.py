@@ -1,0 +1,153 @@
+"""The ``Backend`` and ``FrontDoor`` contracts.
+
+A **backend** is one configured upstream server of a database kind (``[backends.<id>]``):
+it owns the upstream pools, provisions tenant databases, and offers *capabilities* the
+layers use (cost estimates, session settings, cancel, storage figures, sleep/wake).
+
+A **front door** is the server side of a wire protocol (Postgres v3, RESP, OP_MSG, HTTP).
+One front door runs per protocol and serves every backend that speaks it: a Postgres and a
+Neon backend share port 5432, and the tenant database a client names picks the backend.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from ogelkit.layer import NoOptions
+
+if TYPE_CHECKING:
+    from ogelkit.context import GatewayContext
+    from ogelkit.control.records import DatabaseRecord, TenantRecord
+    from ogelkit.model import Operation, Reject, Session
+    from ogelkit.tiers import Tier
+
+
+class Capability:
+    """Names of optional backend methods; ``Backend.capabilities`` lists those implemented."""
+
+    ESTIMATE_COST = "estimate_cost"
+    SESSION_SETTINGS = "session_settings"
+    STORAGE_BYTES = "storage_bytes"
+    SLEEP = "sleep"
+    WAKE = "wake"
+
+
+class Backend:
+    """Base class for database backends."""
+
+    type_name: ClassVar[str] = ""  # the TOML ``type`` and the database *kind*
+    Config: ClassVar[type] = NoOptions
+    protocol: ClassVar[str] = ""  # front door protocol, e.g. "postgres" for postgres and neon
+    frontdoor: ClassVar[type[FrontDoor] | None] = None
+    capabilities: ClassVar[frozenset[str]] = frozenset()
+
+    _OPTIONAL: ClassVar[tuple[str, ...]] = (
+        Capability.ESTIMATE_COST, Capability.SESSION_SETTINGS, Capability.STORAGE_BYTES,
+        Capability.SLEEP, Capability.WAKE,
+    )
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.capabilities = frozenset(
+            c for c in Backend._OPTIONAL if getattr(cls, c) is not getattr(Backend, c)
+        )
+
+    def __init__(self, config: Any, *, name: str, context: GatewayContext):
+        """Take the validated config. No I/O here: that belongs in ``open``."""
+        self.config = config
+        self.name = name
+        self.context = context
+
+    @property
+    def kind(self) -> str:
+        return self.type_name
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    async def open(self) -> None:
+        """Prepare to serve (admin connections, pools are opened lazily)."""
+
+    async def close(self) -> None:
+        """Close every upstream connection."""
+
+    async def check(self) -> None:
+        """Readiness probe: return if the upstream answers, raise otherwise (``/readyz``)."""
+
+    # -- provisioning ------------------------------------------------------------------------
+    async def provision(self, tenant: TenantRecord, name: str, tier: Tier) -> dict[str, Any]:
+        """Create tenant database ``name`` upstream; return the upstream connection details.
+
+        Must be idempotent: rerunning after a failure half-way completes the job. The
+        returned mapping is stored encrypted in the control plane and handed back to the
+        backend as ``DatabaseRecord.upstream``.
+        """
+        raise NotImplementedError(f"backend type {self.type_name!r} cannot provision databases")
+
+    async def deprovision(self, tenant: TenantRecord, db: DatabaseRecord) -> None:
+        """Drop the tenant database upstream (idempotent)."""
+        raise NotImplementedError(f"backend type {self.type_name!r} cannot delete databases")
+
+    def connection_string(self, tenant: TenantRecord, db: DatabaseRecord, password: str | None,
+                          host: str, port: int) -> str:
+        """A connection string for the tenant's ordinary driver, pointing at the gateway."""
+        raise NotImplementedError
+
+    async def on_tier_change(self, tenant: TenantRecord, db: DatabaseRecord, tier: Tier) -> None:
+        """Adjust upstream defence-in-depth limits (e.g. a role's connection limit)."""
+
+    # -- capabilities (optional) -------------------------------------------------------------
+    def cost_key(self, op: Operation) -> Hashable | None:
+        """A normalised form of the operation for caching its cost; None = never costed."""
+        return None
+
+    async def estimate_cost(self, op: Operation) -> float | None:
+        """Estimated cost of ``op`` in the backend's units (Postgres planner units)."""
+        return None
+
+    def session_settings(self, session: Session) -> dict[str, str]:
+        """Upstream settings for this session's tier, applied at every checkout."""
+        return {}
+
+    async def storage_bytes(self, db: DatabaseRecord) -> int | None:
+        """Bytes the tenant database occupies upstream."""
+        return None
+
+    async def sleep(self, db: DatabaseRecord) -> None:
+        """Release upstream resources of an idle database (lifecycle: asleep)."""
+
+    async def wake(self, db: DatabaseRecord) -> None:
+        """Get an asleep database ready again (lifecycle: waking)."""
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r}>"
+
+
+class FrontDoor:
+    """Base class for protocol servers. One instance per protocol per gateway."""
+
+    protocol: ClassVar[str] = ""
+    default_port: ClassVar[int] = 0
+
+    def __init__(self, context: GatewayContext, *, host: str, port: int,
+                 backends: list[Backend]):
+        self.context = context
+        self.host = host
+        self.port = port
+        self.backends = backends
+
+    async def start(self) -> list[tuple[str, int]]:
+        """Bind and start accepting; return the bound addresses. Raise ``OSError`` on failure."""
+        raise NotImplementedError
+
+    async def stop_accepting(self) -> None:
+        """Stop accepting new clients (first step of a drain)."""
+
+    async def drain(self) -> None:
+        """Close clients as they become idle; return when none is left."""
+
+    async def close(self, reason: Reject) -> None:
+        """Close every remaining client now, telling it ``reason``."""
+
+    def stats(self) -> dict[str, Any]:
+        """Counts for the admin API and readiness (clients, pools ...)."""
+        return {}

@@ -1,0 +1,119 @@
+"""The O7s layer chain, compiled once at startup into flat tuples of bound methods.
+
+No pluggy call and no per-layer ``isinstance``/``hasattr`` happens per request: each phase
+iterates only the layers that implement it. ``admit`` stays synchronous until a layer needs
+to wait, so the common path creates no coroutine and no task.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Sequence
+from typing import TYPE_CHECKING
+
+from ogelkit.model import Reject
+
+if TYPE_CHECKING:
+    from ogelkit.layer import Layer
+    from ogelkit.model import Operation, Session
+
+log = logging.getLogger("ogelkit.chain")
+
+
+class Chain:
+    __slots__ = (
+        "_auth", "_complete", "_connect", "_disconnect", "_operation", "_tier_change", "layers",
+    )
+
+    def __init__(self, layers: Sequence[Layer]):
+        self.layers = tuple(layers)
+
+        def bound(phase: str):
+            return tuple(
+                (layer.name, getattr(layer, phase)) for layer in self.layers
+                if phase in layer.phases
+            )
+
+        self._auth = bound("on_auth")
+        self._connect = bound("on_connect")
+        self._operation = tuple(fn for _, fn in bound("on_operation"))
+        self._complete = tuple(fn for _, fn in bound("on_complete"))
+        self._disconnect = bound("on_disconnect")
+        self._tier_change = bound("on_tier_change")
+
+    # -- connection phases -------------------------------------------------------------------
+    def auth(self, session: Session) -> None:
+        """Pre-authentication checks. Raises ``Reject`` (and records it on the session)."""
+        for name, fn in self._auth:
+            try:
+                fn(session)
+            except Reject as rej:
+                rej.layer = rej.layer or name
+                session.rejection = rej
+                raise
+
+    async def connect(self, session: Session) -> None:
+        """Connection admission. Raises ``Reject`` (and records it on the session)."""
+        for name, fn in self._connect:
+            try:
+                await fn(session)
+            except Reject as rej:
+                rej.layer = rej.layer or name
+                session.rejection = rej
+                raise
+
+    def disconnect(self, session: Session) -> None:
+        """Log phase of a connection: every layer, whatever happened before."""
+        for name, fn in self._disconnect:
+            try:
+                fn(session)
+            except Exception:  # a broken observer must not break the others
+                log.exception("layer %s failed in on_disconnect", name)
+
+    def tier_changed(self, session: Session) -> None:
+        for name, fn in self._tier_change:
+            try:
+                fn(session)
+            except Exception:
+                log.exception("layer %s failed in on_tier_change", name)
+
+    # -- operation phases --------------------------------------------------------------------
+    def admit(self, op: Operation) -> Awaitable[None] | None:
+        """Run the access phase. ``None``: admitted now. Awaitable: await it, then admitted.
+
+        A refusal raises ``Reject`` (synchronously, or from the awaitable) with
+        ``op.rejection`` set; the caller answers the client and still calls ``complete``.
+        """
+        hooks = self._operation
+        for i in range(len(hooks)):
+            try:
+                pending = hooks[i](op)
+            except Reject as rej:
+                op.rejection = rej
+                raise
+            if pending is not None:
+                return self._admit_rest(op, pending, i + 1)
+        return None
+
+    async def _admit_rest(self, op: Operation, pending: Awaitable[None], start: int) -> None:
+        hooks = self._operation
+        try:
+            await pending
+            for i in range(start, len(hooks)):
+                more = hooks[i](op)
+                if more is not None:
+                    await more
+        except Reject as rej:
+            op.rejection = rej
+            raise
+
+    def complete(self, op: Operation) -> None:
+        """Log phase of an operation: every layer, rejected operations included."""
+        for fn in self._complete:
+            try:
+                fn(op)
+            except Exception:
+                log.exception("layer failed in on_complete for %r", op)
+
+    def __len__(self) -> int:
+        return len(self.layers)

@@ -1,0 +1,39 @@
+"""The ``ogelkit`` command line."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from ogelkit import __version__
+from ogelkit.cli.common import CONFIG_ENV, CliState
+from ogelkit.cli.databases import databases
+from ogelkit.cli.gateway import check, plugins_cmd, run, secret_key
+from ogelkit.cli.tenants import credentials, tenants
+from ogelkit.cli.usage import usage
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("-c", "--config", "config_path", envvar=CONFIG_ENV, type=click.Path(dir_okay=False),
+              help=f"Gateway config file (env {CONFIG_ENV}).")
+@click.version_option(__version__, prog_name="ogelkit")
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None) -> None:
+    """ogelkit: run and operate the O7s multi-tenant database gateway."""
+    ctx.obj = CliState(config_path)
+
+
+for command in (run, check, plugins_cmd, secret_key, tenants, credentials, databases, usage):
+    cli.add_command(command)
+
+
+def main(argv: list[str] | None = None) -> None:
+    # Plugins may add commands; load them lazily so `--help` of a broken install still works.
+    state = CliState()
+    try:
+        state.plugins.hook.ogelkit_add_commands(cli=cli)
+    except Exception as exc:  # a plugin's command must not make the CLI unusable
+        click.echo(f"warning: a plugin failed to add commands: {exc!r}", err=True)
+    cli.main(args=argv if argv is not None else sys.argv[1:], prog_name="ogelkit",
+             obj=state)

@@ -1,0 +1,143 @@
+"""``ogelkit databases create|list|delete``: provisioning is delegated to the backend."""
+
+from __future__ import annotations
+
+import click
+
+from ogelkit.cli.common import (
+    CliState,
+    echo_json,
+    echo_table,
+    opened_store,
+    run_async,
+    tool_context,
+)
+from ogelkit.cli.tenants import new_password
+from ogelkit.control.records import DatabaseRecord
+from ogelkit.control.store import NotFound
+from ogelkit.scram import make_verifier
+
+_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789_-")
+
+
+@click.group()
+def databases() -> None:
+    """Provision and remove tenant databases."""
+
+
+def _pick_backend(config, kind: str, backend_id: str | None) -> str:
+    if backend_id is not None:
+        spec = config.backends.get(backend_id)
+        if spec is None:
+            raise click.BadParameter(f'no backend "{backend_id}" (defined: '
+                                     f'{", ".join(config.backends) or "none"})', param_hint="--backend")
+        if spec.type != kind:
+            raise click.BadParameter(f'backend "{backend_id}" is of type {spec.type}, not {kind}',
+                                     param_hint="--backend")
+        return backend_id
+    matches = [s.id for s in config.backends.values() if s.type == kind]
+    if not matches:
+        kinds = sorted({s.type for s in config.backends.values()})
+        raise click.BadParameter(f'no backend of kind "{kind}" in the config (kinds: '
+                                 f'{", ".join(kinds) or "none"})', param_hint="--kind")
+    if len(matches) > 1:
+        raise click.BadParameter(f'several {kind} backends ({", ".join(matches)}): pick one with '
+                                 "--backend", param_hint="--kind")
+    return matches[0]
+
+
+@databases.command("create")
+@click.argument("tenant")
+@click.argument("name")
+@click.option("--kind", required=True, help="postgres, neon, redis, mongodb, convex ...")
+@click.option("--backend", "backend_id", help="Backend id when several have this kind.")
+@click.pass_obj
+def create(state: CliState, tenant: str, name: str, kind: str, backend_id: str | None) -> None:
+    """Provision database NAME of TENANT and print a connection string to the gateway."""
+    if not name or not set(name) <= _NAME_CHARS or not name[0].isalpha() or len(name) > 40:
+        raise click.BadParameter("lower-case letters, digits, '_' and '-', starting with a "
+                                 "letter, at most 40 characters", param_hint="NAME")
+    config = state.config()
+    bid = _pick_backend(config, kind, backend_id)
+
+    async def go():
+        async with tool_context(config, state.plugins, [bid]) as ctx:
+            try:
+                record = await ctx.store.require_tenant(tenant)
+            except NotFound as exc:
+                raise click.ClickException(str(exc)) from exc
+            backend = ctx.backends[bid]
+            # Idempotent: rerunning after a failure half-way finishes the job.
+            upstream = await backend.provision(record, name, ctx.directory.tier(record.tier))
+            db = await ctx.store.put_database(DatabaseRecord(tenant, name, backend.kind, bid, upstream))
+            password = None
+            if await ctx.store.get_verifier(tenant) is None:
+                password = new_password()
+                await ctx.store.set_verifier(tenant, str(make_verifier(password)))
+            port = getattr(config.listen, backend.protocol, None) or (
+                backend.frontdoor.default_port if backend.frontdoor else 0)
+            dsn = backend.connection_string(record, db, password, config.gateway.public_host, port)
+            return record, db, password, dsn
+
+    record, db, password, dsn = run_async(go)
+    state.plugins.hook.ogelkit_database_created(tenant=record, database=db)
+    click.echo(f"created {kind} database {name} for {tenant} on backend {bid}")
+    click.echo(f"connection string: {dsn}")
+    if password:
+        click.echo(f"password: {password}")
+        click.echo("The password is shown only now; `ogelkit credentials rotate` makes a new one.")
+    else:
+        click.echo("Use the tenant's existing password (`ogelkit credentials rotate` if lost).")
+
+
+@databases.command("list")
+@click.argument("tenant", required=False)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+def list_(state: CliState, tenant: str | None, as_json: bool) -> None:
+    """List databases (of one TENANT, or all)."""
+    config = state.config()
+
+    async def go():
+        async with opened_store(config) as store:
+            return await store.list_databases(tenant)
+
+    dbs = run_async(go)
+    if as_json:
+        echo_json([{"tenant": d.tenant, "name": d.name, "kind": d.kind, "backend": d.backend,
+                    "state": d.state, "created_at": d.created_at} for d in dbs])
+    else:
+        echo_table([[d.tenant, d.name, d.kind, d.backend, d.state] for d in dbs],
+                   ["TENANT", "NAME", "KIND", "BACKEND", "STATE"])
+
+
+@databases.command("delete")
+@click.argument("tenant")
+@click.argument("name")
+@click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.pass_obj
+def delete(state: CliState, tenant: str, name: str, yes: bool) -> None:
+    """Drop database NAME of TENANT upstream (terminating its sessions) and forget it."""
+    config = state.config()
+
+    async def go_find():
+        async with opened_store(config) as store:
+            return await store.get_database(tenant, name)
+
+    db = run_async(go_find)
+    if db is None:
+        raise click.ClickException(f'tenant "{tenant}" has no database "{name}"')
+    if db.backend not in config.backends:
+        raise click.ClickException(f"database {name} lives on backend {db.backend}, which this "
+                                   "config does not define")
+    if not yes:
+        click.confirm(f"Drop {db.kind} database {name} of {tenant}? Its data is lost.", abort=True)
+
+    async def go():
+        async with tool_context(config, state.plugins, [db.backend]) as ctx:
+            record = await ctx.store.require_tenant(tenant)
+            await ctx.backends[db.backend].deprovision(record, db)
+            await ctx.store.delete_database(tenant, name)
+
+    run_async(go)
+    click.echo(f"deleted database {name} of {tenant}")

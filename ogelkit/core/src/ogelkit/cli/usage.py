@@ -1,0 +1,62 @@
+"""``ogelkit usage show``: per-database totals and an invoice preview."""
+
+from __future__ import annotations
+
+import attrs
+import click
+
+from ogelkit.billing import invoice, month_range
+from ogelkit.cli.common import CliState, echo_json, echo_table, opened_store, run_async
+from ogelkit.control.store import NotFound
+
+
+@click.group()
+def usage() -> None:
+    """Read metered usage."""
+
+
+@usage.command("show")
+@click.argument("tenant")
+@click.option("--month", help="YYYY-MM (default: the current month, UTC).")
+@click.option("--database", help="Only this database.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+def show(state: CliState, tenant: str, month: str | None, database: str | None,
+         as_json: bool) -> None:
+    """Usage of TENANT per database, with an invoice preview from the price book."""
+    config = state.config()
+    try:
+        start, end, label = month_range(month)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--month") from exc
+
+    async def go():
+        async with opened_store(config) as store:
+            try:
+                record = await store.require_tenant(tenant)
+            except NotFound as exc:
+                raise click.ClickException(str(exc)) from exc
+            return record, await store.usage_totals(tenant, start, end, database)
+
+    record, totals = run_async(go)
+    tier = config.tiers.get(record.tier) or next(iter(config.tiers.values()))
+    inv = invoice(tier, label, totals)
+    if as_json:
+        echo_json({"tenant": tenant, "month": label, "tier": record.tier,
+                   "databases": [{"database": t.database, **t.values} for t in totals],
+                   "invoice": attrs.asdict(inv)})
+        return
+    click.echo(f"usage of {tenant} in {label} (tier {record.tier})")
+    echo_table([[t.database, int(t["operations"]), int(t["rejected"]), f"{t['duration']:.3f}",
+                 int(t["bytes_in"]), int(t["bytes_out"]), int(t["rows"]),
+                 f"{t['connection_seconds']:.1f}", f"{t['vcpu_seconds']:.4f}",
+                 f"{t['gb_seconds']:.4f}", int(t["storage_bytes"])] for t in totals],
+               ["DATABASE", "OPS", "REJECTED", "TIME_S", "BYTES_IN", "BYTES_OUT", "ROWS",
+                "CONN_S", "VCPU_S", "GB_S", "STORAGE_B"])
+    click.echo(f"\ninvoice preview ({inv.tier}):")
+    click.echo(f"  base                {inv.base:10.2f}")
+    click.echo(f"  vCPU-hours {inv.vcpu_hours:9.4f} (included {inv.included_vcpu_hours:g})"
+               f"  overage {inv.vcpu_overage:10.2f}")
+    click.echo(f"  GB-hours   {inv.gb_hours:9.4f} (included {inv.included_gb_hours:g})"
+               f"  overage {inv.gb_overage:10.2f}")
+    click.echo(f"  total               {inv.total:10.2f}")

@@ -1,0 +1,128 @@
+"""The core config schema: every top-level table of ``config.toml`` except plugin options.
+
+Plugin tables (``[backends.<id>]`` minus ``type``, each ``[[layers]]`` entry minus
+``type``/``name``) are validated against the plugin's own ``Config`` class.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import attrs
+
+from ogelkit.config.schema import Duration, Size, option
+
+_UNSET: Any = None
+
+
+@attrs.define(kw_only=True)
+class ListenConfig:
+    host: str = option("::", doc='Address every listener binds; "::" binds IPv4 and IPv6.')
+    http: int = option(8080, doc="Ops/admin HTTP port (health, metrics, admin API, Convex). "
+                                 "The PORT environment variable wins when set (Railway).")
+    postgres: int | None = option(None, doc="Postgres protocol port (postgres and neon "
+                                            "backends). Default 5432 when such a backend exists.")
+    redis: int | None = option(None, doc="Redis protocol port. Default 6379 when a redis "
+                                         "backend exists.")
+    mongodb: int | None = option(None, doc="MongoDB protocol port. Default 27017 when a "
+                                           "mongodb backend exists.")
+    tls_cert: str | None = option(None, doc="PEM certificate for TLS on the database "
+                                            "protocols (Postgres SSLRequest). No TLS when unset.")
+    tls_key: str | None = option(None, doc="PEM private key matching tls_cert.")
+
+
+@attrs.define(kw_only=True)
+class GatewayConfig:
+    drain_timeout: Duration = option(30.0, doc="How long SIGTERM/SIGINT waits for in-flight "
+                                               "work before closing clients.")
+    startup_timeout: Duration = option(30.0, doc="Deadline for opening the store and backends.")
+    public_host: str = option("localhost", doc="Host name printed in the connection strings "
+                                               "that `databases create` hands out.")
+    admin_token: str = option("", doc="Bearer token for /admin/* on the HTTP port. Admin API "
+                                      "disabled when empty.")
+    log_level: Literal["debug", "info", "warning", "error"] = option("info", doc="Log level.")
+
+
+@attrs.define(kw_only=True)
+class ControlConfig:
+    url: str = option(doc='Control plane store: "sqlite:///path/to/file.db" (one gateway) or '
+                          '"postgresql://..." (several replicas).')
+    secret_key: str = option(doc="Fernet key (32 url-safe base64 bytes) that encrypts upstream "
+                                 "credentials at rest. Take it from the environment.")
+    cache_ttl: Duration = option(2.0, doc="How long the gateway caches a tenant's record; "
+                                          "tier changes reach live sessions within this time.")
+
+
+@attrs.define(kw_only=True)
+class StateConfig:
+    url: str = option(doc='Shared state for several replicas: "redis://host:port/db".')
+
+
+@attrs.define(kw_only=True)
+class PluginsConfig:
+    disable: list[str] = option(factory=list, doc="Plugin (entry point) names not to load.")
+
+
+@attrs.define(kw_only=True)
+class PriceConfig:
+    base: float | None = option(_UNSET, doc="Monthly base price.")
+    included_vcpu_hours: float | None = option(_UNSET, doc="vCPU-hours included per month.")
+    included_gb_hours: float | None = option(_UNSET, doc="GB-hours included per month.")
+    vcpu_hour: float | None = option(_UNSET, doc="Price per vCPU-hour beyond the included ones.")
+    gb_hour: float | None = option(_UNSET, doc="Price per GB-hour beyond the included ones.")
+
+
+# Tier options: every field is optional so ``[tiers.free]`` overrides only what it names.
+# A value of "unlimited" sets the limit to none; an absent key keeps the base tier's value.
+_MISSING = "__missing__"
+
+
+@attrs.define(kw_only=True)
+class TierConfig:
+    base: str | None = option(None, doc="Tier to copy unspecified limits from (new tiers "
+                                        "default to free).")
+    rank: int | None = option(_UNSET, doc="Ordering for upgrade hints; bigger is higher.")
+    connections: int | None = option(_MISSING, doc="Concurrent client connections per tenant.")
+    ops_per_second: float | None = option(_MISSING, doc="Sustained operations per second.")
+    burst: int | None = option(_MISSING, doc="Operations allowed at once above the rate.")
+    statement_timeout: Duration | None = option(_MISSING, doc="Deadline per operation.")
+    idle_in_transaction_timeout: Duration | None = option(_MISSING, doc="Postgres idle in "
+                                                                        "transaction timeout.")
+    work_mem: Size | None = option(_MISSING, doc="Postgres work_mem per operation.")
+    parallel_workers: int | None = option(_MISSING, doc="Postgres "
+                                                        "max_parallel_workers_per_gather.")
+    cost_ceiling: float | None = option(_MISSING, doc="Highest estimated cost admitted.")
+    idle_before_sleep: Duration | None = option(_MISSING, doc="Idle time before a database "
+                                                              "is put to sleep.")
+    storage: Size | None = option(_MISSING, doc="Storage quota per tenant.")
+    memory: Size | None = option(_MISSING, doc="In-memory data quota (Redis).")
+    max_keys: int | None = option(_MISSING, doc="Key-count quota (Redis).")
+    connection_queue: Duration | None = option(_MISSING, doc="How long a client may wait for "
+                                                             "a connection slot at the cap.")
+    price: PriceConfig | None = option(None, doc="Price book entry for the invoice preview.")
+
+
+@attrs.define(kw_only=True)
+class DatabaseSeed:
+    backend: str = option(doc="Backend id ([backends.<id>]) that hosts this database.")
+
+
+@attrs.define(kw_only=True)
+class TenantSeed:
+    tier: str = option("free", doc="Tier of the tenant.")
+    password: str | None = option(None, doc="Password to set when the tenant has none yet "
+                                            "(demo setups; production uses `credentials "
+                                            "rotate`).")
+    databases: dict[str, DatabaseSeed] = option(factory=dict, doc="Databases to provision at "
+                                                                  "startup when missing.")
+
+
+#: Top-level keys and the model of each; backends/layers/tiers/tenants are handled specially.
+TOP_LEVEL = {
+    "listen": ListenConfig,
+    "gateway": GatewayConfig,
+    "control": ControlConfig,
+    "state": StateConfig,
+    "plugins": PluginsConfig,
+}
+SPECIAL = ("backends", "layers", "tiers", "tenants")

@@ -1,0 +1,96 @@
+"""Control plane records: what the store keeps about tenants, databases and usage."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any
+
+import attrs
+
+TENANT_STATUSES = ("active", "suspended")
+DATABASE_STATES = ("active", "idle", "asleep", "waking")
+
+
+@attrs.frozen
+class TenantRecord:
+    slug: str
+    tier: str
+    status: str = "active"
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+    @property
+    def suspended(self) -> bool:
+        return self.status == "suspended"
+
+
+@attrs.frozen
+class DatabaseRecord:
+    tenant: str
+    name: str  # the tenant's own name for it ("main")
+    kind: str  # backend type: postgres, redis, mongodb ...
+    backend: str  # backend id in the config
+    upstream: dict[str, Any] = attrs.field(factory=dict, repr=False)  # decrypted details
+    state: str = "active"
+    created_at: float = 0.0
+
+
+#: Numeric fields a usage event can carry; rollups sum every one of them.
+USAGE_FIELDS = (
+    "operations",  # admitted operations
+    "rejected",  # operations or connections refused by a layer
+    "errors",  # operations the upstream answered with an error
+    "duration",  # seconds spent in admitted operations
+    "bytes_in",
+    "bytes_out",
+    "rows",  # rows / documents returned
+    "written",  # rows / documents written
+    "connections",  # connections opened
+    "connection_seconds",
+    "vcpu_seconds",  # estimated, see the usage layer's docs for the formula
+    "gb_seconds",  # estimated memory GB-seconds
+    "storage_bytes",  # snapshot: summed as a *maximum* in rollups
+)
+
+
+@attrs.define
+class UsageEvent:
+    """A metered amount for one tenant database over a short window.
+
+    ``id`` is set when the event is created and never changes, so a batch delivered twice
+    (retry after a timeout, replay after a crash) is stored once.
+    """
+
+    tenant: str
+    database: str
+    kind: str = "operation"  # operation | connection | storage
+    ts: float = attrs.field(factory=time.time)
+    id: str = attrs.field(factory=lambda: uuid.uuid4().hex)
+    gateway: str = ""
+    operations: int = 0
+    rejected: int = 0
+    errors: int = 0
+    duration: float = 0.0
+    bytes_in: int = 0
+    bytes_out: int = 0
+    rows: int = 0
+    written: int = 0
+    connections: int = 0
+    connection_seconds: float = 0.0
+    vcpu_seconds: float = 0.0
+    gb_seconds: float = 0.0
+    storage_bytes: int = 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return attrs.asdict(self)
+
+
+@attrs.frozen
+class UsageTotals:
+    tenant: str
+    database: str
+    values: dict[str, float]
+
+    def __getitem__(self, key: str) -> float:
+        return self.values[key]

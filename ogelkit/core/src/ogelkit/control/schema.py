@@ -1,0 +1,75 @@
+"""Control plane schema and its versioned migrations, one text for SQLite and PostgreSQL.
+
+Each migration is a list of statements with ``{real}`` / ``{int}`` placeholders filled in per
+dialect. Migrations only ever append: a released version is never edited.
+"""
+
+from __future__ import annotations
+
+from ogelkit.control.records import USAGE_FIELDS
+
+_USAGE_COLUMNS = ",\n    ".join(
+    f"{name} {{real}} NOT NULL DEFAULT 0"
+    if name in ("duration", "connection_seconds", "vcpu_seconds", "gb_seconds")
+    else f"{name} {{int}} NOT NULL DEFAULT 0"
+    for name in USAGE_FIELDS
+)
+
+MIGRATIONS: list[tuple[int, str, list[str]]] = [
+    (1, "tenants, credentials, databases, usage", [
+        """CREATE TABLE tenants (
+    slug TEXT PRIMARY KEY,
+    tier TEXT NOT NULL,
+    status TEXT NOT NULL DEFAULT 'active',
+    created_at {real} NOT NULL,
+    updated_at {real} NOT NULL
+)""",
+        "CREATE INDEX tenants_updated_at ON tenants (updated_at)",
+        # Salted SCRAM-SHA-256 verifiers only: the password itself is never stored.
+        """CREATE TABLE credentials (
+    tenant TEXT PRIMARY KEY REFERENCES tenants (slug) ON DELETE CASCADE,
+    verifier TEXT NOT NULL,
+    updated_at {real} NOT NULL
+)""",
+        # upstream: Fernet token of the JSON connection details (encrypted at rest).
+        """CREATE TABLE databases (
+    tenant TEXT NOT NULL REFERENCES tenants (slug) ON DELETE CASCADE,
+    name TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    backend TEXT NOT NULL,
+    upstream TEXT NOT NULL,
+    state TEXT NOT NULL DEFAULT 'active',
+    created_at {real} NOT NULL,
+    PRIMARY KEY (tenant, name)
+)""",
+        # Usage survives tenant deletion: it is billing history.
+        f"""CREATE TABLE usage_events (
+    id TEXT PRIMARY KEY,
+    ts {{real}} NOT NULL,
+    tenant TEXT NOT NULL,
+    dbname TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    gateway TEXT NOT NULL DEFAULT '',
+    {_USAGE_COLUMNS}
+)""",
+        "CREATE INDEX usage_events_tenant_ts ON usage_events (tenant, ts)",
+        f"""CREATE TABLE usage_rollups (
+    tenant TEXT NOT NULL,
+    dbname TEXT NOT NULL,
+    hour {{real}} NOT NULL,
+    {_USAGE_COLUMNS},
+    PRIMARY KEY (tenant, dbname, hour)
+)""",
+    ]),
+]
+
+LATEST = MIGRATIONS[-1][0]
+
+DIALECTS = {
+    "sqlite": {"real": "REAL", "int": "INTEGER", "greatest": "MAX"},
+    "postgres": {"real": "DOUBLE PRECISION", "int": "BIGINT", "greatest": "GREATEST"},
+}
+
+
+def render(statement: str, dialect: str) -> str:
+    return statement.format(**DIALECTS[dialect])

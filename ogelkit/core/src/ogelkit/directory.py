@@ -1,0 +1,182 @@
+"""The gateway's cached view of the control plane: who a tenant is, its tier, credentials
+and databases, and the live sessions that must hear about changes.
+
+Front doors call ``lookup`` once per connection (not per operation). A poller picks up
+tenant changes made by the CLI, the admin API or another replica within ``cache_ttl``,
+updates the tier of live sessions, and closes sessions of suspended or deleted tenants.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import logging
+import os
+import time
+from typing import TYPE_CHECKING
+
+import anyio
+import attrs
+
+from ogelkit.control.records import DatabaseRecord, TenantRecord
+from ogelkit.model import Reason, Reject, Session
+from ogelkit.scram import Verifier, mock_verifier, parse_verifier, verify_password
+
+if TYPE_CHECKING:
+    from ogelkit.chain import Chain
+    from ogelkit.control.store import Store
+    from ogelkit.tiers import Tier, TierTable
+
+log = logging.getLogger("ogelkit.directory")
+
+
+@attrs.define
+class TenantEntry:
+    tenant: TenantRecord
+    tier: Tier
+    verifier: Verifier | None
+    databases: dict[str, DatabaseRecord]
+    fetched_at: float
+
+
+class SessionRegistry:
+    """Live sessions by tenant: for tier changes, suspension, drain and the admin API."""
+
+    def __init__(self) -> None:
+        self._by_tenant: dict[str, set[Session]] = {}
+
+    def add(self, session: Session) -> None:
+        if session.tenant is not None:
+            self._by_tenant.setdefault(session.tenant.slug, set()).add(session)
+
+    def discard(self, session: Session) -> None:
+        if session.tenant is not None:
+            group = self._by_tenant.get(session.tenant.slug)
+            if group is not None:
+                group.discard(session)
+                if not group:
+                    del self._by_tenant[session.tenant.slug]
+
+    def of(self, slug: str) -> list[Session]:
+        return list(self._by_tenant.get(slug, ()))
+
+    def count(self, slug: str | None = None) -> int:
+        if slug is not None:
+            return len(self._by_tenant.get(slug, ()))
+        return sum(len(s) for s in self._by_tenant.values())
+
+    def tenants(self) -> list[str]:
+        return list(self._by_tenant)
+
+
+class Directory:
+    def __init__(self, store: Store, tiers: TierTable, *, ttl: float = 2.0,
+                 sessions: SessionRegistry | None = None):
+        self.store = store
+        self.tiers = tiers
+        self.ttl = ttl
+        self.sessions = sessions or SessionRegistry()
+        self.chain: Chain | None = None
+        self._cache: dict[str, TenantEntry | None] = {}
+        self._mock_secret = os.urandom(32)
+        self._password_ok: dict[tuple[str, bytes], float] = {}
+        self._last_change = time.time()
+
+    def tier(self, name: str) -> Tier:
+        """The tier called ``name``; unknown names fall back to the lowest tier (never crash
+        on a row written by a newer config)."""
+        tier = self.tiers.get(name)
+        return tier if tier is not None else next(iter(self.tiers.values()))
+
+    async def lookup(self, slug: str) -> TenantEntry | None:
+        now = time.monotonic()
+        entry = self._cache.get(slug)
+        if entry is not None and now - entry.fetched_at < self.ttl:
+            return entry
+        try:
+            tenant = await self.store.get_tenant(slug)
+            if tenant is None:
+                self._cache.pop(slug, None)
+                return None
+            verifier_text = await self.store.get_verifier(slug)
+            dbs = await self.store.list_databases(slug)
+        except Exception:
+            if entry is not None:  # control plane down: keep serving known tenants
+                log.warning("control plane unreachable, serving %s from cache", slug)
+                return entry
+            raise
+        entry = TenantEntry(
+            tenant=tenant,
+            tier=self.tier(tenant.tier),
+            verifier=parse_verifier(verifier_text) if verifier_text else None,
+            databases={d.name: d for d in dbs},
+            fetched_at=now,
+        )
+        self._cache[slug] = entry
+        return entry
+
+    def invalidate(self, slug: str | None = None) -> None:
+        if slug is None:
+            self._cache.clear()
+        else:
+            self._cache.pop(slug, None)
+
+    def verifier_for(self, slug: str, entry: TenantEntry | None) -> Verifier:
+        """The tenant's verifier, or a stable fake one so unknown names look the same."""
+        if entry is not None and entry.verifier is not None:
+            return entry.verifier
+        return mock_verifier(slug, self._mock_secret)
+
+    async def check_password(self, entry: TenantEntry, password: str) -> bool:
+        """Plain-password check (Redis AUTH) against the verifier, PBKDF2 in a thread,
+        successful results cached per (tenant, keyed hash) so reconnect storms stay cheap."""
+        if entry.verifier is None:
+            return False
+        key = (entry.tenant.slug, hmac.digest(self._mock_secret, password.encode() +
+                                              entry.verifier.salt, hashlib.sha256))
+        if key in self._password_ok:
+            return True
+        ok = await anyio.to_thread.run_sync(verify_password, entry.verifier, password)
+        if ok:
+            if len(self._password_ok) > 10_000:
+                self._password_ok.clear()
+            self._password_ok[key] = time.monotonic()
+        return ok
+
+    # -- change propagation ----------------------------------------------------------------
+    async def poll_changes(self) -> None:
+        """Apply tenant changes made elsewhere (CLI, admin API, other replicas)."""
+        changed = await self.store.tenants_changed_since(self._last_change)
+        for tenant in changed:
+            self._last_change = max(self._last_change, tenant.updated_at)
+            self.apply(tenant)
+        # Deleted tenants do not show up as rows: check the ones with live sessions.
+        for slug in self.sessions.tenants():
+            if slug not in {t.slug for t in changed} and await self.store.get_tenant(slug) is None:
+                self.invalidate(slug)
+                for session in self.sessions.of(slug):
+                    session.close(Reject(Reason.UNKNOWN, "tenant was deleted"))
+
+    def apply(self, tenant: TenantRecord) -> None:
+        """A tenant changed: refresh live sessions now, drop the cached entry."""
+        self.invalidate(tenant.slug)
+        self._password_ok = {k: v for k, v in self._password_ok.items() if k[0] != tenant.slug}
+        tier = self.tier(tenant.tier)
+        for session in self.sessions.of(tenant.slug):
+            if tenant.suspended:
+                session.close(Reject(Reason.SUSPENDED, f'tenant "{tenant.slug}" is suspended',
+                                     hint="Contact the platform operator."))
+                continue
+            session.tenant = tenant
+            if session.tier is not tier:
+                session.tier = tier
+                if self.chain is not None:
+                    self.chain.tier_changed(session)
+
+    async def run(self) -> None:
+        while True:
+            await anyio.sleep(self.ttl)
+            try:
+                await self.poll_changes()
+            except Exception as exc:  # store hiccup: keep serving from the cache
+                log.warning("control plane poll failed: %s", exc)

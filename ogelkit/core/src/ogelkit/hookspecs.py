@@ -1,0 +1,165 @@
+"""Every hook an ogelkit plugin can implement (pluggy project name ``ogelkit``).
+
+These are *registration and lifecycle* hooks, called a handful of times per process. Nothing
+here is called per request: the request path runs the compiled layer chain (``ogelkit.chain``)
+and the front doors directly, because a pluggy call costs microseconds and pluggy has no
+async support.
+
+Implement a hook with ``@ogelkit.hookimpl`` in the module your entry point names::
+
+    [project.entry-points.ogelkit]
+    mylayer = "ogelkit_mylayer.plugin"
+
+Plugins grow by accepting *fewer* arguments than a spec offers (pluggy passes only the
+arguments an implementation names), so adding an argument to a spec is not a breaking change.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import pluggy
+
+if TYPE_CHECKING:
+    import click
+
+    from ogelkit.context import GatewayContext
+    from ogelkit.control.records import DatabaseRecord, TenantRecord
+    from ogelkit.plugins import Registrar
+
+hookspec = pluggy.HookspecMarker("ogelkit")
+
+# -- registration ------------------------------------------------------------------------------
+
+
+@hookspec
+def ogelkit_register_backends(register: Registrar) -> None:
+    """Register the backend classes (database kinds) this plugin provides.
+
+    Called once per plugin manager, right after every plugin is loaded and before any config
+    is validated, so the config loader knows every ``type`` a ``[backends.<id>]`` table may name.
+
+    :param register: call ``register.backend(cls)`` with a ``ogelkit.Backend`` subclass. It
+        checks that ``cls.type_name`` is set and not registered by another plugin (the error
+        names both distributions).
+    :return: nothing; the return value is ignored.
+
+    .. versionadded:: 0.1
+
+    Example::
+
+        @ogelkit.hookimpl
+        def ogelkit_register_backends(register):
+            register.backend(PostgresBackend)
+    """
+
+
+@hookspec
+def ogelkit_register_layers(register: Registrar) -> None:
+    """Register the layer classes this plugin provides.
+
+    Called once per plugin manager, right after ``ogelkit_register_backends``. The order of
+    layers in a gateway comes from the config's ``[[layers]]`` array, never from plugin order.
+
+    :param register: call ``register.layer(cls)`` with a ``ogelkit.Layer`` subclass; same
+        checks as for backends.
+    :return: nothing; the return value is ignored.
+
+    .. versionadded:: 0.1
+
+    Example::
+
+        @ogelkit.hookimpl
+        def ogelkit_register_layers(register):
+            register.layer(AuditLayer)
+    """
+
+
+@hookspec
+def ogelkit_add_commands(cli: click.Group) -> None:
+    """Add subcommands to the ``ogelkit`` command line.
+
+    Called once when the CLI starts, after plugins are loaded and before arguments are parsed.
+
+    :param cli: the top-level ``click.Group``; call ``cli.add_command(...)``.
+    :return: nothing; the return value is ignored.
+
+    .. versionadded:: 0.1
+    """
+
+
+# -- lifecycle ---------------------------------------------------------------------------------
+
+
+@hookspec
+def ogelkit_startup(context: GatewayContext) -> None:
+    """The gateway is up: backends and layers are open and every listener is bound.
+
+    Called once per ``ogelkit run``, from the event loop thread, just before "ready" is
+    logged. Keep it short and non-blocking; start long work as tasks of your own layer.
+
+    :param context: the running gateway's context (config, store, backends, metrics).
+    :return: nothing; the return value is ignored.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def ogelkit_shutdown(context: GatewayContext) -> None:
+    """The gateway has drained and closed its layers and backends; the store is still open.
+
+    Called once per ``ogelkit run`` during graceful shutdown (SIGTERM/SIGINT), after usage
+    records were flushed. Exceptions are logged and do not stop the shutdown.
+
+    :param context: the gateway's context.
+    :return: nothing; the return value is ignored.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def ogelkit_usage_flushed(context: GatewayContext, events: list[dict[str, Any]]) -> None:
+    """A batch of usage events was stored durably in the control plane.
+
+    Called by the usage layer after each successful batch write (every few seconds, never per
+    operation), in the event loop thread. Use it to export usage elsewhere (a billing system,
+    a message queue); do not block: hand the list to a task of your own.
+
+    :param context: the gateway's context.
+    :param events: the stored events as dicts (``id``, ``tenant``, ``database``, ``kind``,
+        ``name``, ``count``, ``duration``, ``bytes_in``, ``bytes_out``, ``rows``, ...).
+    :return: nothing; the return value is ignored.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def ogelkit_tenant_created(tenant: TenantRecord) -> None:
+    """A tenant was created through the CLI or the admin API.
+
+    Called once, after the tenant row is committed. Exceptions are reported and do not undo
+    the creation.
+
+    :param tenant: the new tenant (``slug``, ``tier``, ``status``).
+    :return: nothing; the return value is ignored.
+
+    .. versionadded:: 0.1
+    """
+
+
+@hookspec
+def ogelkit_database_created(tenant: TenantRecord, database: DatabaseRecord) -> None:
+    """A tenant database was provisioned by its backend and recorded.
+
+    Called once, after the database row is committed.
+
+    :param tenant: the owning tenant.
+    :param database: the new database (``name``, ``kind``, ``backend``); its ``upstream``
+        details are decrypted and must not be logged.
+    :return: nothing; the return value is ignored.
+
+    .. versionadded:: 0.1
+    """

@@ -1,0 +1,102 @@
+"""The ``Layer`` contract: one of the O7s layers (gatekeeper, ratelimit, ... or a third party's).
+
+A layer implements only the phases it cares about; the chain is compiled once at startup
+from the methods a subclass actually overrides, so an unused phase costs nothing per request.
+
+Phases, in the order a connection lives through them:
+
+``on_auth(session)``        before credentials are checked (tenant claimed, not proven);
+                            sync; raise ``Reject`` to refuse (bans).
+``on_connect(session)``     after authentication and routing; async; raise ``Reject`` to
+                            refuse (connection caps, queueing).
+``on_operation(op)``        before each request goes upstream; returns ``None`` (admit now)
+                            or an awaitable (admit later, e.g. after a Redis round trip or a
+                            delay); raise ``Reject`` to refuse.
+``on_complete(op)``         after each request, *always*, also when it was rejected (the
+                            log phase, as in Kong): metering, learning, timers.
+``on_disconnect(session)``  after the connection ends, *always*, also when it was refused.
+``on_tier_change(session)`` when the tenant's tier changed while the session is open.
+
+A rejection short-circuits the access phases (``on_auth``, ``on_connect``, ``on_operation``)
+but the log phases (``on_complete``, ``on_disconnect``) still run on every layer, so usage and
+intelligence see every decision. Check ``op.rejection`` / ``session.rejection`` there.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import attrs
+
+if TYPE_CHECKING:
+    from ogelkit.context import GatewayContext
+    from ogelkit.model import Operation, Session
+
+
+@attrs.define(kw_only=True)
+class NoOptions:
+    """Config model for a plugin without options."""
+
+
+class Layer:
+    """Base class for layers. Subclasses set ``type_name`` and ``Config`` (an attrs class)."""
+
+    type_name: ClassVar[str] = ""
+    Config: ClassVar[type] = NoOptions
+    #: Phases this class overrides; filled in by ``__init_subclass__``.
+    phases: ClassVar[frozenset[str]] = frozenset()
+
+    PHASES: ClassVar[tuple[str, ...]] = (
+        "on_auth", "on_connect", "on_operation", "on_complete", "on_disconnect", "on_tier_change",
+    )
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.phases = frozenset(
+            p for p in Layer.PHASES if getattr(cls, p) is not getattr(Layer, p)
+        )
+
+    def __init__(self, config: Any, *, name: str, context: GatewayContext):
+        """Take the validated config. No I/O here: that belongs in ``open``."""
+        self.config = config
+        self.name = name
+        self.context = context
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    async def open(self) -> None:
+        """Connect to shared state, start background work. Called once before serving."""
+
+    async def run(self) -> None:
+        """Optional long-running task (flushers, samplers); cancelled at shutdown."""
+
+    async def close(self) -> None:
+        """Flush and release everything. Called once at shutdown, after the drain."""
+
+    # -- phases ------------------------------------------------------------------------------
+    def on_auth(self, session: Session) -> None:
+        """Before credentials are checked. Raise ``Reject`` to refuse."""
+
+    async def on_connect(self, session: Session) -> None:
+        """After authentication. Raise ``Reject`` to refuse the connection."""
+
+    def on_operation(self, op: Operation) -> Awaitable[None] | None:
+        """Before an operation goes upstream. ``None`` admits it at once."""
+        return None
+
+    def on_complete(self, op: Operation) -> None:
+        """After every operation, rejected ones included."""
+
+    def on_disconnect(self, session: Session) -> None:
+        """After every connection, refused ones included."""
+
+    def on_tier_change(self, session: Session) -> None:
+        """The session's tier changed (``session.tier`` already holds the new one)."""
+
+    # -- introspection ---------------------------------------------------------------------
+    def describe(self) -> dict[str, Any]:
+        """Layer state for the admin API (counts, bans, cache size ...)."""
+        return {}
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r}>"

@@ -1,0 +1,139 @@
+"""HTTP routes every gateway serves: /healthz, /readyz, /metrics and the admin API."""
+
+from __future__ import annotations
+
+import hmac
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import attrs
+
+from ogelkit.billing import invoice, month_range
+from ogelkit.control.store import AlreadyExists, NotFound, StoreError
+from ogelkit.http import Request, Response, Router
+from ogelkit.metrics import CONTENT_TYPE_LATEST
+
+if TYPE_CHECKING:
+    from ogelkit.context import GatewayContext
+
+READY_TIMEOUT = 2.0
+
+
+async def _probe(name: str, check, results: dict[str, Any]) -> None:
+    try:
+        with anyio.fail_after(READY_TIMEOUT):
+            await check()
+        results[name] = "ok"
+    except TimeoutError:
+        results[name] = "timeout"
+    except Exception as exc:
+        results[name] = f"error: {exc}"[:200]
+
+
+async def readiness(ctx: GatewayContext) -> tuple[bool, dict[str, Any]]:
+    """Control plane and every backend reachable, and not draining."""
+    results: dict[str, Any] = {}
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(_probe, "control", ctx.store.ping, results)
+        for name, backend in ctx.backends.items():
+            tg.start_soon(_probe, f"backend:{name}", backend.check, results)
+    ok = all(v == "ok" for v in results.values()) and not ctx.draining
+    if ctx.draining:
+        results["gateway"] = "draining"
+    return ok, results
+
+
+def mount_ops_routes(router: Router, ctx: GatewayContext) -> None:
+    async def healthz(_: Request) -> Response:
+        return Response.json({"status": "ok", "gateway": ctx.gateway_id})
+
+    async def readyz(_: Request) -> Response:
+        ok, checks = await readiness(ctx)
+        return Response.json({"status": "ready" if ok else "unavailable", "checks": checks},
+                             200 if ok else 503)
+
+    async def metrics(_: Request) -> Response:
+        return Response(200, ctx.metrics.render(), content_type=CONTENT_TYPE_LATEST)
+
+    router.add("GET", "/healthz", healthz)
+    router.add("GET", "/readyz", readyz)
+    router.add("GET", "/metrics", metrics)
+    admin = AdminApi(ctx)
+    router.add("*", "/admin/", admin.handle)
+
+
+class AdminApi:
+    """A small JSON API for operators, behind ``[gateway] admin_token`` (Bearer)."""
+
+    def __init__(self, ctx: GatewayContext):
+        self.ctx = ctx
+
+    def _authorized(self, request: Request) -> bool:
+        token = self.ctx.config.gateway.admin_token
+        if not token:
+            return False
+        given = request.headers.get("authorization", "")
+        return hmac.compare_digest(given.encode(), f"Bearer {token}".encode())
+
+    async def handle(self, request: Request) -> Response:
+        if not self.ctx.config.gateway.admin_token:
+            return Response.error(404, "admin_disabled", "the admin API is disabled "
+                                  "([gateway] admin_token is empty)")
+        if not self._authorized(request):
+            return Response(401, b'{"error": {"code": "unauthorized", "message": "bad or '
+                                 b'missing admin token"}}\n', {"www-authenticate": "Bearer"})
+        parts = [p for p in request.path.split("/") if p][1:]  # drop "admin"
+        try:
+            return await self._route(request, parts)
+        except NotFound as exc:
+            return Response.error(404, "not_found", str(exc))
+        except AlreadyExists as exc:
+            return Response.error(409, "exists", str(exc))
+        except (StoreError, ValueError, KeyError, TypeError) as exc:
+            return Response.error(400, "bad_request", str(exc))
+
+    async def _route(self, request: Request, parts: list[str]) -> Response:
+        store, m = self.ctx.store, request.method
+        if parts == ["tenants"] and m == "GET":
+            return Response.json([attrs.asdict(t) for t in await store.list_tenants()])
+        if parts == ["tenants"] and m == "POST":
+            body = request.json()
+            tier = body.get("tier", "free")
+            if tier not in self.ctx.tiers:
+                raise ValueError(f'unknown tier "{tier}"')
+            tenant = await store.create_tenant(body["slug"], tier)
+            return Response.json(attrs.asdict(tenant), 201)
+        if len(parts) == 2 and parts[0] == "tenants":
+            slug = parts[1]
+            if m == "GET":
+                tenant = await store.require_tenant(slug)
+                dbs = await store.list_databases(slug)
+                return Response.json({**attrs.asdict(tenant),
+                                      "sessions": self.ctx.sessions.count(slug),
+                                      "databases": [{"name": d.name, "kind": d.kind,
+                                                     "backend": d.backend, "state": d.state}
+                                                    for d in dbs]})
+            if m == "PATCH":
+                body = request.json()
+                if body.get("tier") is not None and body["tier"] not in self.ctx.tiers:
+                    raise ValueError(f'unknown tier "{body["tier"]}"')
+                tenant = await store.update_tenant(slug, tier=body.get("tier"),
+                                                   status=body.get("status"))
+                self.ctx.directory.apply(tenant)
+                return Response.json(attrs.asdict(tenant))
+        if len(parts) == 3 and parts[0] == "tenants" and parts[2] == "usage" and m == "GET":
+            slug = parts[1]
+            tenant = await store.require_tenant(slug)
+            start, end, label = month_range(request.arg("month"))
+            totals = await store.usage_totals(slug, start, end, request.arg("database"))
+            inv = invoice(self.ctx.directory.tier(tenant.tier), label, totals)
+            return Response.json({"tenant": slug, "month": label,
+                                  "databases": [{"database": t.database, **t.values} for t in totals],
+                                  "invoice": attrs.asdict(inv)})
+        if parts == ["layers"] and m == "GET":
+            return Response.json([{"name": layer.name, "type": layer.type_name,
+                                   **layer.describe()} for layer in self.ctx.layers])
+        if parts == ["sessions"] and m == "GET":
+            return Response.json({slug: self.ctx.sessions.count(slug)
+                                  for slug in self.ctx.sessions.tenants()})
+        return Response.error(404, "not_found", f"no admin route {m} {request.path}")

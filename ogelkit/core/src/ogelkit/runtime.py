@@ -1,0 +1,279 @@
+"""``ogelkit run``: open the control plane and backends, compile the chain, start every
+listener, serve, and shut down gracefully.
+
+Shutdown: the first SIGTERM/SIGINT stops accepting, lets in-flight work finish for up to
+``[gateway] drain_timeout`` and closes clients as they go idle; a second signal skips the
+wait. Then layers close (the usage layer flushes), backends close, the store closes.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from collections.abc import Mapping
+from contextlib import AsyncExitStack
+from typing import Any
+
+import anyio
+from anyio.abc import TaskStatus
+
+from ogelkit.backend import Backend, FrontDoor
+from ogelkit.chain import Chain
+from ogelkit.config import Config
+from ogelkit.context import GatewayContext
+from ogelkit.control.records import DatabaseRecord
+from ogelkit.control.store import Store, open_store
+from ogelkit.directory import Directory
+from ogelkit.http import HttpServer, Router
+from ogelkit.metrics import Metrics
+from ogelkit.model import Reason, Reject
+from ogelkit.ops import mount_ops_routes
+from ogelkit.plugins import Plugins
+from ogelkit.scram import make_verifier
+
+log = logging.getLogger("ogelkit.runtime")
+
+CLOSE_TIMEOUT = 10.0
+
+
+class StartupError(Exception):
+    """The gateway could not start (bind failure, unreachable store ...)."""
+
+
+def bind_host(host: str) -> str | None:
+    """``"::"``/``""`` mean every interface of both families (Railway's private network is
+    IPv6, its public proxy IPv4); anything else is used as given."""
+    return None if host in ("::", "", "*") else host
+
+
+class Gateway:
+    def __init__(self, config: Config, plugins: Plugins, *, env: Mapping[str, str] | None = None,
+                 handle_signals: bool = True):
+        self.config = config
+        self.plugins = plugins
+        self.env = os.environ if env is None else env
+        self.handle_signals = handle_signals
+        self.stop_requested = anyio.Event()
+        self._hard_stop = anyio.Event()
+        self.context: GatewayContext | None = None
+        self.frontdoors: list[FrontDoor] = []
+        self.addresses: dict[str, list[tuple[str, int]]] = {}
+
+    def request_stop(self) -> None:
+        if self.stop_requested.is_set():
+            self._hard_stop.set()
+        self.stop_requested.set()
+
+    # -- startup ---------------------------------------------------------------------------
+    async def _open_store(self) -> Store:
+        store = open_store(self.config.control.url, self.config.control.secret_key)
+        await store.open()
+        await store.migrate()
+        return store
+
+    async def _seed(self, ctx: GatewayContext) -> None:
+        """Create the tenants and databases the config declares, when missing (idempotent)."""
+        store = ctx.store
+        for slug, seed in self.config.tenants.items():
+            tenant = await store.get_tenant(slug)
+            if tenant is None:
+                tenant = await store.create_tenant(slug, seed.tier)
+                log.info("created tenant from config", extra={"tenant": slug, "tier": seed.tier})
+            if seed.password and await store.get_verifier(slug) is None:
+                await store.set_verifier(slug, str(make_verifier(seed.password)))
+            for name, db_seed in seed.databases.items():
+                if await store.get_database(slug, name) is not None:
+                    continue
+                backend = ctx.backends[db_seed.backend]
+                upstream = await backend.provision(tenant, name, ctx.directory.tier(tenant.tier))
+                await store.put_database(DatabaseRecord(slug, name, backend.kind, backend.name,
+                                                        upstream))
+                log.info("provisioned database from config",
+                         extra={"tenant": slug, "database": name, "backend": backend.name})
+
+    def _http_port(self) -> int:
+        port = self.env.get("PORT")
+        if port and port.isdigit():
+            return int(port)
+        return self.config.listen.http
+
+    async def _start_frontdoors(self, ctx: GatewayContext) -> None:
+        by_protocol: dict[str, list[Backend]] = {}
+        for backend in ctx.backends.values():
+            by_protocol.setdefault(backend.protocol, []).append(backend)
+        for protocol, backends in by_protocol.items():
+            cls = type(backends[0]).frontdoor
+            if cls is None:
+                continue
+            port = getattr(self.config.listen, protocol, None)
+            if port is None:
+                port = cls.default_port
+            fd = cls(ctx, host=self.config.listen.host, port=port, backends=backends)
+            try:
+                addrs = await fd.start()
+            except OSError as exc:
+                raise StartupError(f"cannot listen for {protocol} on "
+                                   f"{self.config.listen.host}:{port}: {exc.strerror or exc}") from exc
+            self.frontdoors.append(fd)
+            self.addresses[protocol] = addrs
+
+    async def run(self, *, task_status: TaskStatus[dict[str, list[tuple[str, int]]]] =
+                  anyio.TASK_STATUS_IGNORED) -> None:
+        cfg = self.config
+        metrics = Metrics()
+        async with AsyncExitStack() as stack:
+            with anyio.fail_after(cfg.gateway.startup_timeout):
+                try:
+                    store = await self._open_store()
+                except Exception as exc:
+                    raise StartupError(f"cannot open the control plane {_redact(cfg.control.url)}: "
+                                       f"{exc}") from exc
+            stack.push_async_callback(_closing, "control plane", store.close)
+            directory = Directory(store, cfg.tiers, ttl=cfg.control.cache_ttl)
+            ctx = GatewayContext(cfg, self.plugins, store, metrics, directory)
+            self.context = ctx
+            stack.push_async_callback(_closing, "shared state", ctx.close_state)
+
+            for spec in cfg.backends.values():
+                ctx.backends[spec.id] = spec.cls(spec.options, name=spec.id, context=ctx)
+            for spec in cfg.layers:
+                ctx.layers.append(spec.cls(spec.options, name=spec.name, context=ctx))
+
+            with anyio.fail_after(cfg.gateway.startup_timeout):
+                for backend in ctx.backends.values():
+                    try:
+                        await backend.open()
+                    except Exception as exc:
+                        raise StartupError(f"backend {backend.name} ({backend.type_name}) failed "
+                                           f"to open: {exc}") from exc
+                    stack.push_async_callback(_closing, f"backend {backend.name}", backend.close)
+                for layer in ctx.layers:
+                    try:
+                        await layer.open()
+                    except Exception as exc:
+                        raise StartupError(f"layer {layer.name} ({layer.type_name}) failed to "
+                                           f"open: {exc}") from exc
+                    # Layers close before backends (the usage layer flushes to the store).
+                    stack.push_async_callback(_closing, f"layer {layer.name}", layer.close)
+                await self._seed(ctx)
+
+            ctx.chain = Chain(ctx.layers)
+            directory.chain = ctx.chain
+
+            router = Router()
+            mount_ops_routes(router, ctx)
+            http = HttpServer(router)
+
+            async with anyio.create_task_group() as tg:
+                await self._start_frontdoors(ctx)
+                http_port = self._http_port()
+                try:
+                    listener = await anyio.create_tcp_listener(
+                        local_host=bind_host(cfg.listen.host), local_port=http_port)
+                except OSError as exc:
+                    raise StartupError(f"cannot listen for HTTP on {cfg.listen.host}:{http_port}: "
+                                       f"{exc.strerror or exc}") from exc
+                stack.push_async_callback(listener.aclose)
+                self.addresses["http"] = _listener_addresses(listener)
+                ctx.addresses = self.addresses
+                tg.start_soon(listener.serve, http.handle)
+                tg.start_soon(directory.run)
+                for layer in ctx.layers:
+                    tg.start_soon(layer.run)
+                if self.handle_signals:
+                    tg.start_soon(self._watch_signals)
+
+                _call_hook(self.plugins.hook.ogelkit_startup, context=ctx)
+                metrics.ready.set(1)
+                log.info("ready", extra={"addresses": {k: [f"{h}:{p}" for h, p in v]
+                                                       for k, v in self.addresses.items()},
+                                         "layers": [layer.name for layer in ctx.layers],
+                                         "gateway": ctx.gateway_id})
+                task_status.started(self.addresses)
+
+                await self.stop_requested.wait()
+                await self._drain(ctx)
+                tg.cancel_scope.cancel()
+
+            with anyio.CancelScope(shield=True):
+                await stack.aclose()
+                _call_hook(self.plugins.hook.ogelkit_shutdown, context=ctx)
+        log.info("stopped")
+
+    async def _drain(self, ctx: GatewayContext) -> None:
+        ctx.draining = True
+        ctx.metrics.ready.set(0)
+        log.info("draining", extra={"timeout": self.config.gateway.drain_timeout,
+                                    "sessions": ctx.sessions.count()})
+        for fd in self.frontdoors:
+            await fd.stop_accepting()
+        with anyio.move_on_after(self.config.gateway.drain_timeout) as scope:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_cancel_on, self._hard_stop, tg.cancel_scope)
+                async with anyio.create_task_group() as drains:
+                    for fd in self.frontdoors:
+                        drains.start_soon(fd.drain)
+                tg.cancel_scope.cancel()
+        if scope.cancelled_caught:
+            log.warning("drain deadline reached, closing remaining clients")
+        reason = Reject(Reason.SHUTDOWN, "the gateway is shutting down")
+        with anyio.CancelScope(shield=True), anyio.move_on_after(CLOSE_TIMEOUT):
+            for fd in self.frontdoors:
+                await fd.close(reason)
+
+    async def _watch_signals(self) -> None:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+            async for signum in signals:
+                log.info("signal received", extra={"signal": signal.Signals(signum).name,
+                                                   "second": self.stop_requested.is_set()})
+                self.request_stop()
+
+
+async def _cancel_on(event: anyio.Event, scope: anyio.CancelScope) -> None:
+    await event.wait()
+    scope.cancel()
+
+
+async def _closing(what: str, close) -> None:
+    try:
+        with anyio.move_on_after(CLOSE_TIMEOUT):
+            await close()
+    except Exception:
+        log.exception("closing %s failed", what)
+
+
+def _call_hook(caller, **kwargs: Any) -> None:
+    try:
+        caller(**kwargs)
+    except Exception:
+        log.exception("plugin hook %s failed", caller.name)
+
+
+def _listener_addresses(listener) -> list[tuple[str, int]]:
+    out = []
+    for sub in getattr(listener, "listeners", [listener]):
+        addr = sub.extra(anyio.abc.SocketAttribute.local_address)
+        out.append((addr[0], addr[1]))
+    return out
+
+
+def _redact(url: str) -> str:
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        return f"{scheme}://***@{rest.rsplit('@', 1)[1]}"
+    return url
+
+
+def run_gateway(config: Config, plugins: Plugins) -> None:
+    """Blocking entry point for ``ogelkit run``: uvloop when available."""
+    gateway = Gateway(config, plugins)
+    try:
+        import uvloop  # noqa: F401
+        options: dict[str, Any] = {"use_uvloop": True}
+    except ImportError:
+        options = {}
+    anyio.run(gateway.run, backend="asyncio", backend_options=options)
+
+
+__all__ = ["Gateway", "StartupError", "bind_host", "run_gateway"]
