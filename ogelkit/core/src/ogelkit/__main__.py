@@ -1,0 +1,3 @@
+from ogelkit.cli import main
+
+main()

@@ -1,0 +1,169 @@
+"""Run a gateway for tests: in-process (async), in a thread (for sync clients), or as a real
+``ogelkit run`` subprocess (signals, crashes)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+from typing import Any
+
+import anyio
+
+from ogelkit.config import Config, parse_config
+from ogelkit.plugins import Plugins, load_plugins
+from ogelkit.runtime import Gateway
+
+Addresses = dict[str, list[tuple[str, int]]]
+
+
+def test_secret_key() -> str:
+    """A fixed Fernet key for tests (never use it for real data)."""
+    return "dGVzdC1rZXktZm9yLW9nZWxraXQtdGVzdHMtb25seSE="
+
+
+def _as_config(config: Config | str, plugins: Plugins | None,
+               env: Mapping[str, str] | None) -> tuple[Config, Plugins]:
+    plugins = plugins or load_plugins()
+    if isinstance(config, str):
+        config = parse_config(config, plugins, env=env)
+    return config, plugins
+
+
+class RunningGateway:
+    def __init__(self, gateway: Gateway, addresses: Addresses):
+        self.gateway = gateway
+        self.addresses = addresses
+
+    @property
+    def context(self):
+        return self.gateway.context
+
+    def port(self, protocol: str) -> int:
+        return self.addresses[protocol][0][1]
+
+    def url(self, path: str = "/") -> str:
+        return f"http://127.0.0.1:{self.port('http')}{path}"
+
+
+@asynccontextmanager
+async def running_gateway(config: Config | str, *, plugins: Plugins | None = None,
+                          env: Mapping[str, str] | None = None) -> AsyncIterator[RunningGateway]:
+    """Start a gateway in the current event loop; stop (drain) it on exit.
+
+    Use port 0 in ``[listen]`` to get free ports; read them from ``.addresses``.
+    """
+    cfg, plugins = _as_config(config, plugins, env)
+    gateway = Gateway(cfg, plugins, env=env or {}, handle_signals=False)
+    async with anyio.create_task_group() as tg:
+        addresses = await tg.start(gateway.run)
+        try:
+            yield RunningGateway(gateway, addresses)
+        finally:
+            gateway.request_stop()
+
+
+@contextmanager
+def gateway_thread(config: Config | str, *, plugins: Plugins | None = None,
+                   env: Mapping[str, str] | None = None,
+                   timeout: float = 30.0) -> Iterator[RunningGateway]:
+    """Run a gateway on its own event loop in a thread, so sync clients (psycopg, pymongo,
+    redis-py) and async clients of another loop can both talk to it over sockets."""
+    cfg, plugins = _as_config(config, plugins, env)
+    gateway = Gateway(cfg, plugins, env=env or {}, handle_signals=False)
+    started = threading.Event()
+    box: dict[str, Any] = {}
+
+    async def main() -> None:
+        box["loop"] = asyncio.get_running_loop()
+        try:
+            async with anyio.create_task_group() as tg:
+                box["addresses"] = await tg.start(gateway.run)
+                started.set()
+        except BaseException as exc:  # report startup failures to the test thread
+            box["error"] = exc
+            started.set()
+
+    def target() -> None:
+        try:
+            import uvloop
+            options: dict[str, Any] = {"use_uvloop": True}
+            del uvloop
+        except ImportError:
+            options = {}
+        anyio.run(main, backend="asyncio", backend_options=options)
+
+    thread = threading.Thread(target=target, name="ogelkit-gateway", daemon=True)
+    thread.start()
+    if not started.wait(timeout):
+        raise TimeoutError("gateway did not start in time")
+    if "error" in box:
+        raise box["error"]
+    try:
+        yield RunningGateway(gateway, box["addresses"])
+    finally:
+        box["loop"].call_soon_threadsafe(gateway.request_stop)
+        thread.join(timeout + cfg.gateway.drain_timeout)
+
+
+class GatewayProcess:
+    """``ogelkit run CONFIG`` as a subprocess, with its JSON log captured to a file."""
+
+    def __init__(self, config_text: str, *, env: Mapping[str, str] | None = None,
+                 workdir: str | None = None):
+        self.dir = Path(workdir or tempfile.mkdtemp(prefix="ogelkit-gw-"))
+        self.config_path = self.dir / "config.toml"
+        self.config_path.write_text(config_text)
+        self.log_path = self.dir / "gateway.log"
+        self.env = {**os.environ, **(env or {})}
+        self.proc: subprocess.Popen | None = None
+        self._log = None
+
+    def start(self, *, wait_ready: float = 30.0) -> GatewayProcess:
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in wait()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "ogelkit", "run", str(self.config_path)],
+            stdout=self._log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True)
+        deadline = time.monotonic() + wait_ready
+        while time.monotonic() < deadline:
+            if '"msg": "ready"' in self.log():
+                return self
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"gateway exited with {self.proc.returncode}:\n{self.log()}")
+            time.sleep(0.05)
+        self.kill()
+        raise TimeoutError(f"gateway not ready after {wait_ready}s:\n{self.log()}")
+
+    def log(self) -> str:
+        return self.log_path.read_text() if self.log_path.exists() else ""
+
+    def signal(self, signum: int = signal.SIGTERM) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(signum)
+
+    def wait(self, timeout: float = 30.0) -> int:
+        assert self.proc is not None
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            if self._log is not None and self.proc.returncode is not None:
+                self._log.close()
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def __enter__(self) -> GatewayProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.kill()
