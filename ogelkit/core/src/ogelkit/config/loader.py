@@ -119,7 +119,8 @@ def parse_config(text: str, plugins: Plugins, *, env: Mapping[str, str] | None =
     tiers = _tiers(data.get("tiers", {}), errors)
     tenants = _tenants(data.get("tenants", {}), errors)
 
-    _cross_check(sections, backends, layers, tiers, tenants, errors)
+    raw_ids = set(data.get("backends", {})) if isinstance(data.get("backends"), dict) else set()
+    _cross_check(sections, backends, raw_ids, tiers, tenants, errors)
     errors.raise_if_any()
     return Config(
         file=file,
@@ -280,9 +281,10 @@ def _tenants(table: Any, errors: ErrorCollector) -> dict[str, TenantSeed]:
     return out
 
 
-def _cross_check(sections: dict[str, Any], backends: dict[str, BackendSpec], layers: list[LayerSpec],
+def _cross_check(sections: dict[str, Any], backends: dict[str, BackendSpec], raw_backend_ids: set[str],
                  tiers: TierTable, tenants: dict[str, TenantSeed], errors: ErrorCollector) -> None:
-    raw_backend_ids = set(backends)
+    """References between tables; ``raw_backend_ids`` includes backends whose own options
+    failed, so one mistake is not reported twice."""
     for slug, seed in tenants.items():
         if seed.tier not in tiers:
             errors.add(f"tenants.{slug}.tier", f'unknown tier "{seed.tier}"',
@@ -329,4 +331,3 @@ def _cross_check(sections: dict[str, Any], backends: dict[str, BackendSpec], lay
     if state is not None and not state.url.startswith(("redis://", "rediss://", "unix://")):
         errors.add("state.url", "unsupported state URL", expected='"redis://host:port/db"',
                    found=describe_value(state.url))
-    del layers  # layers cross-check themselves through their Config validators

@@ -83,6 +83,9 @@ async def test_context(config: Config | str | None = None, *,
         await store.close()
 
 
+test_context.__test__ = False  # type: ignore[attr-defined]  # a helper, not a pytest test
+
+
 def make_session(ctx: GatewayContext | None = None, *, tenant: str = "acme", tier: str = "free",
                  protocol: str = "test", database: str = "main",
                  client_addr: str = "127.0.0.1:40000") -> Session:

@@ -30,6 +30,9 @@ def test_secret_key() -> str:
     return "dGVzdC1rZXktZm9yLW9nZWxraXQtdGVzdHMtb25seSE="
 
 
+test_secret_key.__test__ = False  # type: ignore[attr-defined]  # a helper, not a pytest test
+
+
 def _as_config(config: Config | str, plugins: Plugins | None,
                env: Mapping[str, str] | None) -> tuple[Config, Plugins]:
     plugins = plugins or load_plugins()
