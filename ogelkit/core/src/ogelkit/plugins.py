@@ -55,8 +55,12 @@ class PluginInfo:
     backends: list[str] = attrs.field(factory=list)
     layers: list[str] = attrs.field(factory=list)
 
+    entry_point: bool = True  # False for plugins registered directly (tests, embedding)
+
     @property
     def label(self) -> str:
+        if not self.entry_point:
+            return f'plugin "{self.name}" ({self.value})'
         dist = f"{self.distribution} {self.version}" if self.distribution else "no distribution"
         return f'plugin "{self.name}" ({dist}, entry point {self.value})'
 
@@ -208,7 +212,8 @@ def load_plugins(
                 info.error = "".join(traceback.format_exception_only(exc)).strip()
 
     for name, obj in extra:
-        infos[name] = PluginInfo(name, getattr(obj, "__name__", repr(obj)), None, None)
+        infos[name] = PluginInfo(name, getattr(obj, "__name__", type(obj).__qualname__), None, None,
+                                 entry_point=False)
         pm.register(obj, name=name)
 
     for name, info in infos.items():

@@ -106,9 +106,7 @@ class Gateway:
             cls = type(backends[0]).frontdoor
             if cls is None:
                 continue
-            port = getattr(self.config.listen, protocol, None)
-            if port is None:
-                port = cls.default_port
+            port = self.config.listen.port_for(protocol, cls.default_port)
             fd = cls(ctx, host=self.config.listen.host, port=port, backends=backends)
             try:
                 addrs = await fd.start()

@@ -74,8 +74,8 @@ def create(state: CliState, tenant: str, name: str, kind: str, backend_id: str |
             if await ctx.store.get_verifier(tenant) is None:
                 password = new_password()
                 await ctx.store.set_verifier(tenant, str(make_verifier(password)))
-            port = getattr(config.listen, backend.protocol, None) or (
-                backend.frontdoor.default_port if backend.frontdoor else 0)
+            port = config.listen.port_for(
+                backend.protocol, backend.frontdoor.default_port if backend.frontdoor else 0)
             dsn = backend.connection_string(record, db, password, config.gateway.public_host, port)
             return record, db, password, dsn
 

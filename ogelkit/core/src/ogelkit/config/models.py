@@ -26,9 +26,18 @@ class ListenConfig:
                                          "backend exists.")
     mongodb: int | None = option(None, doc="MongoDB protocol port. Default 27017 when a "
                                            "mongodb backend exists.")
+    ports: dict[str, int] = option(factory=dict, doc="Ports of other protocols that "
+                                                     "third-party backends bring, by protocol "
+                                                     "name.")
     tls_cert: str | None = option(None, doc="PEM certificate for TLS on the database "
                                             "protocols (Postgres SSLRequest). No TLS when unset.")
     tls_key: str | None = option(None, doc="PEM private key matching tls_cert.")
+
+    def port_for(self, protocol: str, default: int) -> int:
+        named = getattr(self, protocol, None) if protocol in ("postgres", "redis", "mongodb") else None
+        if named is not None:
+            return named
+        return self.ports.get(protocol, default)
 
 
 @attrs.define(kw_only=True)

@@ -22,7 +22,7 @@ from ogelkit.control.records import (
     UsageTotals,
 )
 from ogelkit.control.schema import DIALECTS, MIGRATIONS, render
-from ogelkit.control.secrets import SecretBox
+from ogelkit.control.secrets import SecretBox, SecretKeyError
 
 
 class StoreError(Exception):
@@ -185,7 +185,11 @@ class Store:
     # -- databases -----------------------------------------------------------------------------
     def _db(self, row: Sequence[Any]) -> DatabaseRecord:
         tenant, name, kind, backend, upstream, state, created = row
-        return DatabaseRecord(tenant, name, kind, backend, self.box.open(upstream), state, created)
+        try:
+            details = self.box.open(upstream)
+        except SecretKeyError as exc:
+            raise StoreError(f"database {tenant}/{name}: {exc}") from exc
+        return DatabaseRecord(tenant, name, kind, backend, details, state, created)
 
     async def put_database(self, db: DatabaseRecord) -> DatabaseRecord:
         """Insert or update (idempotent provisioning writes it again with fresh details)."""
