@@ -86,27 +86,31 @@ class PriceConfig:
 _MISSING = "__missing__"
 
 
+def _limit(doc: str):
+    return option(_MISSING, unlimited=True, doc=doc)
+
+
 @attrs.define(kw_only=True)
 class TierConfig:
     base: str | None = option(None, doc="Tier to copy unspecified limits from (new tiers "
                                         "default to free).")
     rank: int | None = option(_UNSET, doc="Ordering for upgrade hints; bigger is higher.")
-    connections: int | None = option(_MISSING, doc="Concurrent client connections per tenant.")
-    ops_per_second: float | None = option(_MISSING, doc="Sustained operations per second.")
-    burst: int | None = option(_MISSING, doc="Operations allowed at once above the rate.")
-    statement_timeout: Duration | None = option(_MISSING, doc="Deadline per operation.")
-    idle_in_transaction_timeout: Duration | None = option(_MISSING, doc="Postgres idle in "
+    connections: int | None = _limit("Concurrent client connections per tenant.")
+    ops_per_second: float | None = _limit("Sustained operations per second.")
+    burst: int | None = _limit("Operations allowed at once above the rate.")
+    statement_timeout: Duration | None = _limit("Deadline per operation.")
+    idle_in_transaction_timeout: Duration | None = _limit("Postgres idle in "
                                                                         "transaction timeout.")
-    work_mem: Size | None = option(_MISSING, doc="Postgres work_mem per operation.")
-    parallel_workers: int | None = option(_MISSING, doc="Postgres "
+    work_mem: Size | None = _limit("Postgres work_mem per operation.")
+    parallel_workers: int | None = _limit("Postgres "
                                                         "max_parallel_workers_per_gather.")
-    cost_ceiling: float | None = option(_MISSING, doc="Highest estimated cost admitted.")
-    idle_before_sleep: Duration | None = option(_MISSING, doc="Idle time before a database "
+    cost_ceiling: float | None = _limit("Highest estimated cost admitted.")
+    idle_before_sleep: Duration | None = _limit("Idle time before a database "
                                                               "is put to sleep.")
-    storage: Size | None = option(_MISSING, doc="Storage quota per tenant.")
-    memory: Size | None = option(_MISSING, doc="In-memory data quota (Redis).")
-    max_keys: int | None = option(_MISSING, doc="Key-count quota (Redis).")
-    connection_queue: Duration | None = option(_MISSING, doc="How long a client may wait for "
+    storage: Size | None = _limit("Storage quota per tenant.")
+    memory: Size | None = _limit("In-memory data quota (Redis).")
+    max_keys: int | None = _limit("Key-count quota (Redis).")
+    connection_queue: Duration | None = _limit("How long a client may wait for "
                                                              "a connection slot at the cap.")
     price: PriceConfig | None = option(None, doc="Price book entry for the invoice preview.")
 

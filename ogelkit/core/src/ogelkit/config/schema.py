@@ -46,18 +46,24 @@ _INVALID = object()
 UNLIMITED = "unlimited"
 
 
-def option(default: Any = attrs.NOTHING, *, doc: str, factory: Any = None, **kw: Any) -> Any:
-    """``attrs.field`` with a ``doc`` string, the way every option should be declared."""
+def option(default: Any = attrs.NOTHING, *, doc: str, factory: Any = None,
+           unlimited: bool = False, **kw: Any) -> Any:
+    """``attrs.field`` with a ``doc`` string, the way every option should be declared.
+
+    ``unlimited=True`` documents that ``None`` (spelled ``"unlimited"`` in TOML) means no
+    limit; otherwise ``None`` reads as "not set".
+    """
+    metadata = {"doc": doc, "unlimited": unlimited}
     if factory is not None:
-        return attrs.field(factory=factory, metadata={"doc": doc}, **kw)
-    return attrs.field(default=default, metadata={"doc": doc}, **kw)
+        return attrs.field(factory=factory, metadata=metadata, **kw)
+    return attrs.field(default=default, metadata=metadata, **kw)
 
 
 def field_types(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls, include_extras=True)
 
 
-def describe_type(tp: Any) -> str:
+def describe_type(tp: Any, *, unlimited: bool = True) -> str:
     origin = typing.get_origin(tp)
     if origin is Annotated:
         unit = typing.get_args(tp)[1]
@@ -68,7 +74,9 @@ def describe_type(tp: Any) -> str:
     if origin in (Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         inner = " or ".join(describe_type(a) for a in args)
-        return f'{inner} or "{UNLIMITED}"' if type(None) in typing.get_args(tp) else inner
+        if unlimited and type(None) in typing.get_args(tp):
+            return f'{inner} or "{UNLIMITED}"'
+        return inner
     if origin is list:
         return f"an array of {_plural(describe_type(typing.get_args(tp)[0]))}"
     if origin is dict:
@@ -226,19 +234,23 @@ def options_table(cls: type) -> list[tuple[str, str, str, str]]:
     for name, f in attrs.fields_dict(cls).items():
         if name.startswith("_"):
             continue
+        unlimited = bool(f.metadata.get("unlimited"))
         if f.default is attrs.NOTHING:
             default = "required"
         elif isinstance(f.default, attrs.Factory):  # type: ignore[arg-type]
             default = repr(f.default.factory())
+        elif f.default is None:
+            default = UNLIMITED if unlimited else "not set"
         else:
             default = _show_default(hints[name], f.default)
-        rows.append((name, describe_type(hints[name]), default, f.metadata.get("doc", "")))
+        rows.append((name, describe_type(hints[name], unlimited=unlimited), default,
+                     f.metadata.get("doc", "")))
     return rows
 
 
 def _show_default(tp: Any, value: Any) -> str:
-    if value is None:
-        return UNLIMITED if type(None) in typing.get_args(tp) else "none"
+    if value == "__missing__":  # tier options: absent means "the base tier's value"
+        return "base tier's"
     from ogelkit.units import format_duration, format_size
     if typing.get_origin(tp) is Annotated:
         unit = typing.get_args(tp)[1]

@@ -1,0 +1,90 @@
+#!/usr/bin/env python3
+"""Write the option tables in the docs from the config models, so docs cannot drift.
+
+    python scripts/gen_docs.py          # rewrite the tables in place
+    python scripts/gen_docs.py --check  # exit 1 and name the files that are out of date
+
+A table lives between ``<!-- BEGIN options:<key> -->`` and ``<!-- END options:<key> -->``.
+Keys: the core sections (listen, gateway, control, state, plugins, tiers, price, tenants,
+databases) and ``backend:<type>`` / ``layer:<type>`` for every installed plugin type.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from pathlib import Path
+
+from ogelkit.config import models, options_table
+from ogelkit.plugins import load_plugins
+
+ROOT = Path(__file__).resolve().parent.parent
+BLOCK = re.compile(r"(<!-- BEGIN options:(?P<key>[\w:-]+) -->\n)(?P<body>.*?)(<!-- END options:(?P=key) -->)",
+                   re.DOTALL)
+
+CORE = {
+    "listen": models.ListenConfig,
+    "gateway": models.GatewayConfig,
+    "control": models.ControlConfig,
+    "state": models.StateConfig,
+    "plugins": models.PluginsConfig,
+    "tiers": models.TierConfig,
+    "price": models.PriceConfig,
+    "tenants": models.TenantSeed,
+    "databases": models.DatabaseSeed,
+}
+
+
+def models_by_key() -> dict[str, type]:
+    out = dict(CORE)
+    plugins = load_plugins()
+    for name, cls in plugins.backends.items():
+        out[f"backend:{name}"] = cls.Config
+    for name, cls in plugins.layers.items():
+        out[f"layer:{name}"] = cls.Config
+    return out
+
+
+def table(model: type) -> str:
+    rows = ["| option | type | default | description |", "|---|---|---|---|"]
+    for name, typ, default, doc in options_table(model):
+        doc = " ".join(doc.split()).replace("|", "\\|")
+        rows.append(f"| `{name}` | {typ} | {default} | {doc} |")
+    return "\n".join(rows) + "\n"
+
+
+def render(text: str, known: dict[str, type]) -> tuple[str, list[str]]:
+    missing: list[str] = []
+
+    def sub(m: re.Match[str]) -> str:
+        key = m.group("key")
+        if key not in known:
+            missing.append(key)
+            return m.group(0)
+        return m.group(1) + table(known[key]) + m.group(4)
+
+    return BLOCK.sub(sub, text), missing
+
+
+def main(argv: list[str]) -> int:
+    check = "--check" in argv
+    known = models_by_key()
+    stale, problems = [], []
+    for path in sorted((ROOT / "docs").rglob("*.md")):
+        text = path.read_text()
+        new, missing = render(text, known)
+        problems += [f"{path.relative_to(ROOT)}: no installed model for options:{k}" for k in missing]
+        if new != text:
+            stale.append(str(path.relative_to(ROOT)))
+            if not check:
+                path.write_text(new)
+    for p in problems:
+        print(p, file=sys.stderr)
+    if check and stale:
+        print("out of date (run python scripts/gen_docs.py): " + ", ".join(stale), file=sys.stderr)
+        return 1
+    return 1 if problems else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
