@@ -44,6 +44,13 @@ class Metrics:
         self.usage_flushed = Counter(
             "ogelkit_usage_events_flushed", "Usage events written to the control plane.",
             registry=r)
+        self.usage_dropped = Counter(
+            "ogelkit_usage_events_dropped", "Usage events given up (control plane unreachable "
+            "beyond the usage layer's max_pending, or at shutdown); their amounts are logged.",
+            registry=r)
+        self.usage_pending = Gauge(
+            "ogelkit_usage_events_pending", "Usage events cut from their window and not yet "
+            "stored in the control plane.", registry=r)
         self.ready = Gauge("ogelkit_ready", "1 when the gateway is ready to serve.", registry=r)
 
     def decision(self, layer: str, decision: str, reason: str, tier: str) -> None:

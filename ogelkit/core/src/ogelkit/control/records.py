@@ -36,10 +36,10 @@ class DatabaseRecord:
     created_at: float = 0.0
 
 
-#: Numeric fields a usage event can carry; rollups sum every one of them.
-USAGE_FIELDS = (
+#: Numeric fields of schema version 1 (migration 1 creates exactly these columns; frozen).
+USAGE_FIELDS_V1 = (
     "operations",  # admitted operations
-    "rejected",  # operations or connections refused by a layer
+    "rejected",  # operations or connections refused (layers or core), auth failures excluded
     "errors",  # operations the upstream answered with an error
     "duration",  # seconds spent in admitted operations
     "bytes_in",
@@ -52,6 +52,19 @@ USAGE_FIELDS = (
     "gb_seconds",  # estimated memory GB-seconds
     "storage_bytes",  # snapshot: summed as a *maximum* in rollups
 )
+
+#: Added by migration 2: why things were refused, for tier advice (``tenants advise``).
+USAGE_FIELDS_V2 = (
+    "rejected_connections",  # refused at the connection cap (reason "connections")
+    "rejected_rate",  # refused by the rate limit (reason "rate")
+    "rejected_cost",  # refused over the cost ceiling (reason "cost")
+    "banned",  # refused by an auth-failure ban or retry-storm back-off (reason "banned")
+    "timeouts",  # operations stopped by a deadline (gateway or upstream statement timeout)
+    "auth_failures",  # failed logins of a known tenant
+)
+
+#: Numeric fields a usage event can carry; rollups sum every one of them.
+USAGE_FIELDS = USAGE_FIELDS_V1 + USAGE_FIELDS_V2
 
 
 @attrs.define
@@ -81,9 +94,28 @@ class UsageEvent:
     vcpu_seconds: float = 0.0
     gb_seconds: float = 0.0
     storage_bytes: int = 0
+    rejected_connections: int = 0
+    rejected_rate: int = 0
+    rejected_cost: int = 0
+    banned: int = 0
+    timeouts: int = 0
+    auth_failures: int = 0
 
     def as_dict(self) -> dict[str, Any]:
         return attrs.asdict(self)
+
+
+@attrs.frozen
+class LayerReport:
+    """A layer's latest findings about one subject (e.g. the intelligence layer's cost
+    calibration of a backend), kept in the control plane so the CLI can read them without
+    a running gateway. One row per (layer, subject): the latest writer wins."""
+
+    layer: str
+    subject: str
+    body: dict[str, Any]
+    gateway: str = ""
+    updated_at: float = 0.0
 
 
 @attrs.frozen

@@ -6,13 +6,15 @@ dialect. Migrations only ever append: a released version is never edited.
 
 from __future__ import annotations
 
-from ogelkit.control.records import USAGE_FIELDS
+from ogelkit.control.records import USAGE_FIELDS_V1, USAGE_FIELDS_V2
 
+# Migration 1 is rendered from the *frozen* version-1 field list, so adding a usage field
+# never changes what a released migration creates; later fields arrive by ALTER TABLE.
 _USAGE_COLUMNS = ",\n    ".join(
     f"{name} {{real}} NOT NULL DEFAULT 0"
     if name in ("duration", "connection_seconds", "vcpu_seconds", "gb_seconds")
     else f"{name} {{int}} NOT NULL DEFAULT 0"
-    for name in USAGE_FIELDS
+    for name in USAGE_FIELDS_V1
 )
 
 MIGRATIONS: list[tuple[int, str, list[str]]] = [
@@ -59,6 +61,20 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
     hour {{real}} NOT NULL,
     {_USAGE_COLUMNS},
     PRIMARY KEY (tenant, dbname, hour)
+)""",
+    ]),
+    (2, "usage rejection breakdown, layer reports", [
+        *(f"ALTER TABLE {table} ADD COLUMN {name} {{int}} NOT NULL DEFAULT 0"
+          for table in ("usage_events", "usage_rollups") for name in USAGE_FIELDS_V2),
+        # A layer's latest findings per subject (cost calibration per backend ...), for
+        # the CLI to read without a running gateway. body is JSON.
+        """CREATE TABLE layer_reports (
+    layer TEXT NOT NULL,
+    subject TEXT NOT NULL,
+    gateway TEXT NOT NULL DEFAULT '',
+    updated_at {real} NOT NULL,
+    body TEXT NOT NULL,
+    PRIMARY KEY (layer, subject)
 )""",
     ]),
 ]

@@ -6,6 +6,7 @@ in how a transaction runs a statement; every query below is written once.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import AsyncIterator, Iterable, Sequence
@@ -17,6 +18,7 @@ from ogelkit.control.records import (
     TENANT_STATUSES,
     USAGE_FIELDS,
     DatabaseRecord,
+    LayerReport,
     TenantRecord,
     UsageEvent,
     UsageTotals,
@@ -294,6 +296,31 @@ class Store:
             else:
                 row = await tx.fetchone("SELECT COUNT(*) FROM usage_events WHERE tenant = ?", tenant)
         return int(row[0]) if row else 0
+
+    # -- layer reports -------------------------------------------------------------------------
+    async def put_layer_report(self, report: LayerReport) -> None:
+        """Store ``report`` as the latest for its (layer, subject), replacing the previous one.
+        ``body`` must be JSON-serialisable."""
+        body = json.dumps(report.body, sort_keys=True)
+        async with self.tx() as tx:
+            await tx.execute(
+                "INSERT INTO layer_reports (layer, subject, gateway, updated_at, body) "
+                "VALUES (?, ?, ?, ?, ?) ON CONFLICT (layer, subject) DO UPDATE SET "
+                "gateway = excluded.gateway, updated_at = excluded.updated_at, "
+                "body = excluded.body",
+                report.layer, report.subject, report.gateway,
+                report.updated_at or time.time(), body)
+
+    async def layer_reports(self, layer: str, subject: str | None = None) -> list[LayerReport]:
+        """The latest reports of ``layer`` (one subject, or all of them by subject)."""
+        sql = "SELECT layer, subject, body, gateway, updated_at FROM layer_reports WHERE layer = ?"
+        args: list[Any] = [layer]
+        if subject is not None:
+            sql += " AND subject = ?"
+            args.append(subject)
+        async with self.tx() as tx:
+            rows = await tx.fetch(sql + " ORDER BY subject", *args)
+        return [LayerReport(r[0], r[1], json.loads(r[2]), r[3], float(r[4])) for r in rows]
 
 
 def _num(field: str, value: float) -> float | int:
