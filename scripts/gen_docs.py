@@ -7,14 +7,19 @@
 A table lives between ``<!-- BEGIN options:<key> -->`` and ``<!-- END options:<key> -->``.
 Keys: the core sections (listen, gateway, control, state, plugins, tiers, price, tenants,
 databases) and ``backend:<type>`` / ``layer:<type>`` for every installed plugin type.
+``<!-- BEGIN hooks -->`` ... ``<!-- END hooks -->`` holds the hook reference, rendered from
+the docstrings in ``ogelkit.hookspecs``.
 """
 
 from __future__ import annotations
 
+import inspect
 import re
 import sys
+import textwrap
 from pathlib import Path
 
+from ogelkit import hookspecs
 from ogelkit.config import models, options_table
 from ogelkit.plugins import load_plugins
 
@@ -53,6 +58,26 @@ def table(model: type) -> str:
     return "\n".join(rows) + "\n"
 
 
+HOOKS = re.compile(r"(<!-- BEGIN hooks -->\n)(.*?)(<!-- END hooks -->)", re.DOTALL)
+
+
+def hooks_reference() -> str:
+    parts = []
+    for name in sorted(n for n in dir(hookspecs) if n.startswith("ogelkit_")):
+        fn = getattr(hookspecs, name)
+        sig = str(inspect.signature(fn)).replace("'", "")
+        doc = inspect.cleandoc(fn.__doc__ or "").replace("``", "`")
+        doc = re.sub(r":param (\w+):", r"- `\1`:", doc)
+        doc = doc.replace(":return:", "- returns:").replace(".. versionadded::", "Added in")
+        head, _, example = doc.partition("Example::")
+        # Continuation lines of a list item join the item (indented text is code in Markdown).
+        doc = re.sub(r"\n {4}(?=\S)", " ", head)
+        if example:
+            doc += "Example:\n\n```python\n" + textwrap.dedent(example).strip() + "\n```"
+        parts.append(f"### `{name}`\n\n```python\n{name}{sig}\n```\n\n{doc.strip()}\n")
+    return "\n".join(parts)
+
+
 def render(text: str, known: dict[str, type]) -> tuple[str, list[str]]:
     missing: list[str] = []
 
@@ -63,6 +88,7 @@ def render(text: str, known: dict[str, type]) -> tuple[str, list[str]]:
             return m.group(0)
         return m.group(1) + table(known[key]) + m.group(4)
 
+    text = HOOKS.sub(lambda m: m.group(1) + hooks_reference() + m.group(3), text)
     return BLOCK.sub(sub, text), missing
 
 
@@ -70,7 +96,8 @@ def main(argv: list[str]) -> int:
     check = "--check" in argv
     known = models_by_key()
     stale, problems = [], []
-    for path in sorted((ROOT / "docs").rglob("*.md")):
+    pages = sorted((ROOT / "docs").rglob("*.md")) + sorted(ROOT.glob("examples/plugins/*/README.md"))
+    for path in pages:
         text = path.read_text()
         new, missing = render(text, known)
         problems += [f"{path.relative_to(ROOT)}: no installed model for options:{k}" for k in missing]
