@@ -1,0 +1,229 @@
+"""The ratelimit layer: operations per second with burst, per tenant, GCRA.
+
+Without ``[state]`` each decision is a dictionary lookup and a few float operations in this
+process, taken synchronously (``on_operation`` returns None: no task, no coroutine). With
+``[state]`` the decision is made in Redis (``redis_bucket.py``), so every replica shares the
+tenant's one bucket; ``on_operation`` then returns a future settled by the batched round trip.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Awaitable
+from typing import Any
+
+from ogelkit import Layer, Operation, Reason, Reject, Session
+from ogelkit.state import OutagePolicy
+from ogelkit.tiers import Tier
+from ogelkit_layer_ratelimit.decisions import Decisions
+from ogelkit_layer_ratelimit.gcra import LocalBuckets
+from ogelkit_layer_ratelimit.options import RatelimitOptions
+from ogelkit_layer_ratelimit.redis_bucket import STATE_ERRORS, RedisBuckets
+
+log = logging.getLogger("ogelkit.layer.ratelimit")
+
+PURGE_INTERVAL = 60.0
+
+
+def _resolve(fut: asyncio.Future, value: Any = None) -> None:
+    if not fut.done():
+        fut.set_result(value)
+
+
+def _delay(seconds: float) -> asyncio.Future:
+    """An awaitable that completes after ``seconds``: a timer, not a task or a coroutine."""
+    loop = asyncio.get_running_loop()
+    fut = loop.create_future()
+    loop.call_later(seconds, _resolve, fut, None)
+    return fut
+
+
+def _ops(value: float | None) -> str:
+    return "unlimited operations per second" if value is None else (
+        f"{value:g} operations per second")
+
+
+class _TierInfo:
+    """Everything a decision needs about one tier, computed once: GCRA parameters, the
+    Prometheus label children and the upgrade hint."""
+
+    __slots__ = ("allowed", "allowed_down", "burst", "delayed", "interval", "interval_us",
+                 "rate", "rejected", "rejected_down", "tier", "tolerance", "tolerance_us",
+                 "upgrade")
+
+    def __init__(self, tier: Tier, decisions: Decisions, upgrade: str | None):
+        self.tier = tier
+        self.rate = tier.ops_per_second
+        if self.rate is None or self.rate <= 0:
+            self.rate = None
+            self.interval = self.tolerance = 0.0
+            self.burst = 0
+        else:
+            burst = tier.burst if tier.burst is not None else math.ceil(self.rate)
+            self.burst = max(1, burst)
+            self.interval = 1.0 / self.rate
+            self.tolerance = self.burst * self.interval
+        self.interval_us = round(self.interval * 1_000_000)
+        self.tolerance_us = self.burst * self.interval_us
+        self.upgrade = upgrade
+        name = tier.name
+        self.allowed = decisions.child("allowed", "ok", name)
+        self.allowed_down = decisions.child("allowed", "state_down", name)
+        self.delayed = decisions.child("delayed", Reason.RATE, name)
+        self.rejected = decisions.child("rejected", Reason.RATE, name)
+        self.rejected_down = decisions.child("rejected", Reason.UNAVAILABLE, name)
+
+
+class Ratelimit(Layer):
+    type_name = "ratelimit"
+    Config = RatelimitOptions
+
+    def __init__(self, config: RatelimitOptions, *, name: str, context: Any):
+        super().__init__(config, name=name, context=context)
+        self.config: RatelimitOptions = config
+        self._local = LocalBuckets()
+        self._tiers: dict[str, _TierInfo] = {}
+        self._decisions = Decisions(context.metrics, name)
+        self._policy = OutagePolicy(name, config.state_down, context.metrics)
+        self._max_delay = config.max_delay if config.mode == "delay" else -1.0
+        self._per_db = config.scope == "database"
+        self._redis: RedisBuckets | None = None
+        self._down_until = 0.0  # monotonic time until which Redis is not tried again
+        self._down_exc: BaseException | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+    async def open(self) -> None:
+        client = self.context.state()
+        if client is None:
+            return
+        self._redis = RedisBuckets(client, f"{self.config.key_prefix}rl:", self._max_delay,
+                                   self._settle, self._failed)
+        try:
+            await self._redis.load()
+        except STATE_ERRORS as exc:  # not fatal: each operation applies the policy
+            log.warning("shared state unavailable at startup: %s", exc,
+                        extra={"layer": self.name, "policy": self.config.state_down})
+
+    async def run(self) -> None:
+        """Forget in-process buckets that are full again, so idle tenants cost no memory."""
+        while True:
+            await asyncio.sleep(PURGE_INTERVAL)
+            self._local.purge(time.monotonic())
+
+    async def close(self) -> None:
+        if self._redis is not None:
+            await self._redis.close()
+
+    # -- the decision ------------------------------------------------------------------------
+    def on_operation(self, op: Operation) -> Awaitable[None] | None:
+        session = op.session
+        tier = session.tier
+        tenant = session.tenant
+        if tier is None or tenant is None:
+            return None
+        info = self._tiers.get(tier.name)
+        if info is None or info.tier is not tier:
+            info = self._tier_info(tier)
+        if info.rate is None:
+            info.allowed.inc()
+            return None
+        key = f"{tenant.slug}/{session.database}" if self._per_db else tenant.slug
+        if self._redis is None:
+            wait = self._local_wait(info, key, session, info.allowed)
+        elif self._down_until:
+            if time.monotonic() < self._down_until:
+                wait = self._down_wait(info, key, session, self._down_exc)  # type: ignore[arg-type]
+            else:
+                self._down_until = 0.0  # try Redis again
+                return self._redis.submit(key, info.interval_us, info.tolerance_us,
+                                          (info, key, session))
+        else:
+            return self._redis.submit(key, info.interval_us, info.tolerance_us,
+                                      (info, key, session))
+        return None if wait == 0.0 else _delay(wait)
+
+    def _local_wait(self, info: _TierInfo, key: str, session: Session, allowed: Any) -> float:
+        wait = self._local.take(key, info.interval, info.tolerance, self._max_delay,
+                                time.monotonic())
+        if wait == 0.0:
+            allowed.inc()
+            return 0.0
+        if wait > 0.0:
+            info.delayed.inc()
+            return wait
+        info.rejected.inc()
+        raise self._reject(info, session, -wait)
+
+    def _down_wait(self, info: _TierInfo, key: str, session: Session,
+                   exc: BaseException) -> float:
+        try:
+            self._policy.failed(exc)  # logs once per episode, counts, raises when closed
+        except Reject:
+            info.rejected_down.inc()
+            raise
+        return self._local_wait(info, key, session, info.allowed_down)
+
+    # -- callbacks of the Redis batcher -------------------------------------------------------
+    def _settle(self, fut: asyncio.Future, context: tuple[_TierInfo, str, Session],
+                result_us: int) -> None:
+        info, _, session = context
+        if self._policy.down_since is not None:
+            self._policy.succeeded()
+        if result_us == 0:
+            info.allowed.inc()
+            _resolve(fut)
+        elif result_us > 0:
+            info.delayed.inc()
+            if not fut.done():
+                fut.get_loop().call_later(result_us / 1_000_000, _resolve, fut, None)
+        else:
+            info.rejected.inc()
+            if not fut.done():
+                fut.set_exception(self._reject(info, session, -result_us / 1_000_000))
+
+    def _failed(self, fut: asyncio.Future, context: tuple[_TierInfo, str, Session],
+                exc: BaseException) -> None:
+        self._down_until = time.monotonic() + self.config.state_retry
+        self._down_exc = exc
+        info, key, session = context
+        try:
+            wait = self._down_wait(info, key, session, exc)
+        except Reject as rej:
+            if not fut.done():
+                fut.set_exception(rej)
+            return
+        if wait == 0.0:
+            _resolve(fut)
+        elif not fut.done():
+            fut.get_loop().call_later(wait, _resolve, fut, None)
+
+    # -- helpers -----------------------------------------------------------------------------
+    def _tier_info(self, tier: Tier) -> _TierInfo:
+        upgrade = self.context.tiers.upgrade_hint(tier, "ops_per_second", _ops)
+        info = self._tiers[tier.name] = _TierInfo(tier, self._decisions, upgrade)
+        return info
+
+    def _reject(self, info: _TierInfo, session: Session, retry: float) -> Reject:
+        ms = max(1, math.ceil(retry * 1000))
+        slug = session.tenant_slug
+        scope = (f'database "{session.database}" of tenant "{slug}"' if self._per_db
+                 else f'tenant "{slug}"')
+        hint = f"Retry after {ms} ms."
+        if info.upgrade:
+            hint += f" {info.upgrade}"
+        return Reject(Reason.RATE, f"rate limit exceeded for {scope}",
+                      detail=f"limit {info.rate:g} operations per second with bursts of "
+                             f"{info.burst} on tier {info.tier.name}.",
+                      hint=hint, retry_after=ms / 1000, layer=self.name)
+
+    def describe(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"mode": "redis" if self._redis is not None else "local",
+                               "decision": self.config.mode, "scope": self.config.scope,
+                               "local_buckets": len(self._local.tat)}
+        if self._redis is not None:
+            out["redis_calls"] = self._redis.calls
+            out.update(self._policy.describe())
+        return out

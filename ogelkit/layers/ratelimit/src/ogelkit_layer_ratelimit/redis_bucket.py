@@ -1,0 +1,145 @@
+"""GCRA buckets in Redis: one atomic Lua script on Redis's own clock, batched per round trip.
+
+Correct across replicas because the whole decision (read ``tat``, compare, write) runs inside
+one script (no check-then-add race) and ``now`` comes from ``redis.call('TIME')``, not from a
+replica's clock. Operations that arrive while a call is in flight are queued and decided by
+the next call, all keys together (one ``EVALSHA`` for the lot): a busy gateway needs one
+round trip per batch, not per operation, and never more than one Redis connection for this
+layer. Each operation is still decided individually and in arrival order inside the script.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from redis.exceptions import RedisError
+
+STATE_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, asyncio.TimeoutError)
+
+# KEYS: buckets. ARGV[1]: max delay in µs (-1 in reject mode); then per key: interval µs,
+# tolerance µs, number of operations. Returns one integer per operation, in order: 0 admit
+# now, > 0 admit after that many µs, < 0 refused (magnitude = µs until one would pass).
+TAKE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local max_delay = tonumber(ARGV[1])
+local out = {}
+local a = 2
+for k = 1, #KEYS do
+  local interval = tonumber(ARGV[a])
+  local tolerance = tonumber(ARGV[a + 1])
+  local n = tonumber(ARGV[a + 2])
+  a = a + 3
+  local tat = tonumber(redis.call('GET', KEYS[k]) or '0') or 0
+  if tat < now then tat = now end
+  local changed = false
+  for i = 1, n do
+    local new = tat + interval
+    local excess = new - now - tolerance
+    if excess <= 0 then
+      tat = new
+      changed = true
+      out[#out + 1] = 0
+    elseif excess <= max_delay then
+      tat = new
+      changed = true
+      out[#out + 1] = excess
+    else
+      out[#out + 1] = -excess
+    end
+  end
+  if changed then
+    redis.call('SET', KEYS[k], string.format('%.0f', tat), 'PX',
+               math.floor((tat - now) / 1000) + 1000)
+  end
+end
+return out
+"""
+
+
+class _Batch:
+    __slots__ = ("entries", "interval", "tolerance")
+
+    def __init__(self, interval: int, tolerance: int):
+        self.interval = interval
+        self.tolerance = tolerance
+        self.entries: list[tuple[asyncio.Future, Any]] = []
+
+
+#: settle(future, context, result µs) on success; fail(future, context, exc) on a Redis error.
+Settle = Callable[[asyncio.Future, Any, int], None]
+Fail = Callable[[asyncio.Future, Any, BaseException], None]
+
+
+class RedisBuckets:
+    def __init__(self, client: Any, prefix: str, max_delay: float, settle: Settle, fail: Fail):
+        self.client = client
+        self.prefix = prefix
+        self.max_delay_us = round(max_delay * 1_000_000) if max_delay >= 0 else -1
+        self._script = client.register_script(TAKE)  # EVALSHA, reloads on NOSCRIPT
+        self._settle = settle
+        self._fail = fail
+        self._pending: dict[str, _Batch] = {}
+        self._sending = False
+        self._task: asyncio.Task | None = None
+        self.calls = 0  # round trips made (for describe/tests)
+
+    async def load(self) -> None:
+        self._script.sha = await self.client.script_load(self._script.script)
+
+    def submit(self, key: str, interval: int, tolerance: int, context: Any) -> asyncio.Future:
+        """Queue one operation for the next round trip; the future is settled by the caller's
+        ``settle``/``fail`` callbacks."""
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        batch = self._pending.get(key)
+        if batch is None:
+            batch = self._pending[key] = _Batch(interval, tolerance)
+        batch.entries.append((fut, context))
+        if not self._sending:
+            self._sending = True
+            self._task = loop.create_task(self._drain())
+        return fut
+
+    async def _drain(self) -> None:
+        try:
+            while self._pending:
+                batches, self._pending = self._pending, {}
+                await self._send(batches)
+        finally:
+            self._sending = False
+
+    async def _send(self, batches: dict[str, _Batch]) -> None:
+        keys = []
+        args: list[int] = [self.max_delay_us]
+        for key, batch in batches.items():
+            keys.append(self.prefix + key)
+            args += (batch.interval, batch.tolerance, len(batch.entries))
+        try:
+            self.calls += 1
+            results = await self._script(keys=keys, args=args)
+        except STATE_ERRORS as exc:
+            for batch in batches.values():
+                for fut, context in batch.entries:
+                    self._fail(fut, context, exc)
+            return
+        except BaseException:  # cancelled at shutdown: nobody may hang on a future
+            for batch in batches.values():
+                for fut, _ in batch.entries:
+                    if not fut.done():
+                        fut.cancel()
+            raise
+        i = 0
+        for batch in batches.values():
+            for fut, context in batch.entries:
+                self._settle(fut, context, int(results[i]))
+                i += 1
+
+    async def close(self) -> None:
+        if self._task is not None and not self._task.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(self._task), 2.0)
+            except (TimeoutError, Exception):
+                self._task.cancel()
