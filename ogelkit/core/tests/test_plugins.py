@@ -50,7 +50,7 @@ def _plugins_cli(site, **env):
 
 
 def test_broken_plugin_is_reported_by_name_and_the_rest_load(site):
-    result = _plugins_cli(site)
+    result = _plugins_cli(site, OGELKIT_LOAD_PLUGINS="goodx,brokenx")
     assert result.returncode == 1  # something is broken: say so to scripts
     rows = {r["name"]: r for r in json.loads(result.stdout)}
     assert rows["brokenx"]["status"] == "failed"
@@ -72,7 +72,9 @@ def test_human_listing_and_error_text(site):
 
 
 def test_disable_env_skips_the_broken_plugin(site):
-    result = _plugins_cli(site, OGELKIT_DISABLE_PLUGINS="brokenx")
+    # The allowlist keeps this test independent of whatever else is installed.
+    result = _plugins_cli(site, OGELKIT_DISABLE_PLUGINS="brokenx",
+                          OGELKIT_LOAD_PLUGINS="goodx,brokenx")
     assert result.returncode == 0, result.stderr
     rows = {r["name"]: r for r in json.loads(result.stdout)}
     assert rows["brokenx"]["status"] == "disabled"

@@ -29,6 +29,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ogelkit.directory")
 
+DELETION_CHECK_EVERY = 5  # polls between checks for deleted tenants (one full listing each)
+
 
 @attrs.define
 class TenantEntry:
@@ -81,6 +83,7 @@ class Directory:
         self._mock_secret = os.urandom(32)
         self._password_ok: dict[tuple[str, bytes], float] = {}
         self._last_change = time.time()
+        self._polls = 0
 
     def tier(self, name: str) -> Tier:
         """The tier called ``name``; unknown names fall back to the lowest tier (never crash
@@ -150,12 +153,15 @@ class Directory:
         for tenant in changed:
             self._last_change = max(self._last_change, tenant.updated_at)
             self.apply(tenant)
-        # Deleted tenants do not show up as rows: check the ones with live sessions.
-        for slug in self.sessions.tenants():
-            if slug not in {t.slug for t in changed} and await self.store.get_tenant(slug) is None:
-                self.invalidate(slug)
-                for session in self.sessions.of(slug):
-                    session.close(Reject(Reason.UNKNOWN, "tenant was deleted"))
+        self._polls += 1
+        if self._polls % DELETION_CHECK_EVERY == 0 and self.sessions.tenants():
+            # Deleted tenants leave no row to notice: compare live sessions with one listing.
+            existing = {t.slug for t in await self.store.list_tenants()}
+            for slug in self.sessions.tenants():
+                if slug not in existing:
+                    self.invalidate(slug)
+                    for session in self.sessions.of(slug):
+                        session.close(Reject(Reason.UNKNOWN, "tenant was deleted"))
 
     def apply(self, tenant: TenantRecord) -> None:
         """A tenant changed: refresh live sessions now, drop the cached entry."""

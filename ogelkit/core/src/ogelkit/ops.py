@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hmac
+import logging
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -15,6 +16,8 @@ from ogelkit.metrics import CONTENT_TYPE_LATEST
 
 if TYPE_CHECKING:
     from ogelkit.context import GatewayContext
+
+log = logging.getLogger("ogelkit.admin")
 
 READY_TIMEOUT = 2.0
 
@@ -102,6 +105,10 @@ class AdminApi:
             if tier not in self.ctx.tiers:
                 raise ValueError(f'unknown tier "{tier}"')
             tenant = await store.create_tenant(body["slug"], tier)
+            try:
+                self.ctx.hook.ogelkit_tenant_created(tenant=tenant)
+            except Exception:
+                log.exception("ogelkit_tenant_created hook failed")
             return Response.json(attrs.asdict(tenant), 201)
         if len(parts) == 2 and parts[0] == "tenants":
             slug = parts[1]
