@@ -1,0 +1,41 @@
+"""A bounded cache of estimates with a time to live, tuned for the hit path.
+
+A plain dict keeps insertion order, so the oldest entry is ``next(iter(...))``: eviction is
+first-in first-out, which for a cache whose entries all expire after the same TTL is what LRU
+would mostly do anyway, without reordering the dict on every hit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+
+
+class CostCache:
+    __slots__ = ("_entries", "size")
+
+    def __init__(self, size: int):
+        self.size = size
+        self._entries: dict[Hashable, tuple[float | None, float]] = {}
+
+    def get(self, key: Hashable, now: float) -> tuple[float | None, float] | None:
+        """``(cost, expires)`` when cached and fresh (cost None = the backend could not say)."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        if entry[1] <= now:
+            del self._entries[key]
+            return None
+        return entry
+
+    def put(self, key: Hashable, cost: float | None, expires: float) -> None:
+        entries = self._entries
+        entries.pop(key, None)
+        while len(entries) >= self.size:
+            del entries[next(iter(entries))]
+        entries[key] = (cost, expires)
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def clear(self) -> None:
+        self._entries.clear()

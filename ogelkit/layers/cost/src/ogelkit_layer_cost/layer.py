@@ -1,0 +1,195 @@
+"""The cost layer: refuse operations whose estimated cost is over the tier's ceiling.
+
+The layer knows no query language. The backend does the kind-specific work through two
+capability methods: ``cost_key(op)`` normalises the statement into a hashable key (None for
+statements that cannot be planned, e.g. SET, BEGIN, COMMIT: those pass untouched), and
+``await estimate_cost(op)`` estimates it (Postgres: EXPLAIN). Estimates are cached per
+(tenant database, key), so a repeated statement costs a dictionary lookup and is decided
+synchronously; a miss asks the backend once per key however many operations wait for it
+(single flight). An estimate that fails or is None means "unknown" and the operation passes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import time
+from collections.abc import Awaitable, Hashable
+from typing import Any
+
+from ogelkit import Capability, Layer, Operation, Reason, Reject
+from ogelkit.tiers import Tier
+from ogelkit_layer_cost.cache import CostCache
+from ogelkit_layer_cost.decisions import Decisions
+from ogelkit_layer_cost.options import CostOptions
+
+log = logging.getLogger("ogelkit.layer.cost")
+
+#: Failed estimates are retried after at most this long (a transient upstream error must
+#: not let expensive statements through for the whole cache_ttl).
+ERROR_TTL = 10.0
+
+
+def _units(value: float) -> str:
+    return f"{value:,.0f}" if value >= 100 else f"{value:,.2f}"
+
+
+class _TierInfo:
+    __slots__ = ("allowed", "ceiling", "rejected", "tier", "unknown", "warned")
+
+    def __init__(self, tier: Tier, decisions: Decisions):
+        self.tier = tier
+        self.ceiling = tier.cost_ceiling
+        name = tier.name
+        self.allowed = decisions.child("allowed", "ok", name)
+        self.unknown = decisions.child("allowed", "unknown", name)
+        self.warned = decisions.child("warned", Reason.COST, name)
+        self.rejected = decisions.child("rejected", Reason.COST, name)
+
+
+class Cost(Layer):
+    type_name = "cost"
+    Config = CostOptions
+
+    def __init__(self, config: CostOptions, *, name: str, context: Any):
+        super().__init__(config, name=name, context=context)
+        self.config: CostOptions = config
+        self.cache = CostCache(config.cache_size)
+        self._tiers: dict[str, _TierInfo] = {}
+        self._decisions = Decisions(context.metrics, name)
+        self._capable: dict[Any, bool] = {}  # backend -> implements estimate_cost
+        self._inflight: dict[Hashable, asyncio.Future] = {}
+        self._tasks: set[asyncio.Task] = set()
+        self._enforce = config.mode == "enforce"
+        self.hits = 0
+        self.misses = 0
+        self.estimates = 0
+        self.failures = 0
+
+    async def close(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        if self._tasks:
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+
+    # -- the decision ------------------------------------------------------------------------
+    def on_operation(self, op: Operation) -> Awaitable[None] | None:
+        session = op.session
+        backend = session.backend
+        tier = session.tier
+        if backend is None or tier is None:
+            return None
+        info = self._tiers.get(tier.name)
+        if info is None or info.tier is not tier:
+            info = self._tiers[tier.name] = _TierInfo(tier, self._decisions)
+        if info.ceiling is None and not self.config.estimate_unlimited:
+            return None
+        capable = self._capable.get(backend)
+        if capable is None:
+            capable = self._capable[backend] = Capability.ESTIMATE_COST in backend.capabilities
+        if not capable:
+            return None
+        key = backend.cost_key(op)
+        if key is None:  # SET, BEGIN, COMMIT, utility statements: nothing to plan
+            return None
+        cache_key = (session.tenant_slug, session.database, key)
+        entry = self.cache.get(cache_key, time.monotonic())
+        if entry is not None:
+            self.hits += 1
+            self._decide(op, entry[0], info)
+            return None
+        self.misses += 1
+        return self._wait_for_estimate(op, cache_key, info)
+
+    def _decide(self, op: Operation, cost: float | None, info: _TierInfo) -> None:
+        op.cost = cost
+        if cost is None:
+            info.unknown.inc()
+            return
+        ceiling = info.ceiling
+        if ceiling is None or cost <= ceiling:
+            info.allowed.inc()
+            return
+        if not self._enforce:
+            info.warned.inc()
+            return
+        info.rejected.inc()
+        raise self._reject(op, cost, info)
+
+    # -- misses: one estimate per key, however many operations wait for it --------------------
+    async def _wait_for_estimate(self, op: Operation, cache_key: Hashable,
+                                 info: _TierInfo) -> None:
+        fut = self._inflight.get(cache_key)
+        if fut is None:
+            loop = asyncio.get_running_loop()
+            fut = self._inflight[cache_key] = loop.create_future()
+            task = loop.create_task(self._estimate(op, cache_key, fut))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        try:
+            cost = await asyncio.wait_for(asyncio.shield(fut), self.config.estimate_timeout)
+        except TimeoutError:
+            cost = None
+        self._decide(op, cost, info)
+
+    async def _estimate(self, op: Operation, cache_key: Hashable, fut: asyncio.Future) -> None:
+        backend = op.session.backend
+        cost: float | None = None
+        ttl = self.config.cache_ttl
+        try:
+            self.estimates += 1
+            value = await backend.estimate_cost(op)  # type: ignore[union-attr]
+            if value is not None:
+                cost = float(value)
+                if math.isnan(cost) or cost < 0:
+                    raise ValueError(f"estimate_cost returned {value!r}")
+            else:
+                ttl = min(ttl, ERROR_TTL)
+        except asyncio.CancelledError:
+            fut.cancel()
+            raise
+        except Exception as exc:  # any backend failure means "unknown", never a crash
+            self.failures += 1
+            cost, ttl = None, min(ttl, ERROR_TTL)
+            log.debug("cost estimate failed: %r", exc, extra={"layer": self.name})
+        finally:
+            self._inflight.pop(cache_key, None)
+        self.cache.put(cache_key, cost, time.monotonic() + ttl)
+        if not fut.done():
+            fut.set_result(cost)
+
+    # -- helpers -----------------------------------------------------------------------------
+    def _reject(self, op: Operation, cost: float, info: _TierInfo) -> Reject:
+        tier = info.tier
+        ceiling = info.ceiling
+        assert ceiling is not None
+        better = self._tier_allowing(tier, cost)
+        if better is None:
+            hint = "No tier allows a statement this expensive: narrow it (a WHERE clause, a " \
+                   "LIMIT, an index)."
+        elif better.cost_ceiling is None:
+            hint = f"Upgrade to {better.name} (no cost ceiling), or narrow the statement."
+        else:
+            hint = (f"Upgrade to {better.name} (cost ceiling {_units(better.cost_ceiling)}), "
+                    f"or narrow the statement.")
+        return Reject(Reason.COST,
+                      f"estimated cost {_units(cost)} exceeds the cost ceiling of tier "
+                      f"{tier.name}",
+                      detail=f"estimated cost {_units(cost)}, ceiling {_units(ceiling)} on tier "
+                             f"{tier.name}.",
+                      hint=hint, layer=self.name)
+
+    def _tier_allowing(self, tier: Tier, cost: float) -> Tier | None:
+        """The smallest tier above ``tier`` whose ceiling admits ``cost``."""
+        for candidate in self.context.tiers.values():
+            if candidate.rank <= tier.rank:
+                continue
+            if candidate.cost_ceiling is None or candidate.cost_ceiling >= cost:
+                return candidate
+        return None
+
+    def describe(self) -> dict[str, Any]:
+        return {"mode": self.config.mode, "cached": len(self.cache), "hits": self.hits,
+                "misses": self.misses, "estimates": self.estimates, "failures": self.failures,
+                "in_flight": len(self._inflight)}
