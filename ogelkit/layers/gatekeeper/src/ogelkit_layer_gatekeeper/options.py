@@ -51,5 +51,5 @@ class GatekeeperOptions:
             'a Redis outage must not lock every tenant out of its databases.')
     key_prefix: str = option(
         "o7s:",
-        doc="Prefix of every Redis key of this layer (leases live in "
-            "<key_prefix>conn:<tenant>[/<database>]).")
+        doc="Prefix of every Redis key of this layer: with the default, the leases of "
+            "tenant acme live in o7s:conn:acme (o7s:conn:acme/main with per_database).")

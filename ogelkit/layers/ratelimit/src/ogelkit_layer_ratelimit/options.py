@@ -41,5 +41,5 @@ class RatelimitOptions:
             "trying Redis again, so a dead Redis does not cost a failed call per operation.")
     key_prefix: str = option(
         "o7s:",
-        doc="Prefix of every Redis key of this layer (buckets live in "
-            "<key_prefix>rl:<tenant>[/<database>]).")
+        doc="Prefix of every Redis key of this layer: with the default, the bucket of "
+            "tenant acme lives in o7s:rl:acme (o7s:rl:acme/main with scope = database).")
