@@ -19,9 +19,10 @@ def month_range(month: str | None = None) -> tuple[float, float, str]:
         year, mon = today.year, today.month
     else:
         try:
-            year_s, mon_s = month.split("-")
+            year_s, mon_s = month.strip().split("-")
             year, mon = int(year_s), int(mon_s)
-            if not 1 <= mon <= 12:
+            # 1970..9998 keeps both ends of the month inside datetime's range
+            if not (1 <= mon <= 12 and 1970 <= year <= 9998):
                 raise ValueError
         except ValueError as exc:
             raise ValueError(f'month must look like "2026-11", got "{month}"') from exc
@@ -46,6 +47,8 @@ class Invoice:
 
 
 def invoice(tier: Tier, month: str, totals: Sequence[UsageTotals]) -> Invoice:
+    """The month's invoice preview. ``totals`` must cover *every* database of the tenant:
+    the base price and the included hours are per tenant, not per database."""
     vcpu_hours = sum(t["vcpu_seconds"] for t in totals) / 3600.0
     gb_hours = sum(t["gb_seconds"] for t in totals) / 3600.0
     p = tier.price

@@ -132,8 +132,12 @@ class AdminApi:
             slug = parts[1]
             tenant = await store.require_tenant(slug)
             start, end, label = month_range(request.arg("month"))
-            totals = await store.usage_totals(slug, start, end, request.arg("database"))
-            inv = invoice(self.ctx.directory.tier(tenant.tier), label, totals)
+            # The invoice covers every database (base price and included hours are per
+            # tenant); ?database= only narrows the list.
+            every = await store.usage_totals(slug, start, end)
+            only = request.arg("database")
+            totals = [t for t in every if only is None or t.database == only]
+            inv = invoice(self.ctx.directory.tier(tenant.tier), label, every)
             return Response.json({"tenant": slug, "month": label,
                                   "databases": [{"database": t.database, **t.values} for t in totals],
                                   "invoice": attrs.asdict(inv)})
