@@ -1,0 +1,810 @@
+"""One client connection of the Redis front door (an ``asyncio.Protocol``).
+
+The path of a command: parse (``resp.parse_command``) -> look the command up in the table the
+upstream reported -> rewrite its keys -> (layers, only when some layer looks at operations)
+-> append it to the client's current upstream connection. Replies come back through
+``deliver``/``deliver_many`` in order.
+
+Ordering rules, which make a multiplexed gateway behave like a private server:
+
+* a client uses one upstream connection at a time; before its commands move to another
+  connection (shared -> dedicated for MULTI, -> admin for KEYS ...) every reply it is owed
+  must have arrived (the command *stalls* until then);
+* replies the gateway writes itself (errors, PONG, CLIENT ID ...) are *held* behind the
+  upstream replies the client is still owed (``held``: ``(sent_count, bytes)``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from ogelkit.model import Operation, Reason, Reject, Session
+from ogelkit_redis import resp
+from ogelkit_redis.commands import Command
+from ogelkit_redis.namespace import Namespace, first_word
+from ogelkit_redis.resp import ProtocolError, parse_command
+from ogelkit_redis.upstream import Pending, Upstream
+
+if TYPE_CHECKING:
+    from ogelkit_redis.backend import RedisBackend, TenantDb
+    from ogelkit_redis.frontdoor import RedisFrontDoor
+
+log = logging.getLogger("ogelkit.redis.client")
+
+PREAUTH_MAX_BULK = 16 * 1024  # like Redis for unauthenticated clients
+PREAUTH_MAX_ARGS = 16
+MAX_PENDING_INPUT = 8 * 1024 * 1024  # input buffered while stalled before we stop reading
+NOAUTH = b"-NOAUTH Authentication required.\r\n"
+WRONGPASS = b"-WRONGPASS invalid username-password pair or user is disabled.\r\n"
+
+
+class RedisOperation(Operation):
+    """An Operation that keeps the command's arguments (for the backend's cost estimate)."""
+
+    __slots__ = ("argv", "command")
+
+
+def reject_error(rej: Reject) -> bytes:
+    """A ``Reject`` as a RESP error, per docs/dev/frontdoors.md."""
+    code = {Reason.AUTH: "WRONGPASS", Reason.QUOTA: "OOM", Reason.TIMEOUT: "TIMEOUT"}.get(
+        rej.reason, "ERR")
+    message = rej.message
+    head = message.split(" ", 1)[0]
+    if head.isupper() and head.isalpha():
+        code, message = head, message[len(head):].lstrip()
+    text = f"{code} {message}"
+    if rej.detail:
+        text += f" ({rej.detail})"
+    if rej.hint:
+        text += f". {rej.hint}"
+    elif rej.retry_after is not None:
+        text += f". Retry after {round(rej.retry_after * 1000)} ms."
+    return resp.error(text)
+
+
+class RedisClient(asyncio.Protocol):
+    def __init__(self, door: RedisFrontDoor):
+        self.door = door
+        self.ctx = door.context
+        self.loop = door.loop
+        self.transport: asyncio.Transport | None = None
+        self.session: Session = Session("redis", "")
+        self.proto = 2
+        self.authed = False
+        self.closing = False
+        self.closed = False
+        self.name: bytes | None = None
+        self.backend: RedisBackend | None = None
+        self.tdb: TenantDb | None = None
+        self.ns: Namespace | None = None
+        self.table: Any = None
+        self.max_bulk = PREAUTH_MAX_BULK
+        self.max_args = PREAUTH_MAX_ARGS
+        self.shared_index = 0
+        self.upstream: Upstream | None = None  # where the previous command went
+        self.dedicated: Upstream | None = None
+        self.sent = 0
+        self.recv = 0
+        self.held: deque[tuple[int, bytes]] = deque()
+        self.in_multi = False
+        self.multi_error = False
+        self.multi_transforms: list[Callable[[bytes], bytes] | None] = []
+        self.watching = False
+        self.subs = 0
+        self.ssubs = 0
+        self.blocked = 0  # blocking commands in flight
+        self.reply_off = False
+        self.skip_next = False
+        self.no_evict = False
+        # Input handling: chunks waiting for a complete request or for a stall to end.
+        self._chunks: list[bytes] = []
+        self._have = 0
+        self._need = 0
+        self.suspended = False
+        self._stalled: Callable[[], bool] | None = None
+        self._reading_paused = False
+        self._task: asyncio.Task[None] | None = None
+        self.observe = False  # some layer looks at operations
+        self.chain = None
+
+    # == asyncio callbacks ======================================================================
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple):
+            host, port = peer[0], peer[1]
+            self.session.client_addr = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        else:
+            self.session.client_addr = str(peer or "unix")
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            import socket
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+        self.door.opened(self)
+        chain = self.ctx.chain
+        self.chain = chain
+        self.observe = self.door.observe
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.closing = True
+        self.transport = None
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        self._drop_dedicated()
+        self._end_session()
+        self.door.closed(self)
+
+    def pause_writing(self) -> None:
+        # The client reads its replies slower than we produce them: stop reading its
+        # requests until its socket buffer drains.
+        self._pause_reading()
+
+    def resume_writing(self) -> None:
+        self._resume_reading()
+
+    def _pause_reading(self) -> None:
+        if not self._reading_paused and self.transport is not None:
+            self._reading_paused = True
+            self.transport.pause_reading()
+
+    def _resume_reading(self) -> None:
+        if self._reading_paused and self.transport is not None and not self.closing:
+            self._reading_paused = False
+            self.transport.resume_reading()
+
+    def upstream_resumed(self) -> None:
+        self._resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        self.session.bytes_in += len(data)
+        if self._chunks or self.suspended:
+            self._chunks.append(data)
+            self._have += len(data)
+            if self.suspended:
+                if self._have > MAX_PENDING_INPUT:
+                    self._pause_reading()
+                return
+            if self._have < self._need:
+                return
+            data = b"".join(self._chunks)
+            self._chunks = []
+            self._have = 0
+        self._process(data)
+
+    # == request loop ===========================================================================
+    def _process(self, data: bytes) -> None:
+        pos = 0
+        n = len(data)
+        execute = self._execute
+        while pos < n:
+            if self.closing:
+                return
+            try:
+                argv, end = parse_command(data, pos, self.max_bulk, self.max_args)
+            except ProtocolError as exc:
+                self._protocol_error(str(exc))
+                return
+            if argv is None:
+                rest = data[pos:] if pos else data
+                self._chunks = [rest]
+                self._have = len(rest)
+                self._need = end - pos
+                if self._need > self.max_bulk + 1024 * 1024 and self.authed:
+                    self._protocol_error("invalid bulk length")
+                return
+            start = pos
+            pos = end
+            if not argv:
+                continue
+            if not execute(argv, data, start, end):
+                # Stalled or handed to a task: keep the rest for when it resumes.
+                if pos < n:
+                    self._chunks.insert(0, data[pos:])
+                    self._have += n - pos
+                return
+
+    def _resume(self) -> None:
+        """Continue with buffered input after a stall or a task."""
+        self.suspended = False
+        self._stalled = None
+        if self.closing:
+            return
+        self._resume_reading()
+        if self._chunks:
+            data = b"".join(self._chunks)
+            self._chunks = []
+            self._have = 0
+            self._need = 0
+            self._process(data)
+
+    def _stall(self, retry: Callable[[], bool]) -> bool:
+        """Wait until every reply owed is delivered, then call ``retry`` (which finishes
+        the command and returns like ``_execute``)."""
+        self.suspended = True
+        self._stalled = retry
+        if self.recv == self.sent:
+            self.loop.call_soon(self._unstall)
+        return False
+
+    def _unstall(self) -> None:
+        retry = self._stalled
+        if retry is None or self.closing:
+            return
+        self._stalled = None
+        self.suspended = False
+        if retry():
+            self._resume()
+        # else: stalled again or a task took it
+
+    def _spawn(self, work: Awaitable[bool | None]) -> bool:
+        """Run ``work`` (auth, connecting, an async layer, an emulated command) with the
+        client's input on hold; input resumes when it finishes."""
+        self.suspended = True
+        self._task = self.loop.create_task(self._run(work))
+        return False
+
+    async def _run(self, work: Awaitable[bool | None]) -> None:
+        resumable: bool | None = True
+        try:
+            resumable = await work
+        except Reject as rej:
+            self.reply(reject_error(rej))
+        except asyncio.CancelledError:
+            return
+        except Exception:
+            log.exception("redis command failed in the gateway")
+            self.reply(resp.error("ERR internal gateway error"))
+        if resumable is False:
+            return  # the command stalled or started another task: that one resumes input
+        self._task = None
+        self._resume()
+
+    # == output =================================================================================
+    def _write(self, data: bytes) -> None:
+        if self.transport is None:
+            return
+        if self.reply_off:
+            return
+        self.session.bytes_out += len(data)
+        self.transport.write(data)
+
+    def reply(self, data: bytes) -> None:
+        """A reply written by the gateway, in order after the replies still owed."""
+        if self.skip_next:
+            self.skip_next = False
+            return
+        if self.recv == self.sent and not self.held:
+            self._write(data)
+        else:
+            self.held.append((self.sent, data))
+
+    def _release_held(self) -> None:
+        held = self.held
+        while held and held[0][0] <= self.recv:
+            self._write(held.popleft()[1])
+
+    def deliver(self, raw: bytes) -> None:
+        """One upstream reply for this client (pass-through)."""
+        self.recv += 1
+        self._write(raw)
+        if self.held:
+            self._release_held()
+        if self.dedicated is not None or self._stalled is not None:
+            self._after_reply()
+
+    def deliver_many(self, parts: list[bytes]) -> None:
+        if self.held:
+            for raw in parts:
+                self.deliver(raw)
+            return
+        self.recv += len(parts)
+        self._write(parts[0] if len(parts) == 1 else b"".join(parts))
+        if self.dedicated is not None or self._stalled is not None:
+            self._after_reply()
+
+    def deliver_pending(self, w: Pending, raw: bytes, *, failed: bool = False) -> None:
+        op = w.op
+        if w.transform is not None and not failed and raw[0] != 45:
+            try:
+                raw = w.transform(raw)
+            except Exception:
+                log.exception("reply transformation failed")
+                raw = resp.error("ERR the gateway could not read the upstream reply")
+        if op is not None:
+            if op.rejection is not None:  # cancelled (timeout layer): already answered
+                raw = b""
+            op.ended = time.monotonic()
+            op.bytes_out = len(raw)
+            if raw[:1] == b"-":
+                op.error = first_word(raw)
+            self.chain.complete(op)
+        post = w.post
+        self.recv += 1
+        if raw:
+            self._write(raw)
+        if self.held:
+            self._release_held()
+        if post is not None:
+            post(self)
+        if self.dedicated is not None or self._stalled is not None:
+            self._after_reply()
+
+    def deliver_push(self, raw: bytes) -> None:
+        """A pub/sub message or (un)subscribe confirmation from the dedicated connection."""
+        ns = self.ns
+        if ns is not None and raw[0] in b"*>":
+            try:
+                raw = ns.strip_message(raw)
+            except Exception:
+                log.exception("pub/sub message could not be read")
+                return
+            self._count_subscriptions(raw)
+        self._write(raw)
+        if self.dedicated is not None:
+            self._after_reply()
+
+    def _count_subscriptions(self, raw: bytes) -> None:
+        frame, _ = resp.decode(raw)
+        items = frame.value or []
+        if len(items) < 3 or items[0].value is None:
+            return
+        kind = items[0].value.lower()
+        if not kind.endswith(b"subscribe"):
+            return
+        try:
+            count = int(items[2].value)
+        except (TypeError, ValueError):
+            return
+        if kind in (b"ssubscribe", b"sunsubscribe"):
+            self.ssubs = count
+        else:
+            self.subs = count
+
+    def _after_reply(self) -> None:
+        if self._stalled is not None and self.recv == self.sent:
+            self.loop.call_soon(self._unstall)
+        up = self.dedicated
+        if (up is not None and self.recv == self.sent and not self.in_multi
+                and not self.watching and not self.subs and not self.ssubs
+                and not self.blocked):
+            self.dedicated = None
+            up.pubsub_client = None
+            if self.tdb is not None:
+                self.tdb.pools.release(up)
+        if self.door.draining and self.is_idle():
+            self.close()
+
+    def upstream_lost(self, up: Upstream) -> None:
+        """The dedicated connection died while subscribed: the subscriptions are gone."""
+        if up is self.dedicated:
+            self.dedicated = None
+            self.subs = self.ssubs = 0
+            self.in_multi = self.watching = False
+            self.blocked = 0
+            self.reply(resp.error("ERR upstream Redis connection lost; subscriptions and "
+                                  "transaction state were dropped"))
+            self.close()
+
+    def is_idle(self) -> bool:
+        return (self.recv == self.sent and not self.in_multi and not self.watching
+                and not self.subs and not self.ssubs and not self.blocked
+                and not self.suspended)
+
+    # == closing ================================================================================
+    def _protocol_error(self, message: str) -> None:
+        self.reply(resp.error(f"ERR Protocol error: {message}"))
+        self.close()
+
+    def close(self) -> None:
+        if self.closing:
+            return
+        self.closing = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def close_with(self, rej: Reject) -> None:
+        """``session.closer``: tell the client why, then close (suspension, drain ...)."""
+        if self.closing:
+            return
+        self._write(reject_error(rej))
+        self.close()
+
+    def _drop_dedicated(self) -> None:
+        up, self.dedicated = self.dedicated, None
+        if up is None or self.tdb is None:
+            return
+        up.pubsub_client = None
+        clean = (self.recv == self.sent and not self.in_multi and not self.watching
+                 and not self.subs and not self.ssubs and not self.blocked)
+        if clean:
+            self.tdb.pools.release(up)
+        else:
+            self.tdb.pools.discard(up)
+
+    def _end_session(self) -> None:
+        s = self.session
+        if s.closed_at is not None:
+            return
+        s.closed_at = time.monotonic()
+        if s.authenticated:
+            self.ctx.sessions.discard(s)
+            self.door.active_sessions -= 1
+        if self.chain is not None:
+            self.chain.disconnect(s)
+
+    # == dispatch ===============================================================================
+    def _execute(self, argv: list[bytes], data: bytes, start: int, end: int) -> bool:
+        """Run one request. True: done (or queued upstream); False: input must wait."""
+        if not self.authed:
+            return self._preauth(argv, data[start:end] if (start or end != len(data)) else data)
+        cmd = self.table.lookup(argv[0])
+        if cmd is None:
+            return self._unknown(argv)
+        kind = cmd.kind
+        if kind == "keys":
+            if cmd.denyoom and self.tdb.over_quota is not None:
+                return self._refuse(cmd, argv, self.tdb.over_quota)
+            positions = cmd.key_positions(argv) if (cmd.first or cmd.specs) else None
+            if positions:
+                out = self.ns.rewrite(argv, positions)
+            else:
+                out = data[start:end] if (start or end != len(data)) else data
+            return self._send(cmd, argv, out, None)
+        raw = data[start:end] if (start or end != len(data)) else data
+        return self.door.handlers[kind](self, cmd, argv, raw)
+
+    def _unknown(self, argv: list[bytes]) -> bool:
+        args = " ".join(f"'{a[:128].decode('utf-8', 'replace')}'" for a in argv[1:4])
+        name = argv[0][:128].decode("utf-8", "replace")
+        self._refused_op("UNKNOWN", argv, Reject(Reason.FORBIDDEN, "unknown command"))
+        if self.in_multi:
+            self.multi_error = True
+        self.reply(resp.error(f"ERR unknown command '{name}', with args beginning with: {args}"))
+        return True
+
+    def _refuse(self, cmd: Command, argv: list[bytes], rej: Reject) -> bool:
+        self._refused_op(cmd.op_name, argv, rej)
+        if self.in_multi:
+            self.multi_error = True
+        self.reply(reject_error(rej))
+        return True
+
+    def refuse_text(self, cmd: Command, reason: str) -> bool:
+        shown = cmd.full_name.replace("|", " ").upper()
+        rej = Reject(Reason.FORBIDDEN, f"ERR '{shown}' is not allowed through the gateway: "
+                                       f"{reason}")
+        return self._refuse(cmd, [], rej)
+
+    def _refused_op(self, name: str, argv: list[bytes], rej: Reject) -> None:
+        if not self.observe:
+            return
+        op = RedisOperation(self.session, "command", name, None, sum(len(a) for a in argv))
+        op.argv = argv
+        op.rejection = rej
+        op.ended = op.started
+        self.chain.complete(op)
+
+    # == sending upstream =======================================================================
+    def target(self) -> Upstream | None:
+        if self.dedicated is not None:
+            return self.dedicated
+        return self.tdb.pools.shared_now(self.proto, self.shared_index)
+
+    def _send(self, cmd: Command, argv: list[bytes], out: bytes,
+              transform: Callable[[bytes], bytes] | None, *, up: Upstream | None = None,
+              post: Callable[[RedisClient], None] | None = None) -> bool:
+        explicit = up
+        if up is not None and up.closed:
+            self.reply(resp.error("ERR upstream Redis connection lost"))
+            return True
+        if up is None:
+            up = self.dedicated
+            if up is None:
+                up = self.tdb.pools.shared_now(self.proto, self.shared_index)
+                if up is None:
+                    return self._spawn(self._connect_then(cmd, argv, out, transform, post))
+        if up is not self.upstream and self.recv != self.sent:
+            return self._stall(lambda: self._send(cmd, argv, out, transform, up=explicit, post=post))
+        if self.in_multi and up is self.dedicated:
+            self.multi_transforms.append(transform)
+            transform = None
+        self.upstream = up
+        self.session.operations += 1
+        if self.observe:
+            return self._admit(cmd, argv, out, transform, up, post)
+        if up.paused:
+            up.paused_clients.append(self)
+            self._pause_reading()
+        self.sent += 1
+        if transform is None and post is None and not self.skip_next:
+            up.send(out, self)
+        else:
+            w = Pending(self, transform, post=post)
+            if self.skip_next:
+                self.skip_next = False
+                w.transform = _silence
+            up.send(out, w)
+        return True
+
+    async def _connect_then(self, cmd: Command, argv: list[bytes], out: bytes,
+                            transform: Callable[[bytes], bytes] | None,
+                            post: Callable[[RedisClient], None] | None) -> bool:
+        await self.tdb.pools.get_shared(self.proto, self.shared_index)
+        self.suspended = False
+        return self._send(cmd, argv, out, transform, post=post)
+
+    def _admit(self, cmd: Command, argv: list[bytes], out: bytes,
+               transform: Callable[[bytes], bytes] | None, up: Upstream,
+               post: Callable[[RedisClient], None] | None) -> bool:
+        op = RedisOperation(self.session, "command", cmd.op_name, None, len(out))
+        op.argv = argv
+        op.command = cmd
+        try:
+            pending = self.chain.admit(op)
+        except Reject as rej:
+            op.ended = time.monotonic()
+            self.chain.complete(op)
+            if self.in_multi:
+                self.multi_error = True
+            self.reply(reject_error(rej))
+            return True
+        if pending is not None:
+            return self._spawn(self._admit_later(op, pending, out, transform, up, post))
+        self._queue(op, out, transform, up, post)
+        return True
+
+    async def _admit_later(self, op: RedisOperation, pending: Awaitable[None], out: bytes,
+                           transform: Callable[[bytes], bytes] | None, up: Upstream,
+                           post: Callable[[RedisClient], None] | None) -> None:
+        try:
+            await pending
+        except Reject as rej:
+            op.ended = time.monotonic()
+            self.chain.complete(op)
+            if self.in_multi:
+                self.multi_error = True
+            self.reply(reject_error(rej))
+            return
+        if up.closed:
+            op.ended = time.monotonic()
+            op.error = "ERR"
+            self.chain.complete(op)
+            self.reply(resp.error("ERR upstream Redis connection lost"))
+            return
+        self._queue(op, out, transform, up, post)
+
+    def _queue(self, op: RedisOperation, out: bytes, transform: Callable[[bytes], bytes] | None,
+               up: Upstream, post: Callable[[RedisClient], None] | None) -> None:
+        w = Pending(self, transform, op, post=post)
+        if self.skip_next:
+            self.skip_next = False
+            w.transform = _silence
+
+        def cancel(rej: Reject, w: Pending = w, up: Upstream = up) -> None:
+            op.rejection = rej
+            self.reply_now_or_later(reject_error(rej))
+            if up.dedicated:
+                up.abort()  # a blocking command: stop it
+        op.canceller = cancel
+        if up.paused:
+            up.paused_clients.append(self)
+            self._pause_reading()
+        self.sent += 1
+        up.send(out, w)
+
+    def reply_now_or_later(self, data: bytes) -> None:
+        """Write a timeout answer at once when the timed-out command is the oldest one owed;
+        otherwise it replaces that command's reply when it arrives."""
+        if self.sent - self.recv == 1 and not self.held:
+            self._write(data)
+        else:
+            self.held.append((self.recv + 1, data))
+
+    async def admit_local(self, cmd: Command, argv: list[bytes]) -> RedisOperation | None:
+        """Layer admission for a command the gateway answers itself (emulated ones)."""
+        if not self.observe:
+            return None
+        op = RedisOperation(self.session, "command", cmd.op_name, None,
+                            sum(len(a) for a in argv))
+        op.argv = argv
+        op.command = cmd
+        try:
+            pending = self.chain.admit(op)
+            if pending is not None:
+                await pending
+        except Reject:
+            op.ended = time.monotonic()
+            self.chain.complete(op)
+            raise
+        return op
+
+    # == authentication =========================================================================
+    def _preauth(self, argv: list[bytes], raw: bytes) -> bool:
+        name = argv[0].lower()
+        if name == b"auth":
+            if len(argv) == 3:
+                return self._spawn(self._auth(argv[1], argv[2], None))
+            if len(argv) == 2:
+                self.reply(resp.error("WRONGPASS the gateway needs a user name: "
+                                      "AUTH <tenant> <password> (or <tenant>.<database>)"))
+                return True
+            self.reply(resp.error("ERR wrong number of arguments for 'auth' command"))
+            return True
+        if name == b"hello":
+            return self._hello(argv)
+        if name == b"quit":
+            self._write(resp.OK)
+            self.close()
+            return True
+        if name == b"reset":
+            self._write(b"+RESET\r\n")
+            return True
+        self._write(NOAUTH)
+        return True
+
+    async def _auth(self, user: bytes, password: bytes, hello: int | None) -> None:
+        try:
+            user_s = user.decode()
+            password_s = password.decode()
+        except UnicodeDecodeError:
+            self.reply(WRONGPASS)
+            return
+        if self.authed:
+            await self._reauth(user_s, password_s, hello)
+            return
+        ok = await self.door.authenticate(self, user_s, password_s, hello)
+        if ok and hello is not None:
+            self.proto = hello
+            self.reply(self._hello_reply())
+        elif ok:
+            self.reply(resp.OK)
+
+    async def _reauth(self, user: str, password: str, hello: int | None) -> None:
+        s = self.session
+        slug, _, dbname = user.partition(".")
+        entry = await self.ctx.directory.lookup(slug)
+        same = (entry is not None and s.tenant is not None and entry.tenant.slug == s.tenant.slug
+                and (not dbname or dbname == s.database))
+        if not same:
+            self.reply(resp.error("ERR the gateway does not switch tenant or database on an "
+                                  "open connection; open a new connection"))
+            return
+        if not await self.ctx.directory.check_password(entry, password):
+            self.reply(WRONGPASS)
+            return
+        if hello is not None:
+            self.proto = hello
+            self.reply(self._hello_reply())
+        else:
+            self.reply(resp.OK)
+
+    def _hello(self, argv: list[bytes]) -> bool:
+        proto = self.proto
+        auth: tuple[bytes, bytes] | None = None
+        name: bytes | None = None
+        if len(argv) > 1:
+            try:
+                proto = int(argv[1])
+            except ValueError:
+                self.reply(resp.error("ERR Protocol version is not an integer or out of range"))
+                return True
+            if proto not in (2, 3):
+                self.reply(resp.error("NOPROTO unsupported protocol version"))
+                return True
+            i = 2
+            while i < len(argv):
+                opt = argv[i].lower()
+                if opt == b"auth" and i + 2 < len(argv):
+                    auth = (argv[i + 1], argv[i + 2])
+                    i += 3
+                elif opt == b"setname" and i + 1 < len(argv):
+                    name = argv[i + 1]
+                    i += 2
+                else:
+                    self.reply(resp.error(f"ERR Syntax error in HELLO option "
+                                          f"'{argv[i].decode('utf-8', 'replace')}'"))
+                    return True
+        if proto != self.proto and (self.dedicated is not None or self.in_multi):
+            self.reply(resp.error("ERR cannot switch the protocol during a transaction, WATCH "
+                                  "or a subscription through the gateway"))
+            return True
+        if proto != self.proto and self.recv != self.sent:
+            return self._stall(lambda: self._hello(argv))
+        if auth is None and not self.authed:
+            self.reply(resp.error("NOAUTH HELLO must be called with the client already "
+                                  "authenticated, otherwise the HELLO <proto> AUTH <user> <pass> "
+                                  "option can be used to authenticate the client and select "
+                                  "the RESP protocol version at the same time"))
+            return True
+        if name is not None:
+            if b" " in name or b"\n" in name:
+                self.reply(resp.error("ERR Client names cannot contain spaces, newlines or "
+                                      "special characters."))
+                return True
+            self.name = name or None
+        if auth is not None:
+            return self._spawn(self._auth(auth[0], auth[1], proto))
+        self.proto = proto
+        self.reply(self._hello_reply())
+        return True
+
+    def _hello_reply(self) -> bytes:
+        p = self.proto
+        version = self.backend.version if self.backend is not None else self.door.version
+        pairs = [
+            (resp.bulk(b"server"), resp.bulk(b"redis")),
+            (resp.bulk(b"version"), resp.bulk(version.encode())),
+            (resp.bulk(b"proto"), resp.integer(p)),
+            (resp.bulk(b"id"), resp.integer(self.session.id)),
+            (resp.bulk(b"mode"), resp.bulk(b"standalone")),
+            (resp.bulk(b"role"), resp.bulk(b"master")),
+            (resp.bulk(b"modules"), resp.array([])),
+        ]
+        return resp.mapping(pairs, p)
+
+    def authenticated(self, backend: RedisBackend, tdb: TenantDb, index: int) -> None:
+        """Called by the front door once the session is admitted."""
+        self.backend = backend
+        self.tdb = tdb
+        self.ns = tdb.ns
+        self.table = backend.table
+        self.max_bulk = backend.config.max_bulk_size
+        self.max_args = resp.MAX_ARGS
+        self.shared_index = index
+        self.authed = True
+        self.session.closer = self.close_with
+
+    def deauthenticate(self) -> None:
+        """RESET: back to an unauthenticated connection with a fresh session."""
+        self._drop_dedicated()
+        self._end_session()
+        self.session = Session("redis", self.session.client_addr)
+        self.authed = False
+        self.backend = self.tdb = self.ns = self.table = None
+        self.max_bulk = PREAUTH_MAX_BULK
+        self.max_args = PREAUTH_MAX_ARGS
+        self.upstream = None
+        self.in_multi = self.watching = self.multi_error = False
+        self.subs = self.ssubs = self.blocked = 0
+        self.proto = 2
+        self.name = None
+        self.reply_off = self.skip_next = self.no_evict = False
+
+    # == dedicated connections ==================================================================
+    def with_dedicated(self, argv: list[bytes], raw: bytes,
+                       then: Callable[[Upstream], bool]) -> bool:
+        """Run ``then(dedicated)`` once the client has its dedicated connection and owes no
+        reply from another one."""
+        up = self.dedicated
+        if up is not None:
+            return then(up)
+        if self.recv != self.sent:
+            return self._stall(lambda: self.with_dedicated(argv, raw, then))
+        up = self.tdb.pools.dedicated_now(self.proto)
+        if up is not None:
+            self.dedicated = up
+            return then(up)
+
+        async def get() -> bool:
+            up = await self.tdb.pools.get_dedicated(self.proto)
+            if self.closing:
+                self.tdb.pools.release(up)
+                return True
+            self.dedicated = up
+            self.suspended = False
+            return then(up)
+        return self._spawn(get())
+
+
+def _silence(raw: bytes) -> bytes:
+    return b""
+

@@ -1,0 +1,540 @@
+"""Command handlers by kind (``Command.kind``), for everything that is not a plain
+key-taking command: connection state kept in the gateway, transactions, pub/sub, key
+patterns, emulated commands and refusals. Each returns like ``RedisClient._execute``."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from ogelkit.model import Reason, Reject
+from ogelkit_redis import resp
+from ogelkit_redis.namespace import ChannelRefused
+
+if TYPE_CHECKING:
+    from ogelkit_redis.client import RedisClient
+    from ogelkit_redis.commands import Command
+    from ogelkit_redis.upstream import Upstream
+
+Handler = Callable[["RedisClient", "Command", list[bytes], bytes], bool]
+
+_IN_MULTI = "is not supported inside MULTI through the gateway"
+
+
+def _arity_error(c: RedisClient, cmd: Command) -> bool:
+    c.reply(resp.error(f"ERR wrong number of arguments for '{cmd.full_name.replace('|', ' ')}' "
+                       "command"))
+    if c.in_multi:
+        c.multi_error = True
+    return True
+
+
+def _arity_ok(cmd: Command, argv: list[bytes]) -> bool:
+    a = cmd.arity
+    return len(argv) == a if a >= 0 else len(argv) >= -a
+
+
+def _not_in_multi(c: RedisClient, cmd: Command) -> bool:
+    c.multi_error = True
+    c.reply(resp.error(f"ERR {cmd.full_name.replace('|', ' ').upper()} {_IN_MULTI}"))
+    return True
+
+
+def _strip_for(c: RedisClient, name: str) -> Callable[[bytes], bytes] | None:
+    ns = c.ns
+    if name in ("xread", "xreadgroup"):
+        return ns.strip_streams
+    if name in ("blpop", "brpop", "bzpopmin", "bzpopmax", "blmpop", "bzmpop", "lmpop", "zmpop"):
+        return ns.strip_first
+    return None
+
+
+def _quota(c: RedisClient, cmd: Command, argv: list[bytes]) -> bool:
+    """True when the write must be refused (tenant over its key or memory quota)."""
+    if cmd.denyoom and c.tdb.over_quota is not None:
+        c._refuse(cmd, argv, c.tdb.over_quota)
+        return True
+    return False
+
+
+# -- plain key commands ---------------------------------------------------------------------
+def keyed(c: RedisClient, cmd: Command, argv: list[bytes], raw: bytes) -> bool:
+    """Key commands whose replies name keys (LMPOP, ZMPOP ...)."""
+    if _quota(c, cmd, argv):
+        return True
+    positions = cmd.key_positions(argv)
+    out = c.ns.rewrite(argv, positions) if positions else raw
+    return c._send(cmd, argv, out, _strip_for(c, cmd.full_name))
+
+
+def container(c: RedisClient, cmd: Command, argv: list[bytes], raw: bytes) -> bool:
+    """OBJECT, XINFO, XGROUP, MEMORY, SCRIPT, FUNCTION: the subcommand decides."""
+    sub = cmd.subcommands.get(argv[1].lower()) if len(argv) > 1 else None
+    if sub is None:
+        if len(argv) < 2:
+            return _arity_error(c, cmd)
+        shown = argv[1][:64].decode("utf-8", "replace")
+        c.reply(resp.error(f"ERR unknown subcommand '{shown}'. Try "
+                           f"{cmd.full_name.upper()} HELP."))
+        if c.in_multi:
+            c.multi_error = True
+        return True
+    if sub.kind == "refuse":
+        return c.refuse_text(sub, sub.reason)
+    if _quota(c, sub, argv):
+        return True
+    positions = sub.key_positions(argv)
+    out = c.ns.rewrite(argv, positions) if positions else raw
+    return c._send(sub, argv, out, None)
+
+
+def copy(c: RedisClient, cmd: Command, argv: list[bytes], raw: bytes) -> bool:
+    if any(a.upper() == b"DB" for a in argv[3:]):
+        return c.refuse_text(cmd, "COPY ... DB: each tenant database has a single logical "
+                                  "database (0)")
+    return keys(c, cmd, argv, raw)
+
+
+def keys(c: RedisClient, cmd: Command, argv: list[bytes], raw: bytes) -> bool:
+    if _quota(c, cmd, argv):
+        return True
+    positions = cmd.key_positions(argv)
+    out = c.ns.rewrite(argv, positions) if positions else raw
+    return c._send(cmd, argv, out, None)
+
+
+def refuse(c: RedisClient, cmd: Command, argv: list[bytes], raw: bytes) -> bool:
+    return c.refuse_text(cmd, cmd.reason)
+
+
+# -- blocking -------------------------------------------------------------------------------
+def _unblock(c: RedisClient) -> None:
+    c.blocked -= 1
+
+
+def _send_blocking(c: RedisClient, cmd: Command, argv: list[bytes], out: bytes,
+                   transform: Callable[[bytes], bytes] | None, raw: bytes) -> bool:
+    if c.in_multi:  # queued: runs without blocking at EXEC
+        return c._send(cmd, argv, out, transform)
+
+    def then(up: Upstream) -> bool:
+        c.blocked += 1
+        return c._send(cmd, argv, out, transform, up=up, post=_unblock)
+    return c.with_dedicated(argv, raw, then)
+
+
+def blocking(c: RedisClient, cmd: Command, argv: list[bytes], raw: bytes) -> bool:
+    if _quota(c, cmd, argv):
+        return True
+    positions = cmd.key_positions(argv)
+    out = c.ns.rewrite(argv, positions) if positions else raw
+    return _send_blocking(c, cmd, argv, out, _strip_for(c, cmd.full_name), raw)
+
+
+def xread(c: RedisClient, cmd: Command, argv: list[bytes], raw: bytes) -> bool:
+    if _quota(c, cmd, argv):
+        return True
+    is_blocking = False
+    for a in argv[1:]:
+        up = a.upper()
+        if up == b"STREAMS":
+            break
+        if up == b"BLOCK":
+            is_blocking = True
+    positions = cmd.key_positions(argv)
+    out = c.ns.rewrite(argv, positions) if positions else raw
+    if is_blocking:
+        return _send_blocking(c, cmd, argv, out, c.ns.strip_streams, raw)
+    return c._send(cmd, argv, out, c.ns.strip_streams)
+
+
+# -- local: connection state kept in the gateway ----------------------------------------------
+def local(c: RedisClient, cmd: Command, argv: list[bytes], raw: bytes) -> bool:
+    name = cmd.full_name
+    if name in ("ping", "echo"):
+        if not _arity_ok(cmd, argv):
+            return _arity_error(c, cmd)
+        if c.dedicated is not None:  # keep order with pub/sub and MULTI on that connection
+            return c._send(cmd, argv, raw, None)
+        if name == "echo":
+            c.reply(resp.bulk(argv[1]))
+        else:
+            c.reply(resp.PONG if len(argv) == 1 else resp.bulk(argv[1]))
+        return True
+    if name == "hello":
+        return c._hello(argv)
+    if name == "auth":
+        if len(argv) == 3:
+            return c._spawn(c._auth(argv[1], argv[2], None))
+        if len(argv) == 2:
+            c.reply(resp.error("WRONGPASS the gateway needs a user name: AUTH <tenant> "
+                               "<password>"))
+            return True
+        return _arity_error(c, cmd)
+    if name == "command":
+        if c.in_multi:
+            return _not_in_multi(c, cmd)
+        return c._send(cmd, argv, raw, None)
+    if c.in_multi:
+        return _not_in_multi(c, cmd)
+    if name == "select":
+        if len(argv) != 2:
+            return _arity_error(c, cmd)
+        if argv[1] != b"0":
+            try:
+                int(argv[1])
+            except ValueError:
+                c.reply(resp.error("ERR value is not an integer or out of range"))
+                return True
+            c.reply(resp.error("ERR DB index is out of range (each tenant database has one "
+                               "logical database, 0; log in as <tenant>.<database> to use "
+                               "another tenant database)"))
+            return True
+        c.reply(resp.OK)
+        return True
+    if name in ("quit", "reset"):
+        if c.recv != c.sent:
+            return c._stall(lambda: local(c, cmd, argv, raw))
+        if name == "quit":
+            c.reply(resp.OK)
+            c.close()
+            return True
+        c.deauthenticate()
+        c.reply(b"+RESET\r\n")
+        return True
+    if name == "client":
+        return _client(c, cmd, argv)
+    if name == "acl":
+        if len(argv) >= 2 and argv[1].lower() == b"whoami":
+            c.reply(resp.bulk(c.session.user.encode()))
+            return True
+        sub = argv[1].decode("utf-8", "replace").upper() if len(argv) > 1 else ""
+        return c.refuse_text(cmd, f"ACL {sub}: users and permissions are managed by the "
+                                  "platform".strip())
+    return c.refuse_text(cmd, "not supported through the gateway")
+
+
+def _client_line(c: RedisClient) -> bytes:
+    s = c.session
+    age = int(time.monotonic() - s.opened_at)
+    name = (c.name or b"").decode("utf-8", "replace")
+    flags = "N"
+    if c.in_multi:
+        flags = "x"
+    elif c.subs or c.ssubs:
+        flags = "P"
+    return (f"id={s.id} addr={s.client_addr} laddr= fd=-1 name={name} age={age} idle=0 "
+            f"flags={flags} db=0 sub={c.subs} psub=0 ssub={c.ssubs} multi={-1 if not c.in_multi else 0} "
+            f"qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 "
+            f"tot-mem=0 events=r cmd=client|info user={s.user} redir=-1 resp={c.proto}\n"
+            ).encode()
+
+
+def _client(c: RedisClient, cmd: Command, argv: list[bytes]) -> bool:
+    if len(argv) < 2:
+        return _arity_error(c, cmd)
+    sub = argv[1].lower()
+    if sub == b"id":
+        c.reply(resp.integer(c.session.id))
+    elif sub == b"getname":
+        c.reply(resp.bulk(c.name, c.proto))
+    elif sub == b"setname":
+        if len(argv) != 3:
+            return _arity_error(c, cmd)
+        name = argv[2]
+        if any(ch <= 32 or ch > 126 for ch in name):
+            c.reply(resp.error("ERR Client names cannot contain spaces, newlines or special "
+                               "characters."))
+            return True
+        c.name = name or None
+        c.reply(resp.OK)
+    elif sub in (b"info", b"list"):
+        if sub == b"list" and len(argv) > 2:
+            # CLIENT LIST ID <own id> works; anything naming others does not.
+            ids = [a for a in argv[3:]] if argv[2].lower() == b"id" else None
+            if ids is None or any(a != str(c.session.id).encode() for a in ids):
+                return c.refuse_text(cmd, "CLIENT LIST shows only your own connection "
+                                          "through the gateway")
+        c.reply(resp.verbatim(_client_line(c), c.proto) if sub == b"info"
+                else resp.bulk(_client_line(c)))
+    elif sub == b"no-evict":
+        if len(argv) != 3 or argv[2].lower() not in (b"on", b"off"):
+            c.reply(resp.error("ERR syntax error"))
+            return True
+        c.no_evict = argv[2].lower() == b"on"  # the upstream connection is the gateway's
+        c.reply(resp.OK)
+    elif sub == b"reply":
+        mode = argv[2].lower() if len(argv) == 3 else b""
+        if mode == b"on":
+            c.reply_off = False
+            c.reply(resp.OK)
+        elif mode == b"off":
+            c.reply_off = True
+        elif mode == b"skip":
+            c.skip_next = True
+        else:
+            c.reply(resp.error("ERR syntax error"))
+    elif sub == b"help":
+        lines = [b"CLIENT <subcommand> [<arg> ...]. Through the gateway:",
+                 b"ID", b"GETNAME", b"SETNAME <name>", b"INFO", b"LIST [ID <own id>]",
+                 b"NO-EVICT (ON|OFF)", b"REPLY (ON|OFF|SKIP)", b"HELP"]
+        c.reply(resp.array([b"+%s\r\n" % line for line in lines]))
+    elif sub in (b"kill", b"pause", b"unpause", b"unblock"):
+        shown = sub.decode().upper()
+        return c.refuse_text(cmd, f"CLIENT {shown} could act on other tenants' connections")
+    else:
+        shown = sub[:32].decode("utf-8", "replace").upper()
+        return c.refuse_text(cmd, f"CLIENT {shown} is not supported through the gateway "
+                                  "(supported: ID, GETNAME, SETNAME, INFO, LIST, NO-EVICT, "
+                                  "REPLY, HELP)")
+    return True
+
+
+# -- transactions ---------------------------------------------------------------------------
+def tx(c: RedisClient, cmd: Command, argv: list[bytes], raw: bytes) -> bool:
+    name = cmd.full_name
+    if name == "multi":
+        if c.in_multi:
+            c.reply(resp.error("ERR MULTI calls can not be nested"))
+            return True
+
+        def then(up: Upstream) -> bool:
+            done = c._send(cmd, argv, raw, None, up=up)
+            c.in_multi = True
+            c.multi_error = False
+            c.multi_transforms = []
+            return done
+        return c.with_dedicated(argv, raw, then)
+    if name == "exec":
+        if not c.in_multi:
+            c.reply(resp.error("ERR EXEC without MULTI"))
+            return True
+        transforms = c.multi_transforms
+        c.in_multi = c.watching = False
+        c.multi_transforms = []
+        if c.multi_error:
+            c.multi_error = False
+            c.skip_next = True  # the DISCARD's own +OK
+            c._send(cmd, argv, resp.encode_command([b"DISCARD"]), None)
+            c.reply(resp.error("EXECABORT Transaction discarded because of previous errors."))
+            return True
+        return c._send(cmd, argv, raw, c.ns.exec_transform(transforms))
+    if name == "discard":
+        if not c.in_multi:
+            c.reply(resp.error("ERR DISCARD without MULTI"))
+            return True
+        c.in_multi = c.watching = c.multi_error = False
+        c.multi_transforms = []
+        return c._send(cmd, argv, raw, None)
+    if name == "watch":
+        if c.in_multi:
+            return c._send(cmd, argv, raw, None)  # the server answers the error
+        if len(argv) < 2:
+            return _arity_error(c, cmd)
+        positions = cmd.key_positions(argv)
+        out = c.ns.rewrite(list(argv), positions)
+
+        def then_watch(up: Upstream) -> bool:
+            c.watching = True
+            return c._send(cmd, argv, out, None, up=up)
+        return c.with_dedicated(argv, raw, then_watch)
+    # unwatch
+    if c.dedicated is not None:
+        c.watching = False
+        return c._send(cmd, argv, raw, None)
+    c.reply(resp.OK)
+    return True
+
+
+# -- pub/sub --------------------------------------------------------------------------------
+def subscribe(c: RedisClient, cmd: Command, argv: list[bytes], raw: bytes) -> bool:
+    name = cmd.full_name
+    is_pattern = name in ("psubscribe", "punsubscribe")
+    unsub = "unsubscribe" in name
+    if not unsub and len(argv) < 2:
+        return _arity_error(c, cmd)
+    try:
+        out_argv = [argv[0]] + [c.ns.channel(a, pattern=is_pattern) for a in argv[1:]]
+    except ChannelRefused as exc:
+        return c.refuse_text(cmd, str(exc))
+    out = resp.encode_command(out_argv)
+    if unsub and c.dedicated is None:
+        # Not subscribed: the server's answer, without asking it.
+        kind = argv[0].lower()
+        names = argv[1:] or [None]
+        push = b">" if c.proto == 3 else b"*"
+        for ch in names:
+            c.reply(resp.array([resp.bulk(kind), resp.bulk(ch, c.proto), resp.integer(0)],
+                               push))
+        return True
+    if c.in_multi:
+        return c._send(cmd, argv, out, None)
+
+    def then(up: Upstream) -> bool:
+        if c.recv != c.sent and c.upstream is not up:
+            return c._stall(lambda: then(up))
+        up.pubsub_client = c
+        c.upstream = up
+        if not unsub:
+            if name == "ssubscribe":
+                c.ssubs = max(c.ssubs, 1)
+            else:
+                c.subs = max(c.subs, 1)
+        c.session.operations += 1
+        up.send_noreply(out)
+        return True
+    return c.with_dedicated(argv, raw, then)
+
+
+def publish(c: RedisClient, cmd: Command, argv: list[bytes], raw: bytes) -> bool:
+    if len(argv) != 3:
+        return _arity_error(c, cmd)
+    try:
+        channel = c.ns.channel(argv[1])
+    except ChannelRefused as exc:
+        return c.refuse_text(cmd, str(exc))
+    return c._send(cmd, argv, resp.encode_command([argv[0], channel, argv[2]]), None)
+
+
+def pubsub(c: RedisClient, cmd: Command, argv: list[bytes], raw: bytes) -> bool:
+    sub = cmd.subcommands.get(argv[1].lower()) if len(argv) > 1 else None
+    if sub is None:
+        return container(c, cmd, argv, raw)
+    if sub.kind == "refuse":
+        return c.refuse_text(sub, sub.reason)
+    if c.in_multi:
+        return _not_in_multi(c, sub)
+    ns = c.ns
+    if sub.name in ("channels", "shardchannels"):
+        if len(argv) > 3:
+            return _arity_error(c, sub)
+        pattern = ns.channel(argv[2], pattern=True) if len(argv) == 3 else ns.escaped + b"*"
+        out = resp.encode_command([argv[0], argv[1], pattern])
+        return send_admin(c, sub, argv, out, ns.strip_channels)
+    if sub.name in ("numsub", "shardnumsub"):
+        try:
+            chans = [ns.channel(a) for a in argv[2:]]
+        except ChannelRefused as exc:
+            return c.refuse_text(sub, str(exc))
+        out = resp.encode_command([argv[0], argv[1], *chans])
+        return send_admin(c, sub, argv, out, ns.strip_numsub)
+    return c._send(sub, argv, raw, None)
+
+
+# -- key patterns: on the gateway's admin connection ----------------------------------------
+def send_admin(c: RedisClient, cmd: Command, argv: list[bytes], out: bytes,
+               transform: Callable[[bytes], bytes] | None) -> bool:
+    admin = c.backend.admin
+    up = admin.shared_now(c.proto, 0)
+    if up is not None:
+        return c._send(cmd, argv, out, transform, up=up)
+
+    async def connect() -> bool:
+        up = await admin.get_shared(c.proto, 0)
+        c.suspended = False
+        return c._send(cmd, argv, out, transform, up=up)
+    return c._spawn(connect())
+
+
+def pattern(c: RedisClient, cmd: Command, argv: list[bytes], raw: bytes) -> bool:
+    if c.in_multi:
+        return _not_in_multi(c, cmd)
+    if not _arity_ok(cmd, argv):
+        return _arity_error(c, cmd)
+    ns = c.ns
+    if cmd.full_name == "keys":
+        out = resp.encode_command([argv[0], ns.pattern(argv[1])])
+        return send_admin(c, cmd, argv, out, ns.strip_array)
+    # SCAN cursor [MATCH pattern] [COUNT n] [TYPE t]: force the prefix into MATCH
+    new = list(argv)
+    matched = False
+    i = 2
+    while i < len(new):
+        opt = new[i].upper()
+        if opt == b"MATCH" and i + 1 < len(new):
+            new[i + 1] = ns.pattern(new[i + 1])
+            matched = True
+            i += 2
+        elif opt in (b"COUNT", b"TYPE") and i + 1 < len(new):
+            i += 2
+        else:
+            i += 1  # the server reports the syntax error
+    if not matched:
+        new += [b"MATCH", ns.pattern(b"*")]
+    return send_admin(c, cmd, argv, resp.encode_command(new), ns.strip_scan)
+
+
+def sort(c: RedisClient, cmd: Command, argv: list[bytes], raw: bytes) -> bool:
+    """SORT key [BY pattern] [LIMIT o c] [GET pattern ...] [ASC|DESC] [ALPHA] [STORE dst].
+
+    BY/GET patterns name other keys: they get the prefix too. Redis refuses BY/GET to users
+    without access to every key, so such a SORT runs on the gateway's admin connection: the
+    prefixed patterns can only reach this tenant's keys."""
+    if len(argv) < 2:
+        return _arity_error(c, cmd)
+    ns = c.ns
+    new = list(argv)
+    new[1] = ns.prefix + new[1]
+    needs_admin = False
+    stores = False
+    i = 2
+    while i < len(new):
+        opt = new[i].upper()
+        if opt in (b"BY", b"GET") and i + 1 < len(new):
+            if new[i + 1] != b"#":
+                new[i + 1] = ns.prefix + new[i + 1]
+                needs_admin = True
+            i += 2
+        elif opt == b"STORE" and i + 1 < len(new):
+            new[i + 1] = ns.prefix + new[i + 1]
+            stores = True
+            i += 2
+        elif opt == b"LIMIT":
+            i += 3
+        else:
+            i += 1
+    if stores and c.tdb.over_quota is not None:
+        return c._refuse(cmd, argv, c.tdb.over_quota)
+    out = resp.encode_command(new)
+    if needs_admin:
+        if c.in_multi:
+            return _not_in_multi(c, cmd)
+        return send_admin(c, cmd, argv, out, None)
+    return c._send(cmd, argv, out, None)
+
+
+# -- emulated: answered from a scan of the tenant's prefix ----------------------------------
+def emulate(c: RedisClient, cmd: Command, argv: list[bytes], raw: bytes) -> bool:
+    if c.in_multi:
+        return _not_in_multi(c, cmd)
+    if c.recv != c.sent:
+        return c._stall(lambda: emulate(c, cmd, argv, raw))
+
+    async def run() -> None:
+        op = await c.admit_local(cmd, argv)
+        try:
+            reply = await c.backend.emulate(cmd.full_name, c.tdb, argv, c)
+        except Reject:
+            raise
+        except Exception as exc:
+            reply = resp.error(f"ERR {cmd.full_name.upper()} failed in the gateway: {exc}")
+        if op is not None:
+            op.ended = time.monotonic()
+            op.bytes_out = len(reply)
+            if reply[:1] == b"-":
+                op.error = "ERR"
+            c.chain.complete(op)
+        c.session.operations += 1
+        c.reply(reply)
+    return c._spawn(run())
+
+
+HANDLERS: dict[str, Handler] = {
+    "keys": keys, "keyed": keyed, "container": container, "copy": copy, "refuse": refuse,
+    "blocking": blocking, "xread": xread, "local": local, "tx": tx, "subscribe": subscribe,
+    "publish": publish, "pubsub": pubsub, "pattern": pattern, "sort": sort,
+    "emulate": emulate,
+}
+
+__all__ = ["HANDLERS", "Reason"]

@@ -1,0 +1,154 @@
+"""Upstream connections per credential set: a few shared (multiplexed) connections per
+protocol version, plus idle dedicated connections kept for reuse."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from typing import TYPE_CHECKING
+
+from ogelkit.model import Reason, Reject
+from ogelkit_redis.upstream import Upstream, UpstreamError, open_upstream
+
+if TYPE_CHECKING:
+    from ogelkit_redis.backend import RedisBackend
+
+IDLE_DEDICATED = 4  # idle dedicated connections kept per pool and protocol
+
+
+class Pools:
+    def __init__(self, backend: RedisBackend, *, user: str | None, password: str | None,
+                 shared: int, max_dedicated: int | None, label: str):
+        self.backend = backend
+        self.user = user
+        self.password = password
+        self.size = max(1, shared)
+        self.max_dedicated = max_dedicated
+        self.label = label
+        self.shared: dict[int, list[Upstream | None]] = {2: [None] * self.size,
+                                                         3: [None] * self.size}
+        self._connecting: dict[tuple[int, int], asyncio.Future[Upstream]] = {}
+        self.idle: dict[int, list[Upstream]] = {2: [], 3: []}
+        self.dedicated = 0  # dedicated connections in use or idle
+        self._rr = itertools.count()
+        self.closed = False
+
+    def next_index(self) -> int:
+        return next(self._rr) % self.size
+
+    async def _open(self, proto: int, *, dedicated: bool) -> Upstream:
+        b = self.backend
+        up = await open_upstream(self, b.host, b.port, proto, user=self.user,
+                                 password=self.password, db=b.db,
+                                 connect_timeout=b.config.connect_timeout, dedicated=dedicated)
+        b.metrics_upstream(+1, dedicated)
+        return up
+
+    # -- shared ----------------------------------------------------------------------------
+    def shared_now(self, proto: int, index: int) -> Upstream | None:
+        up = self.shared[proto][index]
+        if up is not None and not up.closed:
+            return up
+        return None
+
+    async def get_shared(self, proto: int, index: int) -> Upstream:
+        up = self.shared_now(proto, index)
+        if up is not None:
+            return up
+        key = (proto, index)
+        fut = self._connecting.get(key)
+        if fut is None:
+            fut = asyncio.ensure_future(self._open(proto, dedicated=False))
+            self._connecting[key] = fut
+            try:
+                up = await fut
+            except UpstreamError as exc:
+                self.backend.upstream_error("connect")
+                raise Reject(Reason.UNAVAILABLE, f"Redis upstream unavailable: {exc}",
+                             hint="Retry in a moment.") from None
+            finally:
+                self._connecting.pop(key, None)
+            if self.closed:
+                up.close()
+                raise Reject(Reason.SHUTDOWN, "the gateway is shutting down")
+            self.shared[proto][index] = up
+            return up
+        try:
+            return await asyncio.shield(fut)
+        except UpstreamError as exc:
+            raise Reject(Reason.UNAVAILABLE, f"Redis upstream unavailable: {exc}",
+                         hint="Retry in a moment.") from None
+
+    # -- dedicated -------------------------------------------------------------------------
+    def dedicated_now(self, proto: int) -> Upstream | None:
+        idle = self.idle[proto]
+        while idle:
+            up = idle.pop()
+            if not up.closed:
+                return up
+        return None
+
+    async def get_dedicated(self, proto: int) -> Upstream:
+        up = self.dedicated_now(proto)
+        if up is not None:
+            return up
+        if self.max_dedicated is not None and self.dedicated >= self.max_dedicated:
+            raise Reject(Reason.CONNECTIONS, "ERR max number of clients reached",
+                         detail=f"{self.dedicated} of {self.max_dedicated} dedicated upstream "
+                                "connections (MULTI/WATCH, pub/sub, blocking commands) in use",
+                         hint="Use fewer concurrent subscribers, transactions or blocking "
+                              "calls, or ask the operator to raise max_clients_dedicated.")
+        self.dedicated += 1
+        try:
+            return await self._open(proto, dedicated=True)
+        except UpstreamError as exc:
+            self.dedicated -= 1
+            self.backend.upstream_error("connect")
+            raise Reject(Reason.UNAVAILABLE, f"Redis upstream unavailable: {exc}",
+                         hint="Retry in a moment.") from None
+
+    def release(self, up: Upstream) -> None:
+        """A dedicated connection is clean again (after EXEC/DISCARD/UNWATCH, a blocking
+        reply, the last UNSUBSCRIBE): keep it for the next client, or close it."""
+        if up.closed:
+            return
+        idle = self.idle[up.proto]
+        if self.closed or len(idle) >= IDLE_DEDICATED or not up.idle:
+            up.close()
+        else:
+            idle.append(up)
+
+    def discard(self, up: Upstream) -> None:
+        """A dedicated connection in an unknown state (client gone mid-command): close it."""
+        up.abort()
+
+    def lost(self, up: Upstream) -> None:
+        """Called by the connection when it closes."""
+        self.backend.metrics_upstream(-1, up.dedicated)
+        if up.dedicated:
+            self.dedicated -= 1
+            idle = self.idle[up.proto]
+            if up in idle:
+                idle.remove(up)
+        else:
+            conns = self.shared[up.proto]
+            for i, c in enumerate(conns):
+                if c is up:
+                    conns[i] = None
+
+    def close(self) -> None:
+        self.closed = True
+        for conns in self.shared.values():
+            for up in conns:
+                if up is not None:
+                    up.close()
+        for idle in self.idle.values():
+            for up in list(idle):
+                up.close()
+            idle.clear()
+
+    def stats(self) -> dict[str, int]:
+        return {"shared": sum(1 for c in self.shared.values() for u in c if u is not None
+                              and not u.closed),
+                "dedicated": self.dedicated,
+                "idle_dedicated": sum(len(v) for v in self.idle.values())}

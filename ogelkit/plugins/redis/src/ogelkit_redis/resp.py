@@ -1,0 +1,328 @@
+"""RESP2/RESP3 framing: client requests in, reply boundaries and values out.
+
+The hot path works on ``bytes`` with ``find``/slices: a request is parsed into its argument
+list (needed to find and prefix keys), a reply is only *scanned* for its end so it can be
+forwarded as the raw bytes it arrived as. Full decoding (``decode``) is used only for the few
+replies the gateway rewrites (key names in ``KEYS``/``SCAN``/``BLPOP`` replies, channel names
+in pub/sub messages).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+CRLF = b"\r\n"
+MAX_INLINE = 64 * 1024  # Redis refuses inline requests longer than this too
+MAX_ARGS = 1024 * 1024  # Redis's own multibulk limit
+
+
+class ProtocolError(Exception):
+    """A malformed request: answered with ``-ERR Protocol error: ...`` and the client closed."""
+
+
+def parse_command(buf: bytes, pos: int, max_bulk: int, max_args: int = MAX_ARGS
+                  ) -> tuple[list[bytes] | None, int]:
+    """Parse one request at ``pos``.
+
+    Returns ``(argv, end)`` for a complete request, ``([], end)`` for an empty one to skip,
+    or ``(None, need)`` when more bytes are needed: ``need`` is the buffer length worth
+    waiting for (so a 10 MB value is not re-parsed on every chunk).
+    """
+    n = len(buf)
+    if buf[pos] != 42:  # not '*': inline command
+        return _parse_inline(buf, pos, n)
+    eol = buf.find(CRLF, pos)
+    if eol < 0:
+        if n - pos > MAX_INLINE:
+            raise ProtocolError("too big mbulk count string")
+        return None, n + 1
+    try:
+        count = int(buf[pos + 1:eol])
+    except ValueError:
+        raise ProtocolError("invalid multibulk length") from None
+    if count > max_args:
+        raise ProtocolError("invalid multibulk length")
+    p = eol + 2
+    if count <= 0:
+        return [], p
+    argv = []
+    append = argv.append
+    for _ in range(count):
+        if p >= n:
+            return None, n + 1
+        if buf[p] != 36:  # '$'
+            raise ProtocolError(f"expected '$', got '{chr(buf[p])}'")
+        eol = buf.find(CRLF, p)
+        if eol < 0:
+            if n - p > 32:
+                raise ProtocolError("invalid bulk length")
+            return None, n + 1
+        try:
+            size = int(buf[p + 1:eol])
+        except ValueError:
+            raise ProtocolError("invalid bulk length") from None
+        if size < 0 or size > max_bulk:
+            raise ProtocolError("invalid bulk length")
+        start = eol + 2
+        p = start + size + 2
+        if p > n:
+            # Lower bound of what the whole request needs: this argument, at least.
+            return None, p
+        append(buf[start:start + size])
+    return argv, p
+
+
+def _parse_inline(buf: bytes, pos: int, n: int) -> tuple[list[bytes] | None, int]:
+    eol = buf.find(b"\n", pos)
+    if eol < 0:
+        if n - pos > MAX_INLINE:
+            raise ProtocolError("too big inline request")
+        return None, n + 1
+    if eol - pos > MAX_INLINE:
+        raise ProtocolError("too big inline request")
+    line = buf[pos:eol]
+    if line.endswith(b"\r"):
+        line = line[:-1]
+    return split_args(line), eol + 1
+
+
+def split_args(line: bytes) -> list[bytes]:
+    """Split an inline request the way Redis's ``sdssplitargs`` does (quotes, escapes)."""
+    out: list[bytes] = []
+    i, n = 0, len(line)
+    while True:
+        while i < n and line[i] in b" \t\r\n\v\f":
+            i += 1
+        if i >= n:
+            return out
+        cur = bytearray()
+        if line[i] == 34:  # double quotes, with \n \xHH ... escapes
+            i += 1
+            while True:
+                if i >= n:
+                    raise ProtocolError("unbalanced quotes in request")
+                c = line[i]
+                if c == 92 and i + 1 < n:  # backslash
+                    nxt = line[i + 1]
+                    if nxt == 120 and i + 3 < n and _ishex(line[i + 2:i + 4]):
+                        cur.append(int(line[i + 2:i + 4], 16))
+                        i += 4
+                        continue
+                    cur.append({110: 10, 114: 13, 116: 9, 98: 8, 97: 7}.get(nxt, nxt))
+                    i += 2
+                    continue
+                if c == 34:
+                    i += 1
+                    if i < n and line[i] not in b" \t\r\n\v\f":
+                        raise ProtocolError("unbalanced quotes in request")
+                    break
+                cur.append(c)
+                i += 1
+        elif line[i] == 39:  # single quotes, only \' escapes
+            i += 1
+            while True:
+                if i >= n:
+                    raise ProtocolError("unbalanced quotes in request")
+                c = line[i]
+                if c == 92 and i + 1 < n and line[i + 1] == 39:
+                    cur.append(39)
+                    i += 2
+                    continue
+                if c == 39:
+                    i += 1
+                    if i < n and line[i] not in b" \t\r\n\v\f":
+                        raise ProtocolError("unbalanced quotes in request")
+                    break
+                cur.append(c)
+                i += 1
+        else:
+            while i < n and line[i] not in b" \t\r\n\v\f":
+                cur.append(line[i])
+                i += 1
+        out.append(bytes(cur))
+
+
+def _ishex(two: bytes) -> bool:
+    return all(c in b"0123456789abcdefABCDEF" for c in two)
+
+
+def encode_command(argv: list[bytes] | tuple[bytes, ...]) -> bytes:
+    """``*N`` multibulk encoding of an argument list."""
+    parts = [b"*%d\r\n" % len(argv)]
+    for a in argv:
+        parts.append(b"$%d\r\n%s\r\n" % (len(a), a))
+    return b"".join(parts)
+
+
+# -- replies --------------------------------------------------------------------------------
+_BULK = frozenset(b"$=!")
+_AGG = frozenset(b"*~>")
+
+
+def reply_end(buf: bytes, pos: int) -> int:
+    """End offset of the reply starting at ``pos``; ``-need`` if incomplete (``need`` is the
+    buffer length worth waiting for)."""
+    n = len(buf)
+    remaining = 1
+    while remaining:
+        if pos >= n:
+            return -(n + 1)
+        t = buf[pos]
+        eol = buf.find(CRLF, pos)
+        if eol < 0:
+            return -(n + 1)
+        remaining -= 1
+        if t in _BULK:
+            size = int(buf[pos + 1:eol])
+            if size < 0:
+                pos = eol + 2
+            else:
+                pos = eol + 4 + size
+                if pos > n:
+                    return -pos
+        elif t in _AGG:
+            c = int(buf[pos + 1:eol])
+            pos = eol + 2
+            if c > 0:
+                remaining += c
+        elif t == 37:  # '%' map
+            remaining += 2 * int(buf[pos + 1:eol])
+            pos = eol + 2
+        elif t == 124:  # '|' attribute: a map, then the reply it annotates
+            remaining += 2 * int(buf[pos + 1:eol]) + 1
+            pos = eol + 2
+        else:
+            pos = eol + 2
+    return pos
+
+
+class Frame:
+    """A decoded reply: ``kind`` is the RESP type byte (``b"*"``, ``b"$"`` ...), ``value`` the
+    line (simple types), the payload (bulk types, ``None`` for nil) or a list of frames."""
+
+    __slots__ = ("kind", "value")
+
+    def __init__(self, kind: int, value: Any):
+        self.kind = kind
+        self.value = value
+
+    @property
+    def is_error(self) -> bool:
+        return self.kind == 45
+
+    @property
+    def is_aggregate(self) -> bool:
+        return isinstance(self.value, list)
+
+    def __repr__(self) -> str:
+        return f"Frame({chr(self.kind)!r}, {self.value!r})"
+
+
+def decode(buf: bytes, pos: int = 0) -> tuple[Frame, int]:
+    """Decode one complete reply (the caller found its end with ``reply_end``)."""
+    t = buf[pos]
+    eol = buf.find(CRLF, pos)
+    head = buf[pos + 1:eol]
+    pos = eol + 2
+    if t in _BULK:
+        size = int(head)
+        if size < 0:
+            return Frame(t, None), pos
+        return Frame(t, buf[pos:pos + size]), pos + size + 2
+    if t in _AGG or t == 37 or t == 124:
+        count = int(head)
+        if count < 0:
+            return Frame(t, None), pos
+        if t == 37 or t == 124:
+            count *= 2
+        items = []
+        for _ in range(count):
+            item, pos = decode(buf, pos)
+            items.append(item)
+        frame = Frame(t, items)
+        if t == 124:  # attribute: keep it with the reply it annotates
+            inner, pos = decode(buf, pos)
+            return Frame(t, [*items, inner]), pos
+        return frame, pos
+    return Frame(t, head), pos
+
+
+def encode(frame: Frame) -> bytes:
+    out: list[bytes] = []
+    _encode(frame, out)
+    return b"".join(out)
+
+
+def _encode(frame: Frame, out: list[bytes]) -> None:
+    t, v = frame.kind, frame.value
+    k = bytes((t,))
+    if t in _BULK:
+        if v is None:
+            out.append(k + b"-1\r\n")
+        else:
+            out.append(b"%s%d\r\n%s\r\n" % (k, len(v), v))
+    elif t in _AGG or t == 37 or t == 124:
+        if v is None:
+            out.append(k + b"-1\r\n")
+            return
+        items = v
+        if t == 124:
+            items = v[:-1]
+        count = len(items) // 2 if t in (37, 124) else len(items)
+        out.append(b"%s%d\r\n" % (k, count))
+        for item in items:
+            _encode(item, out)
+        if t == 124:
+            _encode(v[-1], out)
+    else:
+        out.append(k + v + CRLF)
+
+
+# -- replies the gateway writes itself ------------------------------------------------------
+OK = b"+OK\r\n"
+PONG = b"+PONG\r\n"
+QUEUED = b"+QUEUED\r\n"
+
+
+def error(message: str) -> bytes:
+    """``-<message>``; newlines are flattened (a RESP error is one line)."""
+    text = " ".join(message.replace("\r", " ").split("\n"))
+    return b"-" + text.encode("utf-8", "replace") + CRLF
+
+
+def bulk(value: bytes | None, proto: int = 2) -> bytes:
+    if value is None:
+        return b"_\r\n" if proto == 3 else b"$-1\r\n"
+    return b"$%d\r\n%s\r\n" % (len(value), value)
+
+
+def integer(n: int) -> bytes:
+    return b":%d\r\n" % n
+
+
+def array(items: list[bytes], kind: bytes = b"*") -> bytes:
+    """An aggregate of already encoded items."""
+    return b"%s%d\r\n%s" % (kind, len(items), b"".join(items))
+
+
+def mapping(pairs: list[tuple[bytes, bytes]], proto: int) -> bytes:
+    """A map of already encoded keys and values (a flat array in RESP2)."""
+    flat = [x for pair in pairs for x in pair]
+    if proto == 3:
+        return b"%%%d\r\n%s" % (len(pairs), b"".join(flat))
+    return array(flat)
+
+
+def null(proto: int) -> bytes:
+    return b"_\r\n" if proto == 3 else b"$-1\r\n"
+
+
+def null_array(proto: int) -> bytes:
+    return b"_\r\n" if proto == 3 else b"*-1\r\n"
+
+
+def verbatim(text: bytes, proto: int) -> bytes:
+    """INFO-style text: a verbatim string in RESP3, a bulk string in RESP2."""
+    if proto == 3:
+        return b"=%d\r\ntxt:%s\r\n" % (len(text) + 4, text)
+    return bulk(text)

@@ -1,0 +1,290 @@
+"""Upstream Redis connections: pipelined, with replies routed back by FIFO order.
+
+A *shared* connection carries the commands of many clients of one tenant database (and one
+protocol version) at once: each command appends a *waiter* to a FIFO, each reply pops one.
+Writes are coalesced per event-loop iteration (one ``write`` for everything the clients sent
+meanwhile), which is what lets a proxy match a direct connection: the server reads and
+answers batches instead of single commands.
+
+A *dedicated* connection serves one client while it is in a stateful mode (MULTI/WATCH,
+pub/sub, a blocking command) and goes back to an idle list afterwards.
+
+Waiters are either a client object (plain pass-through: ``client.deliver(raw)``) or a
+``Pending`` (reply transformation, layer operation, internal handshake).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from ogelkit_redis import resp
+
+if TYPE_CHECKING:
+    from ogelkit_redis.client import RedisClient
+
+log = logging.getLogger("ogelkit.redis.upstream")
+
+_PUBSUB_EVENTS = frozenset((b"message", b"pmessage", b"smessage", b"subscribe",
+                            b"psubscribe", b"ssubscribe", b"unsubscribe", b"punsubscribe",
+                            b"sunsubscribe"))
+
+
+class UpstreamError(Exception):
+    """The upstream server could not be reached or refused our credentials."""
+
+
+class Pending:
+    """A waiter with more to do than pass the reply through."""
+
+    __slots__ = ("client", "done", "op", "post", "transform")
+
+    def __init__(self, client: RedisClient | None, transform: Callable[[bytes], bytes] | None = None,
+                 op: Any = None, done: Callable[[bytes], None] | None = None,
+                 post: Callable[[Any], None] | None = None):
+        self.client = client
+        self.transform = transform
+        self.op = op
+        self.done = done  # internal waiters (handshake): called with the raw reply
+        self.post = post  # called with the client after the reply is delivered
+
+
+class Upstream(asyncio.Protocol):
+    """One connection to the upstream server."""
+
+    def __init__(self, owner: Any, proto: int, *, dedicated: bool = False):
+        self.owner = owner  # the pool (TenantPools) that created it
+        self.proto = proto
+        self.dedicated = dedicated
+        self.transport: asyncio.Transport | None = None
+        self.waiters: deque[Any] = deque()
+        self._out: list[bytes] = []
+        self._flush_scheduled = False
+        self._chunks: list[bytes] = []
+        self._have = 0
+        self._need = 0
+        self.closed = False
+        self.paused = False
+        self.paused_clients: list[RedisClient] = []
+        self.pubsub_client: RedisClient | None = None  # receives push/pubsub messages
+        self.clients = 0  # clients using it (shared) for balancing
+        self.ready: asyncio.Future[None] | None = None
+        self.loop = asyncio.get_running_loop()
+
+    # -- asyncio callbacks -------------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            import socket
+            try:
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:
+                pass
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.transport = None
+        waiters, self.waiters = self.waiters, deque()
+        if self.ready is not None and not self.ready.done():
+            self.ready.set_exception(UpstreamError(f"connection closed: {exc}"))
+        error = resp.error("ERR upstream Redis connection lost; the command may or may not "
+                           "have run")
+        for w in waiters:
+            try:
+                if type(w) is Pending:
+                    if w.done is not None:
+                        continue
+                    if w.client is not None:
+                        w.client.deliver_pending(w, error, failed=True)
+                else:
+                    w.deliver(error)
+            except Exception:
+                log.exception("failing a waiter")
+        if self.pubsub_client is not None:
+            client, self.pubsub_client = self.pubsub_client, None
+            client.upstream_lost(self)
+        self.owner.lost(self)
+        for c in self.paused_clients:
+            c.upstream_resumed()
+        self.paused_clients.clear()
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        clients, self.paused_clients = self.paused_clients, []
+        for c in clients:
+            c.upstream_resumed()
+
+    def data_received(self, data: bytes) -> None:
+        if self._chunks:
+            self._chunks.append(data)
+            self._have += len(data)
+            if self._have < self._need:
+                return
+            data = b"".join(self._chunks)
+            self._chunks = []
+        waiters = self.waiters
+        pos = 0
+        n = len(data)
+        last_client = None
+        parts: list[bytes] = []
+        pubsub = self.pubsub_client
+        while pos < n:
+            end = resp.reply_end(data, pos)
+            if end < 0:
+                break
+            raw = data[pos:end]
+            pos = end
+            first = raw[0]
+            if pubsub is not None and (first == 62 or (first == 42 and self._is_event(raw))):
+                if last_client is not None:
+                    last_client.deliver_many(parts)
+                    last_client, parts = None, []
+                pubsub.deliver_push(raw)
+                continue
+            if not waiters:
+                if first == 62:  # stray RESP3 push (no subscriber any more): ignore
+                    continue
+                if pubsub is not None:  # e.g. an error about a SUBSCRIBE
+                    pubsub.deliver_push(raw)
+                    continue
+                log.error("reply without a waiter from upstream; closing the connection")
+                self.close()
+                return
+            w = waiters.popleft()
+            if type(w) is Pending:
+                if last_client is not None:
+                    last_client.deliver_many(parts)
+                    last_client, parts = None, []
+                if w.done is not None:
+                    w.done(raw)
+                elif w.client is not None:
+                    w.client.deliver_pending(w, raw)
+                continue
+            if w is last_client:
+                parts.append(raw)
+            else:
+                if last_client is not None:
+                    last_client.deliver_many(parts)
+                last_client, parts = w, [raw]
+        if last_client is not None:
+            last_client.deliver_many(parts)
+        if pos < n:
+            rest = data[pos:]
+            self._chunks = [rest]
+            self._have = len(rest)
+            need = -resp.reply_end(rest, 0)
+            self._need = need if need > 0 else self._have + 1
+
+    @staticmethod
+    def _is_event(raw: bytes) -> bool:
+        """RESP2 pub/sub message: an array whose first element names the event."""
+        eol = raw.find(b"\r\n")
+        if raw[eol + 2:eol + 3] != b"$":
+            return False
+        eol2 = raw.find(b"\r\n", eol + 2)
+        size = int(raw[eol + 3:eol2])
+        return raw[eol2 + 2:eol2 + 2 + size].lower() in _PUBSUB_EVENTS
+
+    # -- sending -----------------------------------------------------------------------------
+    def send(self, data: bytes, waiter: Any) -> None:
+        """Queue ``data`` (one command) whose reply goes to ``waiter``; written at the end of
+        this loop iteration together with everything else queued meanwhile."""
+        self.waiters.append(waiter)
+        self._out.append(data)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush)
+
+    def send_noreply(self, data: bytes) -> None:
+        """Queue a command that has no reply of its own (SUBSCRIBE family)."""
+        self._out.append(data)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        out = self._out
+        if not out:
+            return
+        self._out = []
+        if self.transport is not None and not self.closed:
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+        self.closed = True
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
+        self.closed = True
+
+    @property
+    def idle(self) -> bool:
+        return not self.waiters and not self._out
+
+    # -- handshake -----------------------------------------------------------------------------
+    async def handshake(self, user: str | None, password: str | None, db: int) -> None:
+        """HELLO <proto> [AUTH user pass] (+ SELECT db), pipelined; raises on any error."""
+        cmds = []
+        hello = [b"HELLO", str(self.proto).encode()]
+        if password is not None:
+            hello += [b"AUTH", (user or "default").encode(), password.encode()]
+        cmds.append(hello)
+        if db:
+            cmds.append([b"SELECT", str(db).encode()])
+        futures = []
+        for argv in cmds:
+            fut: asyncio.Future[bytes] = self.loop.create_future()
+            futures.append(fut)
+            self.send(resp.encode_command(argv), Pending(None, done=_resolver(fut)))
+        for fut in futures:
+            raw = await fut
+            if raw.startswith(b"-"):
+                raise UpstreamError(raw[1:].strip().decode("utf-8", "replace"))
+
+    async def call(self, *argv: bytes) -> bytes:
+        """One command on this connection (off the hot path), raw reply."""
+        fut: asyncio.Future[bytes] = self.loop.create_future()
+        self.send(resp.encode_command(list(argv)), Pending(None, done=_resolver(fut)))
+        return await fut
+
+
+def _resolver(fut: asyncio.Future[bytes]) -> Callable[[bytes], None]:
+    def done(raw: bytes) -> None:
+        if not fut.done():
+            fut.set_result(raw)
+    return done
+
+
+async def open_upstream(owner: Any, host: str, port: int, proto: int, *, user: str | None,
+                        password: str | None, db: int, connect_timeout: float,
+                        dedicated: bool = False) -> Upstream:
+    loop = asyncio.get_running_loop()
+    try:
+        async with asyncio.timeout(connect_timeout):
+            _, up = await loop.create_connection(
+                lambda: Upstream(owner, proto, dedicated=dedicated), host, port)
+            await up.handshake(user, password, db)
+    except TimeoutError:
+        raise UpstreamError(f"no answer from Redis at {host}:{port} within "
+                            f"{connect_timeout:g}s") from None
+    except OSError as exc:
+        raise UpstreamError(f"cannot connect to Redis at {host}:{port}: "
+                            f"{exc.strerror or exc}") from None
+    except UpstreamError:
+        try:
+            up.close()  # type: ignore[possibly-undefined]
+        except NameError:
+            pass
+        raise
+    return up
