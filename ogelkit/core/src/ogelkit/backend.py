@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ogelkit.layer import NoOptions
+from ogelkit.component import Component, overridden
 
 if TYPE_CHECKING:
     from ogelkit.context import GatewayContext
@@ -33,11 +33,9 @@ class Capability:
     WAKE = "wake"
 
 
-class Backend:
-    """Base class for database backends."""
+class Backend(Component):
+    """Base class for database backends. ``type_name`` is also the database *kind*."""
 
-    type_name: ClassVar[str] = ""  # the TOML ``type`` and the database *kind*
-    Config: ClassVar[type] = NoOptions
     protocol: ClassVar[str] = ""  # front door protocol, e.g. "postgres" for postgres and neon
     frontdoor: ClassVar[type[FrontDoor] | None] = None
     capabilities: ClassVar[frozenset[str]] = frozenset()
@@ -49,15 +47,7 @@ class Backend:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        cls.capabilities = frozenset(
-            c for c in Backend._OPTIONAL if getattr(cls, c) is not getattr(Backend, c)
-        )
-
-    def __init__(self, config: Any, *, name: str, context: GatewayContext):
-        """Take the validated config. No I/O here: that belongs in ``open``."""
-        self.config = config
-        self.name = name
-        self.context = context
+        cls.capabilities = overridden(cls, Backend, Backend._OPTIONAL)
 
     @property
     def kind(self) -> str:
@@ -117,9 +107,6 @@ class Backend:
 
     async def wake(self, db: DatabaseRecord) -> None:
         """Get an asleep database ready again (lifecycle: waking)."""
-
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.name!r}>"
 
 
 class FrontDoor:

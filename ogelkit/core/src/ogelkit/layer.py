@@ -27,23 +27,17 @@ from __future__ import annotations
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import attrs
+from ogelkit.component import Component, NoOptions, overridden
 
 if TYPE_CHECKING:
-    from ogelkit.context import GatewayContext
     from ogelkit.model import Operation, Session
 
-
-@attrs.define(kw_only=True)
-class NoOptions:
-    """Config model for a plugin without options."""
+__all__ = ["Layer", "NoOptions"]
 
 
-class Layer:
+class Layer(Component):
     """Base class for layers. Subclasses set ``type_name`` and ``Config`` (an attrs class)."""
 
-    type_name: ClassVar[str] = ""
-    Config: ClassVar[type] = NoOptions
     #: Phases this class overrides; filled in by ``__init_subclass__``.
     phases: ClassVar[frozenset[str]] = frozenset()
 
@@ -53,15 +47,7 @@ class Layer:
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
-        cls.phases = frozenset(
-            p for p in Layer.PHASES if getattr(cls, p) is not getattr(Layer, p)
-        )
-
-    def __init__(self, config: Any, *, name: str, context: GatewayContext):
-        """Take the validated config. No I/O here: that belongs in ``open``."""
-        self.config = config
-        self.name = name
-        self.context = context
+        cls.phases = overridden(cls, Layer, Layer.PHASES)
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def open(self) -> None:
@@ -97,6 +83,3 @@ class Layer:
     def describe(self) -> dict[str, Any]:
         """Layer state for the admin API (counts, bans, cache size ...)."""
         return {}
-
-    def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.name!r}>"

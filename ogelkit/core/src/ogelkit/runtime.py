@@ -26,6 +26,7 @@ from ogelkit.control.records import DatabaseRecord
 from ogelkit.control.store import Store, open_store
 from ogelkit.directory import Directory
 from ogelkit.http import HttpServer, Router
+from ogelkit.layer import Layer
 from ogelkit.metrics import Metrics
 from ogelkit.model import Reason, Reject
 from ogelkit.ops import mount_ops_routes
@@ -139,21 +140,10 @@ class Gateway:
                 ctx.layers.append(spec.cls(spec.options, name=spec.name, context=ctx))
 
             with anyio.fail_after(cfg.gateway.startup_timeout):
-                for backend in ctx.backends.values():
-                    try:
-                        await backend.open()
-                    except Exception as exc:
-                        raise StartupError(f"backend {backend.name} ({backend.type_name}) failed "
-                                           f"to open: {exc}") from exc
-                    stack.push_async_callback(_closing, f"backend {backend.name}", backend.close)
-                for layer in ctx.layers:
-                    try:
-                        await layer.open()
-                    except Exception as exc:
-                        raise StartupError(f"layer {layer.name} ({layer.type_name}) failed to "
-                                           f"open: {exc}") from exc
-                    # Layers close before backends (the usage layer flushes to the store).
-                    stack.push_async_callback(_closing, f"layer {layer.name}", layer.close)
+                # Layers close before backends (the exit stack unwinds in reverse), so the
+                # usage layer can still flush to the store and read storage from backends.
+                for component in [*ctx.backends.values(), *ctx.layers]:
+                    await _open(component, stack)
                 await self._seed(ctx)
 
             ctx.chain = Chain(ctx.layers)
@@ -226,6 +216,16 @@ class Gateway:
                 log.info("signal received", extra={"signal": signal.Signals(signum).name,
                                                    "second": self.stop_requested.is_set()})
                 self.request_stop()
+
+
+async def _open(component: Backend | Layer, stack: AsyncExitStack) -> None:
+    kind = "backend" if isinstance(component, Backend) else "layer"
+    try:
+        await component.open()
+    except Exception as exc:
+        raise StartupError(f"{kind} {component.name} ({component.type_name}) failed to open: "
+                           f"{exc}") from exc
+    stack.push_async_callback(_closing, f"{kind} {component.name}", component.close)
 
 
 async def _cancel_on(event: anyio.Event, scope: anyio.CancelScope) -> None:

@@ -106,6 +106,15 @@ async def tool_context(config: Config, plugins: Plugins, backend_ids: list[str] 
             await ctx.close_state()
 
 
+async def require_tenant(store: Store, slug: str):
+    """The tenant, or a clean CLI error naming it."""
+    from ogelkit.control.store import NotFound
+    try:
+        return await store.require_tenant(slug)
+    except NotFound as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
 def echo_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 

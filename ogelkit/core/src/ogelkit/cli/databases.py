@@ -9,12 +9,12 @@ from ogelkit.cli.common import (
     echo_json,
     echo_table,
     opened_store,
+    require_tenant,
     run_async,
     tool_context,
 )
 from ogelkit.cli.tenants import new_password
 from ogelkit.control.records import DatabaseRecord
-from ogelkit.control.store import NotFound
 from ogelkit.scram import make_verifier
 
 _NAME_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789_-")
@@ -62,10 +62,7 @@ def create(state: CliState, tenant: str, name: str, kind: str, backend_id: str |
 
     async def go():
         async with tool_context(config, state.plugins, [bid]) as ctx:
-            try:
-                record = await ctx.store.require_tenant(tenant)
-            except NotFound as exc:
-                raise click.ClickException(str(exc)) from exc
+            record = await require_tenant(ctx.store, tenant)
             backend = ctx.backends[bid]
             # Idempotent: rerunning after a failure half-way finishes the job.
             upstream = await backend.provision(record, name, ctx.directory.tier(record.tier))
@@ -135,7 +132,7 @@ def delete(state: CliState, tenant: str, name: str, yes: bool) -> None:
 
     async def go():
         async with tool_context(config, state.plugins, [db.backend]) as ctx:
-            record = await ctx.store.require_tenant(tenant)
+            record = await require_tenant(ctx.store, tenant)
             await ctx.backends[db.backend].deprovision(record, db)
             await ctx.store.delete_database(tenant, name)
 

@@ -7,7 +7,7 @@ import secrets
 import attrs
 import click
 
-from ogelkit.cli.common import CliState, echo_json, echo_table, opened_store, run_async
+from ogelkit.cli.common import CliState, echo_json, echo_table, opened_store, require_tenant, run_async
 from ogelkit.config.errors import did_you_mean
 from ogelkit.control.store import AlreadyExists, NotFound
 from ogelkit.scram import make_verifier
@@ -92,10 +92,7 @@ def show(state: CliState, slug: str, as_json: bool) -> None:
 
     async def go():
         async with opened_store(config) as store:
-            try:
-                tenant = await store.require_tenant(slug)
-            except NotFound as exc:
-                raise click.ClickException(str(exc)) from exc
+            tenant = await require_tenant(store, slug)
             return tenant, await store.list_databases(slug), await store.get_verifier(slug)
 
     tenant, dbs, verifier = run_async(go)
@@ -174,10 +171,7 @@ def delete(state: CliState, slug: str, yes: bool) -> None:
 
     async def go():
         async with tool_context(config, state.plugins) as ctx:
-            try:
-                tenant = await ctx.store.require_tenant(slug)
-            except NotFound as exc:
-                raise click.ClickException(str(exc)) from exc
+            tenant = await require_tenant(ctx.store, slug)
             for db in await ctx.store.list_databases(slug):
                 backend = ctx.backends.get(db.backend)
                 if backend is None:
