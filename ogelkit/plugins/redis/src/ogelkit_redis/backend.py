@@ -66,6 +66,8 @@ class TenantDb:
                            shared=backend.config.upstream_connections,
                            max_dedicated=backend.config.max_clients_dedicated,
                            label=f"{db.tenant}/{db.name}")
+        self.pools.repair = lambda: backend.repair_acl(db)
+        self.granted: set[bytes] = set()  # channel patterns added to the ACL user
         self.over_quota: Reject | None = None
         self.keys: int | None = None
         self.memory: int | None = None
@@ -210,11 +212,31 @@ class RedisBackend(Backend):
         user = self.acl_user(tenant.slug, name)
         prefix = self.prefix_for(tenant.slug, name)
         password = self._password(user)
+        await self._setuser(user, prefix, password)
+        return {"user": user, "password": password, "prefix": prefix}
+
+    async def _setuser(self, user: str, prefix: str, password: str | None) -> None:
+        password = password or self._password(user)
         escaped = glob_escape(prefix.encode()).decode()
         rules = ["reset", "on", f">{password}", f"~{escaped}*", "resetchannels",
                  f"&{escaped}*", f"&__keyspace@{self.db}__:{escaped}*", *ACL_COMMANDS]
         await self.call(b"ACL", b"SETUSER", user.encode(), *(r.encode() for r in rules))
-        return {"user": user, "password": password, "prefix": prefix}
+
+    async def repair_acl(self, db: DatabaseRecord) -> None:
+        """Re-create a tenant database's ACL user (after a Redis restart lost it)."""
+        log.warning("re-creating the upstream ACL user", extra={"tenant": db.tenant,
+                                                                "database": db.name})
+        await self._setuser(db.upstream.get("user") or self.acl_user(db.tenant, db.name),
+                            db.upstream.get("prefix") or self.prefix_for(db.tenant, db.name),
+                            db.upstream.get("password"))
+
+    async def grant_patterns(self, tdb: TenantDb, patterns: list[bytes]) -> None:
+        """Allow PSUBSCRIBE of these (prefixed) patterns to the tenant's ACL user."""
+        user = tdb.record.upstream.get("user") or self.acl_user(tdb.tenant, tdb.name)
+        fresh = [p for p in patterns if p.startswith((tdb.ns.escaped, b"__keyspace@"))]
+        if fresh:
+            await self.call(b"ACL", b"SETUSER", user.encode(), *(b"&" + p for p in fresh))
+        tdb.granted.update(patterns)
 
     async def deprovision(self, tenant: TenantRecord, db: DatabaseRecord) -> None:
         user = db.upstream.get("user") or self.acl_user(tenant.slug, db.name)

@@ -358,6 +358,17 @@ def subscribe(c: RedisClient, cmd: Command, argv: list[bytes], raw: bytes) -> bo
         out_argv = [argv[0]] + [c.ns.channel(a, pattern=is_pattern) for a in argv[1:]]
     except ChannelRefused as exc:
         return c.refuse_text(cmd, str(exc))
+    if name == "psubscribe":
+        # Redis's ACL matches a subscription *pattern* literally against the user's channel
+        # rules, so each prefixed pattern is granted to the tenant's ACL user first (safe:
+        # it starts with the tenant's prefix, so it can only match the tenant's channels).
+        missing = [p for p in out_argv[1:] if p not in c.tdb.granted]
+        if missing:
+            async def grant() -> bool:
+                await c.backend.grant_patterns(c.tdb, missing)
+                c.suspended = False
+                return subscribe(c, cmd, argv, raw)
+            return c._spawn(grant())
     out = resp.encode_command(out_argv)
     if unsub and c.dedicated is None:
         # Not subscribed: the server's answer, without asking it.

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from ogelkit.model import Reason, Reject
@@ -32,15 +33,28 @@ class Pools:
         self.dedicated = 0  # dedicated connections in use or idle
         self._rr = itertools.count()
         self.closed = False
+        self.repair: Callable[[], Awaitable[None]] | None = None
 
     def next_index(self) -> int:
         return next(self._rr) % self.size
 
     async def _open(self, proto: int, *, dedicated: bool) -> Upstream:
         b = self.backend
-        up = await open_upstream(self, b.host, b.port, proto, user=self.user,
-                                 password=self.password, db=b.db,
-                                 connect_timeout=b.config.connect_timeout, dedicated=dedicated)
+        try:
+            up = await open_upstream(self, b.host, b.port, proto, user=self.user,
+                                     password=self.password, db=b.db,
+                                     connect_timeout=b.config.connect_timeout,
+                                     dedicated=dedicated)
+        except UpstreamError as exc:
+            # A Redis restarted without an ACL file forgets the tenant users: put the user
+            # back (provisioning is idempotent and deterministic) and try once more.
+            if self.repair is None or "WRONGPASS" not in str(exc):
+                raise
+            await self.repair()
+            up = await open_upstream(self, b.host, b.port, proto, user=self.user,
+                                     password=self.password, db=b.db,
+                                     connect_timeout=b.config.connect_timeout,
+                                     dedicated=dedicated)
         b.metrics_upstream(+1, dedicated)
         return up
 

@@ -195,7 +195,14 @@ class Upstream(asyncio.Protocol):
     # -- sending -----------------------------------------------------------------------------
     def send(self, data: bytes, waiter: Any) -> None:
         """Queue ``data`` (one command) whose reply goes to ``waiter``; written at the end of
-        this loop iteration together with everything else queued meanwhile."""
+        this loop iteration together with everything else queued meanwhile.
+
+        An idle connection writes at once: nothing to batch with, and waiting a loop
+        iteration would only add latency for a lone client."""
+        if not self.waiters and not self._out and self.transport is not None:
+            self.waiters.append(waiter)
+            self.transport.write(data)
+            return
         self.waiters.append(waiter)
         self._out.append(data)
         if not self._flush_scheduled:
