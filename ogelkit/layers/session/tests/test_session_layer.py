@@ -124,6 +124,18 @@ async def test_backend_without_the_capability_gets_only_configured_settings():
         assert other_tier.settings == {}
 
 
+async def test_without_options_the_backends_own_dict_is_handed_on():
+    async with test_context(layer_config(), plugins=plugins()) as ctx:
+        layer = await make_layer(ctx)
+        backend = TierBackend(None, name="pg", context=ctx)
+        shared = {"work_mem": "16MB"}
+        backend.session_settings = lambda session: shared
+        session = make_session(ctx)
+        session.backend = backend
+        await layer.on_connect(session)
+        assert session.settings is shared  # front doors may compare by identity
+
+
 async def test_backend_settings_can_be_switched_off():
     text = layer_config('backend_settings = false\nsettings = { work_mem = "1MB" }\n')
     async with test_context(text, plugins=plugins()) as ctx:

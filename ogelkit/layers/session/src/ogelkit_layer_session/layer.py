@@ -67,15 +67,21 @@ class SessionLayer(Layer):
         Order of precedence (later wins): the backend's tier settings, ``settings``,
         ``tiers.<tier>``; then ``unset`` removes names.
         """
-        out: dict[str, str] = {}
+        base: dict[str, str] = {}
         backend = session.backend
         if (self.options.backend_settings and backend is not None
                 and Capability.SESSION_SETTINGS in backend.capabilities):
-            out.update(backend.session_settings(session))
+            base = backend.session_settings(session)
+        tier = session.tier.name if session.tier is not None else None
+        per_tier = self._per_tier.get(tier, {})  # type: ignore[arg-type]
+        if not (self._common or per_tier or self._unset):
+            # Nothing to change: hand on the backend's (shared, read-only) dict, so front
+            # doors that compare settings by identity skip re-applying them.
+            return base
+        out = dict(base)
         for key, value in self._common.items():
             out[key] = _fill(value, session)
-        tier = session.tier.name if session.tier is not None else None
-        for key, value in self._per_tier.get(tier, {}).items():  # type: ignore[arg-type]
+        for key, value in per_tier.items():
             out[key] = _fill(value, session)
         for key in self._unset:
             out.pop(key, None)
