@@ -1,0 +1,185 @@
+"""Just enough BSON on raw bytes: walk a document's top-level elements and splice values.
+
+The front door reads and rewrites a few top-level fields of commands and replies (``$db``,
+``maxTimeMS``, ``cursor.ns`` ...). Walking the element headers and splicing bytes leaves the
+user's documents untouched and uncopied, whatever their size; ``bson.decode`` is used only for
+the small parts that must be understood (pipelines, filters).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+
+_I32 = struct.Struct("<i")
+_I64 = struct.Struct("<q")
+_U8 = struct.Struct("<B")
+i32 = _I32.unpack_from
+i64 = _I64.unpack_from
+
+STRING = 0x02
+DOCUMENT = 0x03
+ARRAY = 0x04
+BINARY = 0x05
+BOOL = 0x08
+NULL = 0x0A
+INT32 = 0x10
+INT64 = 0x12
+DOUBLE = 0x01
+
+_FIXED = {0x01: 8, 0x07: 12, 0x08: 1, 0x09: 8, 0x10: 4, 0x11: 8, 0x12: 8, 0x13: 16,
+          0x06: 0, 0x0A: 0, 0x7F: 0, 0xFF: 0}
+
+
+class BsonError(ValueError):
+    """Malformed BSON."""
+
+
+def value_end(buf: bytes | memoryview, t: int, p: int, end: int) -> int:
+    """Offset just past the value of type ``t`` starting at ``p``."""
+    size = _FIXED.get(t)
+    if size is not None:
+        q = p + size
+    elif t in (0x02, 0x0D, 0x0E):  # string, code, symbol: int32 length incl. NUL
+        q = p + 4 + i32(buf, p)[0]
+    elif t in (0x03, 0x04, 0x0F):  # document, array, code with scope: int32 total length
+        q = p + i32(buf, p)[0]
+    elif t == 0x05:  # binary: length, subtype, bytes
+        q = p + 5 + i32(buf, p)[0]
+    elif t == 0x0B:  # regex: two cstrings
+        q = bytes(buf[p:end]).index(b"\0") + p + 1
+        q = bytes(buf[q:end]).index(b"\0") + q + 1
+    elif t == 0x0C:  # DBPointer: string + 12-byte id
+        q = p + 4 + i32(buf, p)[0] + 12
+    else:
+        raise BsonError(f"unknown BSON type 0x{t:02x}")
+    if q > end or q < p:
+        raise BsonError("BSON value runs past its document")
+    return q
+
+
+def elements(buf: bytes | memoryview, start: int = 0) -> Iterator[tuple[int, str, int, int, int]]:
+    """``(type, name, element_start, value_start, value_end)`` of the document at ``start``."""
+    if len(buf) - start < 5:
+        raise BsonError("truncated BSON document")
+    size = i32(buf, start)[0]
+    end = start + size - 1  # offset of the trailing NUL
+    if size < 5 or end >= len(buf) or buf[end] != 0:
+        raise BsonError("bad BSON document length")
+    p = start + 4
+    while p < end:
+        t = buf[p]
+        try:
+            z = buf.index(0, p + 1, end) if isinstance(buf, bytes) else bytes(buf[p + 1:end]).index(0) + p + 1
+        except ValueError:
+            raise BsonError("unterminated BSON element name") from None
+        name = bytes(buf[p + 1:z]).decode("utf-8", "surrogateescape")
+        q = value_end(buf, t, z + 1, end)
+        yield t, name, p, z + 1, q
+        p = q
+    if p != end:
+        raise BsonError("BSON elements overrun their document")
+
+
+def index(buf: bytes, start: int = 0) -> dict[str, tuple[int, int, int, int]]:
+    """Top-level elements by name: ``name -> (type, element_start, value_start, value_end)``."""
+    return {name: (t, e, v, q) for t, name, e, v, q in elements(buf, start)}
+
+
+def first_key(buf: bytes, start: int = 0) -> str:
+    for _t, name, *_ in elements(buf, start):
+        return name
+    raise BsonError("empty command document")
+
+
+def count(buf: bytes, start: int) -> int:
+    """Number of elements of the document/array at ``start`` (a batch's document count)."""
+    size = i32(buf, start)[0]
+    end = start + size - 1
+    p = start + 4
+    n = 0
+    find = buf.index
+    while p < end:
+        t = buf[p]
+        z = find(0, p + 1, end)
+        # Batches are arrays of documents: the fast case skips by the length prefix.
+        p = z + 1 + i32(buf, z + 1)[0] if t == 0x03 else value_end(buf, t, z + 1, end)
+        n += 1
+    return n
+
+
+def read_string(buf: bytes, v: int) -> str:
+    n = i32(buf, v)[0]
+    return bytes(buf[v + 4:v + 3 + n]).decode("utf-8", "surrogateescape")
+
+
+def read_number(buf: bytes, t: int, v: int) -> float | int | None:
+    if t == INT32:
+        return i32(buf, v)[0]
+    if t == INT64:
+        return i64(buf, v)[0]
+    if t == DOUBLE:
+        return struct.unpack_from("<d", buf, v)[0]
+    if t == BOOL:
+        return buf[v]
+    return None
+
+
+def cstring(name: str) -> bytes:
+    raw = name.encode()
+    if b"\0" in raw:
+        raise BsonError("NUL in element name")
+    return raw + b"\0"
+
+
+def string_element(name: str, value: str) -> bytes:
+    raw = value.encode("utf-8", "surrogateescape")
+    return b"\x02" + cstring(name) + _I32.pack(len(raw) + 1) + raw + b"\0"
+
+
+def int64_element(name: str, value: int) -> bytes:
+    return b"\x12" + cstring(name) + _I64.pack(value)
+
+
+def int32_element(name: str, value: int) -> bytes:
+    return b"\x10" + cstring(name) + _I32.pack(value)
+
+
+def raw_element(t: int, name: str, value: bytes) -> bytes:
+    return bytes((t,)) + cstring(name) + value
+
+
+Edit = tuple[int, int, bytes]
+
+
+def splice(buf: bytes | memoryview, start: int, end: int, edits: list[Edit],
+           containers: tuple[int, ...] = ()) -> tuple[list[bytes | memoryview], int]:
+    """Replace byte ranges of the document ``buf[start:end]``; fix its length and the lengths of
+    nested ``containers`` (offsets of enclosing sub-documents' length prefixes).
+
+    Returns the parts to write (slices of ``buf`` are memoryviews, not copies) and their total
+    length. Edits must not overlap one another or the container length prefixes.
+    """
+    view = buf if isinstance(buf, memoryview) else memoryview(buf)
+    all_edits = sorted(edits)
+    fixes: list[Edit] = []
+    for c in (start, *containers):
+        c_end = c + i32(view, c)[0]
+        delta = sum(len(r) - (e - s) for s, e, r in all_edits if c < s and e <= c_end)
+        fixes.append((c, c + 4, _I32.pack(i32(view, c)[0] + delta)))
+    all_edits = sorted(all_edits + fixes)
+    parts: list[bytes | memoryview] = []
+    total = 0
+    pos = start
+    for s, e, r in all_edits:
+        if s > pos:
+            parts.append(view[pos:s])
+            total += s - pos
+        if r:
+            parts.append(r)
+            total += len(r)
+        pos = max(pos, e)
+    if pos < end:
+        parts.append(view[pos:end])
+        total += end - pos
+    return parts, total
