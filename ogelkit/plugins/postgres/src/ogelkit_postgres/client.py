@@ -1,0 +1,1118 @@
+"""One client connection: login (see ``login.py``), then the relay.
+
+The relay forwards bytes in the chunks they arrive and reads only message headers, except
+for the few messages it acts on:
+
+* client -> server: Query and Execute become one ``Operation`` each (admitted by the layer
+  chain before they are forwarded); Parse/Bind/Describe/Close are rewritten in transaction
+  mode so named prepared statements follow the client from server to server; Sync and
+  Query are counted so the server is released only when everything sent was answered.
+* server -> client: CommandComplete (row counts), ErrorResponse (SQLSTATE), ReadyForQuery
+  (completion, transaction status, release), ParameterStatus, ParseComplete (swallowed
+  when the gateway itself re-prepared a statement).
+
+DataRow and CopyData are never buffered: a message longer than the chunk is forwarded as it
+arrives and the rest of it is skipped by length. Back-pressure pauses reading on one side
+while the other side's write buffer is full, so a 100 MB result flows through a few
+hundred kilobytes of memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from functools import partial
+from itertools import count
+from typing import TYPE_CHECKING, Any
+
+from ogelkit.model import Operation, Reason, Reject
+from ogelkit_postgres import protocol as pg
+from ogelkit_postgres.errors import (
+    FEATURE_NOT_SUPPORTED,
+    PROTOCOL_VIOLATION,
+    reject_error,
+)
+from ogelkit_postgres.pool import PoolTimeout
+from ogelkit_postgres.server import UpstreamError
+from ogelkit_postgres.sql import verb_of
+
+if TYPE_CHECKING:
+    from ogelkit.model import Session
+    from ogelkit_postgres.frontdoor import PostgresFrontDoor
+    from ogelkit_postgres.pool import Pool
+    from ogelkit_postgres.server import ServerConnection
+
+log = logging.getLogger("ogelkit.postgres")
+
+STARTUP, RELAY, CLOSED, DRAINING = 0, 1, 2, 3
+
+# Reasons to stop reading from the client (bit flags).
+WAITING = 1  # an operation waits for the chain or for a server connection
+SERVER_FULL = 2  # the server's write buffer is full
+
+_unpack_len = pg.unpack_len
+_monotonic = time.monotonic
+
+# Parameters the server reports (GUC_REPORT) that belong to the client: in transaction mode
+# a client's own SET of one of them is remembered and re-applied on the next server it gets.
+TRACKED_PARAMS = frozenset({"client_encoding", "DateStyle", "IntervalStyle", "TimeZone",
+                            "standard_conforming_strings"})
+
+DISCARD_ALL = pg.query("DISCARD ALL")
+_CLOSED_NAME = b"o7s_closed"  # never prepared: closing it is a no-op that still answers
+_names = count(1)
+
+
+class Stmt:
+    """A statement a client prepared: its text, verb and key (query + parameter types)."""
+
+    __slots__ = ("key", "text", "verb")
+
+    def __init__(self, key: bytes, text: str, verb: str):
+        self.key = key
+        self.text = text
+        self.verb = verb
+
+
+class ClientConnection(asyncio.Protocol):
+    __slots__ = (
+        "batch_error",
+        "bind_size",
+        "cancel_op",
+        "cancel_reject",
+        "capture",
+        "cdrop",
+        "cfg",
+        "chain",
+        "copy_in",
+        "cskip",
+        "ctx",
+        "desired",
+        "discard_error",
+        "discarding",
+        "fd",
+        "held",
+        "inject",
+        "key",
+        "login_task",
+        "max_msg",
+        "ops",
+        "parse_fifo",
+        "pause_flags",
+        "peer",
+        "phase",
+        "pool",
+        "portals",
+        "rbuf",
+        "saw_fatal",
+        "sbuf",
+        "server",
+        "session",
+        "session_mode",
+        "settings_src",
+        "sni",
+        "spartial",
+        "sskip",
+        "startup_settings",
+        "stmt_cache",
+        "stmts",
+        "swaiter",
+        "swallow_error",
+        "swallow_z",
+        "syncs_sent",
+        "transport",
+        "unsynced",
+        "wait_cancel",
+        "wait_task",
+        "write_paused",
+        "z_recv",
+    )
+
+    def __init__(self, fd: PostgresFrontDoor):
+        self.fd = fd
+        self.ctx = fd.context
+        self.chain = fd.context.chain
+        self.transport: asyncio.Transport | None = None
+        self.phase = STARTUP
+        self.session: Session | None = None
+        self.peer = ""
+        self.sni: str | None = None
+        self.sbuf = bytearray()
+        self.swaiter: asyncio.Future[None] | None = None
+        self.login_task: asyncio.Task[None] | None = None
+        self.pool: Pool | None = None
+        self.cfg: Any = None
+        self.session_mode = True
+        self.max_msg = pg.MAX_STARTUP_PACKET
+        self.startup_settings: dict[str, str] = {}
+        self.desired: dict[str, str] = {}
+        self.settings_src: dict[str, str] | None = None
+        self.key: tuple[int, int] | None = None
+        self.server: ServerConnection | None = None
+        # client -> server framing
+        self.rbuf = b""
+        self.cskip = 0  # bytes of a streamed message still to forward
+        self.cdrop = 0  # bytes of a CopyData nobody takes still to drop
+        self.held: bytearray | None = None
+        self.pause_flags = 0
+        self.write_paused = False
+        self.wait_task: asyncio.Task[None] | None = None
+        self.wait_cancel: Reject | None = None
+        # server -> client framing
+        self.spartial = b""
+        self.sskip = 0
+        self.swallow_z = 0
+        self.swallow_error: dict[str, str] | None = None
+        self.capture: asyncio.Future[dict[str, str] | None] | None = None
+        # protocol bookkeeping
+        self.syncs_sent = 0
+        self.z_recv = 0
+        self.unsynced = False
+        self.ops: deque[tuple[Operation, bool, int]] = deque()
+        self.batch_error: str | None = None
+        self.copy_in = False
+        self.saw_fatal = False
+        self.inject: list[tuple[int, bool, bytes, bool]] | None = None
+        self.discarding = False
+        self.discard_error: bytes | None = None
+        self.cancel_reject: Reject | None = None
+        self.cancel_op: Operation | None = None
+        self.stmts: dict[bytes, Stmt] = {}
+        self.portals: dict[bytes, Stmt] = {}
+        self.stmt_cache: dict[bytes, Stmt] = {}
+        self.parse_fifo: deque[tuple[int, bool, bytes, bytes]] | None = None
+        self.bind_size = 0
+
+    # -- asyncio callbacks ---------------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        if isinstance(peer, tuple):
+            host = peer[0]
+            self.peer = f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"
+        else:
+            self.peer = str(peer or "unix")
+        from ogelkit_postgres.login import login
+        self.login_task = self.fd.spawn(login(self))
+
+    def data_received(self, data: bytes) -> None:
+        if self.phase == RELAY:
+            self.session.bytes_in += len(data)  # type: ignore[union-attr]
+            held = self.held
+            if held is not None:
+                held += data
+                return
+            if self.rbuf:
+                data = self.rbuf + data
+                self.rbuf = b""
+            if self.cdrop:
+                drop = self.cdrop
+                if drop >= len(data):
+                    self.cdrop = drop - len(data)
+                    return
+                self.cdrop = 0
+                data = data[drop:]
+            skip = self.cskip
+            if skip:
+                n = len(data)
+                if skip >= n:
+                    self.cskip = skip - n
+                    srv = self.server
+                    if srv is not None:
+                        srv.transport.write(data)  # type: ignore[union-attr]
+                    return
+                self.cskip = 0
+            self._process(data, skip, 0, None)
+        elif self.phase == STARTUP:
+            self.sbuf += data
+            if len(self.sbuf) > pg.MAX_STARTUP_PACKET + 16384:
+                self.fatal(PROTOCOL_VIOLATION, "startup packet too long")
+                return
+            waiter = self.swaiter
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
+
+    def eof_received(self) -> bool | None:
+        return False
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+        srv = self.server
+        if srv is not None:
+            srv.pause()
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        srv = self.server
+        if srv is not None:
+            srv.resume()
+
+    def pause_for_server(self) -> None:
+        self._pause(SERVER_FULL)
+
+    def resume_for_server(self) -> None:
+        self._unpause(SERVER_FULL)
+
+    def _pause(self, flag: int) -> None:
+        if not self.pause_flags and self.transport is not None:
+            self.transport.pause_reading()
+        self.pause_flags |= flag
+
+    def _unpause(self, flag: int) -> None:
+        if self.pause_flags & flag:
+            self.pause_flags &= ~flag
+            if not self.pause_flags and self.phase != CLOSED and self.transport is not None:
+                self.transport.resume_reading()
+
+    # -- client -> server --------------------------------------------------------------------
+    def _process(self, data: bytes, pos: int, run: int,
+                 resumed: tuple[Operation | None, Reject | bytes | None] | None) -> None:
+        """Scan client messages from ``pos``; bytes from ``run`` are forwarded unchanged."""
+        n = len(data)
+        srv = self.server
+        max_msg = self.max_msg
+        while n - pos >= 5:
+            t = data[pos]
+            ln = _unpack_len(data, pos + 1)[0]
+            if ln < 4 or ln > max_msg:
+                self._flush(data, run, pos)
+                self._too_big(t, ln)
+                return
+            end = pos + 1 + ln
+            if t == 100:  # CopyData: stream it, whatever its size
+                if end > n:
+                    if self.discarding or srv is None:
+                        # Outside COPY the server ignores CopyData; so do we.
+                        self._flush(data, run, pos)
+                        self.cdrop = end - n
+                        return
+                    self._flush(data, run, n)
+                    self.cskip = end - n
+                    return
+                if srv is None or self.discarding:
+                    self._flush(data, run, pos)
+                    run = end
+                pos = end
+                continue
+            if end > n:
+                break
+            if self.discarding and t != 83:
+                # After a refused Execute, drop everything up to Sync (as the server would).
+                self._flush(data, run, pos)
+                pos = run = end
+                if t == 88:
+                    self.close()
+                    return
+                continue
+
+            if t == 81:  # Query
+                if resumed is not None:
+                    op, verdict = resumed
+                    resumed = None
+                else:
+                    text = data[pos + 5:end - 1].decode("utf-8", "replace")
+                    op = self._new_op(verb_of(text), text, ln + 1)
+                    verdict = self._admit(op)
+                    if verdict is not None and not isinstance(verdict, (Reject, bytes)):
+                        self._flush(data, run, pos)
+                        self._suspend(data, pos, op, verdict)
+                        return
+                assert op is not None
+                if verdict is None and not self.session_mode:
+                    verdict = self._txmode_check(op)
+                if verdict is not None:
+                    self._flush(data, run, pos)
+                    pos = run = end
+                    self._refuse_query(op, verdict)
+                    continue
+                if srv is None:
+                    srv = self._checkout()
+                    if srv is None:
+                        self._suspend(data, pos, op, None)
+                        return
+                if self.session_mode:
+                    if (self.session.settings is not self.settings_src  # type: ignore[union-attr]
+                            and self.z_recv == self.syncs_sent and not self.unsynced):
+                        # The tier changed during the session; our SET must be answered
+                        # first, so only when nothing else is in flight.
+                        self._flush(data, run, pos)
+                        run = pos
+                        self._reapply(srv)
+                elif op.name in ("SET", "RESET", "DISCARD", "DEALLOCATE"):
+                    self._server_state_changed(srv, op.name)
+                self.syncs_sent += 1
+                self.ops.append((op, True, self.syncs_sent))
+                pos = end
+                continue
+
+            if t == 83:  # Sync
+                if srv is None:
+                    # Nothing of this batch reached a server: answer for it.
+                    self._flush(data, run, pos)
+                    pos = run = end
+                    error, self.discard_error, self.discarding = self.discard_error, None, False
+                    self.unsynced = False
+                    self._write((error or b"") + pg.ready_for_query(b"I"))
+                    continue
+                if self.discarding:
+                    self.discarding = False
+                    error, self.discard_error = self.discard_error, None
+                    if error is not None:
+                        self._queue_inject(self.syncs_sent + 1, True, error, False)
+                self.syncs_sent += 1
+                self.unsynced = False
+                pos = end
+                continue
+
+            if t == 88:  # Terminate
+                self._flush(data, run, pos)
+                self.close()
+                return
+
+            if t not in _EXTENDED:
+                if t == 99 or t == 102:  # CopyDone / CopyFail
+                    if srv is None:  # no COPY in progress: ignored, as the server would
+                        self._flush(data, run, pos)
+                        run = end
+                    pos = end
+                    continue
+                self._flush(data, run, pos)
+                self.fatal(PROTOCOL_VIOLATION, f"invalid frontend message type {t}")
+                return
+
+            # Extended protocol (and FunctionCall): needs a server connection.
+            op = None
+            verdict = None
+            if t == 69:  # Execute
+                if resumed is not None:
+                    op, verdict = resumed
+                    resumed = None
+                else:
+                    op = self._execute_op(data, pos, end)
+                    verdict = self._admit(op)
+                    if verdict is not None and not isinstance(verdict, (Reject, bytes)):
+                        self._flush(data, run, pos)
+                        self._suspend(data, pos, op, verdict)
+                        return
+                if verdict is not None:
+                    self._flush(data, run, pos)
+                    pos = run = end
+                    self._refuse_execute(op, verdict)
+                    continue
+            elif resumed is not None:
+                _, verdict = resumed
+                resumed = None
+                if verdict is not None:  # no server could be had for this batch
+                    self._flush(data, run, pos)
+                    self.discarding = True
+                    self.discard_error = verdict if isinstance(verdict, bytes) else \
+                        reject_error(verdict)
+                    continue  # the loop drops this message and the rest up to Sync
+            if srv is None:
+                srv = self._checkout()
+                if srv is None:
+                    self._suspend(data, pos, op, None)
+                    return
+            if t == 69:
+                self.ops.append((op, False, self.syncs_sent + 1))  # type: ignore[arg-type]
+            elif t == 70:  # FunctionCall: answered with ReadyForQuery like a Query
+                self.syncs_sent += 1
+                pos = end
+                continue
+            elif t == 80:  # Parse
+                run = self._parse(data, pos, end, run, srv)
+            elif t == 66:  # Bind
+                run = self._bind(data, pos, end, run, srv)
+            elif (t == 68 or t == 67) and not self.session_mode and data[pos + 5] == 83 \
+                    and end - pos > 7:  # Describe / Close of a named statement
+                run = self._describe_close(t, data, pos, end, run, srv)
+            if t != 72:  # Flush leaves the batch as it is
+                self.unsynced = True
+            pos = end
+        self._flush(data, run, pos)
+        if pos < n:
+            self.rbuf = data[pos:]
+
+    def _flush(self, data: bytes, run: int, upto: int) -> None:
+        if run < upto:
+            srv = self.server
+            if srv is not None:
+                srv.transport.write(data if run == 0 and upto == len(data)  # type: ignore[union-attr]
+                                    else data[run:upto])
+
+    def _too_big(self, t: int, ln: int) -> None:
+        if ln < 4:
+            self.fatal(PROTOCOL_VIOLATION, "invalid message length")
+        else:
+            self.fatal(PROTOCOL_VIOLATION, f"message of type {chr(t)!r} is {ln} bytes, more "
+                       f"than the gateway's limit of {self.max_msg} bytes",
+                       hint="Send smaller statements or COPY batches.")
+
+    # -- operations --------------------------------------------------------------------------
+    def _new_op(self, verb: str, text: str | None, size: int) -> Operation:
+        session = self.session
+        op = Operation(session, "query", verb, text, size)  # type: ignore[arg-type]
+        op.canceller = partial(self._cancel_op, op)
+        session.operations += 1  # type: ignore[union-attr]
+        return op
+
+    def _execute_op(self, data: bytes, pos: int, end: int) -> Operation:
+        nul = data.index(0, pos + 5, end)
+        stmt = self.portals.get(data[pos + 5:nul])
+        if stmt is None:
+            return self._new_op("OTHER", None, end - pos + self.bind_size)
+        return self._new_op(stmt.verb, stmt.text, end - pos + self.bind_size)
+
+    def _admit(self, op: Operation) -> Any:
+        try:
+            return self.chain.admit(op)
+        except Reject as rej:
+            return rej
+        except Exception as exc:  # a broken layer must not take the gateway down
+            log.exception("layer chain failed to admit %r", op)
+            return Reject(Reason.UNAVAILABLE, f"internal error in the gateway: {exc}")
+
+    def _txmode_check(self, op: Operation) -> bytes | None:
+        if op.name == "LISTEN":
+            # Notifications arrive on whichever server connection listened, which the next
+            # transaction may not get: refuse clearly instead of losing them.
+            return pg.error_response(
+                FEATURE_NOT_SUPPORTED, "LISTEN is not supported in transaction pooling mode",
+                hint="Use a database on a backend with pool_mode = \"session\" for "
+                     "LISTEN/NOTIFY.")
+        return None
+
+    def _server_state_changed(self, srv: ServerConnection, verb: str) -> None:
+        # The client changed session state behind the pool's back: re-apply settings on the
+        # next checkout, and forget prepared statements DISCARD/DEALLOCATE may have dropped.
+        srv.applied = None
+        if verb in ("DISCARD", "DEALLOCATE"):
+            srv.forget_prepared()
+
+    def _refuse_query(self, op: Operation, verdict: Reject | bytes) -> None:
+        if isinstance(verdict, Reject):
+            op.rejection = op.rejection or verdict
+            payload = reject_error(verdict)
+        else:
+            payload = verdict
+            op.error = pg.error_fields(verdict[5:]).get("C", "08006")
+        self._finish(op)
+        if self.z_recv < self.syncs_sent:
+            self._queue_inject(self.syncs_sent, False, payload, True)
+        else:
+            srv = self.server
+            self._write(payload + pg.ready_for_query(srv.status if srv is not None else b"I"))
+
+    def _refuse_execute(self, op: Operation, verdict: Reject | bytes) -> None:
+        if isinstance(verdict, Reject):
+            op.rejection = op.rejection or verdict
+            payload = reject_error(verdict)
+        else:
+            payload = verdict
+            op.error = pg.error_fields(verdict[5:]).get("C", "08006")
+        self._finish(op)
+        self.discarding = True
+        self.discard_error = payload
+
+    def _finish(self, op: Operation) -> None:
+        op.ended = _monotonic()
+        if op is self.cancel_op:
+            self.cancel_op = None
+            self.cancel_reject = None
+        self.fd.count_op(op)
+        self.chain.complete(op)
+
+    def _finish_skipped(self, op: Operation) -> None:
+        if op.ended is None:
+            if op.error is None and self.batch_error is not None:
+                op.error = self.batch_error
+            self._finish(op)
+
+    # -- waiting (async admission, server checkout) ------------------------------------------
+    def _suspend(self, data: bytes, pos: int, op: Operation | None, pending: Any) -> None:
+        self.held = bytearray(data[pos:] if pos else data)
+        self._pause(WAITING)
+        self.wait_task = self.fd.spawn(self._resume(op, pending))
+
+    async def _resume(self, op: Operation | None, pending: Any) -> None:
+        verdict: Reject | bytes | None = None
+        try:
+            if pending is not None:
+                try:
+                    await pending
+                except Reject as rej:
+                    verdict = rej
+                except Exception as exc:
+                    log.exception("layer chain failed while admitting %r", op)
+                    verdict = Reject(Reason.UNAVAILABLE, f"internal error in the gateway: {exc}")
+            elif self.server is None and self.phase == RELAY:
+                verdict = await self._acquire()
+        except asyncio.CancelledError:
+            if self.wait_cancel is None:
+                raise
+            verdict = self.wait_cancel
+        finally:
+            self.wait_task = None
+            self.wait_cancel = None
+        if self.phase != RELAY:
+            if op is not None and op.ended is None:
+                op.error = op.error or "08006"
+                self._finish(op)
+            return
+        data = bytes(self.held or b"")
+        self.held = None
+        self._unpause(WAITING)
+        self._process(data, 0, 0, (op, verdict))
+
+    async def _acquire(self) -> bytes | None:
+        """Get a server connection for the waiting input; an error payload on failure."""
+        pool = self.pool
+        assert pool is not None
+        started = _monotonic()
+        try:
+            srv = await pool.acquire()
+        except PoolTimeout:
+            return reject_error(self._pool_exhausted())
+        except UpstreamError as exc:
+            return pg.error_response(exc.sqlstate if exc.sqlstate != "57P01" else "08006",
+                                     exc.message, detail=exc.detail, hint=exc.hint)
+        self.fd.observe_checkout(pool, _monotonic() - started)
+        if self.phase != RELAY:
+            pool.checkin(srv)
+            return None
+        self._attach(srv)
+        return None
+
+    def _pool_exhausted(self) -> Reject:
+        pool = self.pool
+        assert pool is not None
+        return Reject(Reason.CONNECTIONS, "no server connection became free in time",
+                      detail=f"All {pool.limit} server connections of this database stayed busy "
+                             f"for {self.cfg.query_wait_timeout:g}s (query_wait_timeout).",
+                      hint="Retry later, or shorten transactions that hold a connection.")
+
+    # -- server checkout / release -------------------------------------------------------------
+    def _checkout(self) -> ServerConnection | None:
+        srv = self.pool.take()  # type: ignore[union-attr]
+        if srv is not None:
+            self._attach(srv)
+        return srv
+
+    def _attach(self, srv: ServerConnection) -> None:
+        srv.client = self
+        self.server = srv
+        if self.write_paused:
+            srv.pause()
+        settings = self.session.settings  # type: ignore[union-attr]
+        if settings is not self.settings_src:
+            self.settings_src = settings
+            self.desired = {**self.startup_settings, **settings}
+        desired = self.desired
+        if srv.applied is not desired:
+            if srv.applied != desired:
+                self._send_settings(srv, desired)
+            srv.applied = desired
+        if srv.to_deallocate:
+            names, srv.to_deallocate = srv.to_deallocate, []
+            srv.transport.write(pg.query("; ".join(  # type: ignore[union-attr]
+                "DEALLOCATE " + pg.quote_ident(n.decode()) for n in names)))
+            self.swallow_z += 1
+
+    def _reapply(self, srv: ServerConnection) -> None:
+        settings = self.session.settings  # type: ignore[union-attr]
+        self.settings_src = settings
+        desired = {**self.startup_settings, **settings}
+        self.desired = desired
+        if srv.applied != desired:
+            self._send_settings(srv, desired)
+        srv.applied = desired
+
+    def _send_settings(self, srv: ServerConnection, desired: dict[str, str]) -> None:
+        applied = srv.applied
+        parts = []
+        if applied is None:
+            parts.append("RESET ALL")
+            applied = {}
+        for name, value in desired.items():
+            if applied.get(name) != value:
+                parts.append(f"SET {_guc(name)} = {pg.quote_literal(value)}")
+        for name in applied:
+            if name not in desired:
+                parts.append(f"RESET {_guc(name)}")
+        if parts:
+            srv.transport.write(pg.query("; ".join(parts)))  # type: ignore[union-attr]
+            self.swallow_z += 1
+
+    def _release(self) -> None:
+        srv = self.server
+        assert srv is not None
+        self.server = None
+        srv.client = None
+        if srv.reading_paused:
+            srv.resume()
+        if self.pause_flags & SERVER_FULL:
+            self._unpause(SERVER_FULL)
+        if srv.cancels_pending:
+            srv.release_after_cancel = True
+        else:
+            self.pool.checkin(srv)  # type: ignore[union-attr]
+
+    # -- prepared statements ---------------------------------------------------------------
+    def _stmt(self, tail: bytes) -> Stmt:
+        stmt = self.stmt_cache.get(tail)
+        if stmt is None:
+            nul = tail.find(0)
+            text = tail[:nul].decode("utf-8", "replace")
+            stmt = Stmt(tail, text, verb_of(text))
+            cache = self.stmt_cache
+            if len(cache) >= 64:
+                cache.clear()
+            cache[tail] = stmt
+        return stmt
+
+    def _parse(self, data: bytes, pos: int, end: int, run: int, srv: ServerConnection) -> int:
+        nul = data.index(0, pos + 5, end)
+        name = data[pos + 5:nul]
+        stmt = self._stmt(data[nul + 1:end])
+        self.stmts[name] = stmt
+        if self.session_mode:
+            return run
+        fifo = self.parse_fifo
+        assert fifo is not None
+        if not name:  # the unnamed statement lives only for this batch: no rename
+            fifo.append((self.syncs_sent + 1, False, b"", b""))
+            return run
+        # A fresh server-side name: the client expects a ParseComplete for this message, and
+        # re-preparing (rare: once per statement per client) is simpler than faking one.
+        sname = self._register(srv, stmt.key)
+        self._flush(data, run, pos)
+        srv.transport.write(pg.parse_message(sname, stmt.key))  # type: ignore[union-attr]
+        fifo.append((self.syncs_sent + 1, False, sname, name))
+        return end
+
+    def _register(self, srv: ServerConnection, key: bytes) -> bytes:
+        sname = b"o7s_%d" % next(_names)
+        prepared = srv.prepared
+        prepared[sname] = key
+        srv.by_key[key] = sname
+        if len(prepared) > self.cfg.max_prepared_statements:
+            old, old_key = prepared.popitem(last=False)
+            if srv.by_key.get(old_key) == old:
+                del srv.by_key[old_key]
+            srv.to_deallocate.append(old)
+        return sname
+
+    def _server_name(self, srv: ServerConnection, stmt: Stmt, data: bytes, run: int,
+                     pos: int) -> tuple[bytes, int]:
+        """The server's name for ``stmt``, preparing it there first when it is missing.
+        Returns (name, new run start) — the caller rewrites its message."""
+        sname = srv.by_key.get(stmt.key)
+        if sname is not None:
+            srv.prepared.move_to_end(sname)
+            self._flush(data, run, pos)
+            return sname, pos
+        sname = self._register(srv, stmt.key)
+        self._flush(data, run, pos)
+        srv.transport.write(pg.parse_message(sname, stmt.key))  # type: ignore[union-attr]
+        self.parse_fifo.append((self.syncs_sent + 1, True, sname, b""))  # type: ignore[union-attr]
+        return sname, pos
+
+    def _bind(self, data: bytes, pos: int, end: int, run: int, srv: ServerConnection) -> int:
+        pnul = data.index(0, pos + 5, end)
+        snul = data.index(0, pnul + 1, end)
+        name = data[pnul + 1:snul]
+        stmt = self.stmts.get(name)
+        self.bind_size = end - pos
+        if stmt is not None:
+            self.portals[data[pos + 5:pnul]] = stmt
+        if self.session_mode or not name or stmt is None:
+            return run
+        sname, _ = self._server_name(srv, stmt, data, run, pos)
+        portal = data[pos + 5:pnul + 1]
+        rest = data[snul:end]  # NUL of the statement name, then formats and parameters
+        srv.transport.write(b"B" + pg.pack_i32(4 + len(portal) + len(sname) + len(rest))  # type: ignore[union-attr]
+                            + portal + sname + rest)
+        return end
+
+    def _describe_close(self, t: int, data: bytes, pos: int, end: int, run: int,
+                        srv: ServerConnection) -> int:
+        name = data[pos + 6:end - 1]
+        stmt = self.stmts.get(name)
+        if stmt is None:
+            return run
+        if t == 67:  # Close: the server copy stays for other clients; answer via a no-op
+            del self.stmts[name]
+            self._flush(data, run, pos)
+            srv.transport.write(pg.message(b"C", b"S" + _CLOSED_NAME + b"\0"))  # type: ignore[union-attr]
+            return end
+        sname, _ = self._server_name(srv, stmt, data, run, pos)
+        srv.transport.write(pg.message(b"D", b"S" + sname + b"\0"))  # type: ignore[union-attr]
+        return end
+
+    # -- server -> client --------------------------------------------------------------------
+    def server_data(self, data: bytes) -> None:
+        if self.swallow_z:
+            data = self._swallow(data)
+            if not data:
+                return
+        if self.spartial:
+            data = self.spartial + data
+            self.spartial = b""
+        n = len(data)
+        session = self.session
+        if session is not None:
+            session.bytes_out += n
+        ops = self.ops
+        if ops:
+            ops[0][0].bytes_out += n
+        pos = self.sskip
+        if pos:
+            if pos >= n:
+                self.sskip = pos - n
+                self.transport.write(data)  # type: ignore[union-attr]
+                return
+            self.sskip = 0
+        run = 0
+        while n - pos >= 5:
+            t = data[pos]
+            end = pos + 1 + _unpack_len(data, pos + 1)[0]
+            if t == 68 or t == 100:  # DataRow / CopyData: never held back
+                if end > n:
+                    self.sskip = end - n
+                    pos = n
+                    break
+                pos = end
+                continue
+            if end > n:
+                break
+            if t == 90:  # ReadyForQuery
+                if self.inject is not None:
+                    run = self._inject_at(data, run, pos, self.z_recv + 1, True)
+                z = self.z_recv = self.z_recv + 1
+                status = data[pos + 5:end]
+                srv = self.server
+                srv.status = status  # type: ignore[union-attr]
+                while ops and ops[0][2] <= z:
+                    self._finish_skipped(ops.popleft()[0])
+                self.batch_error = None
+                self.copy_in = False
+                pos = end
+                if self.inject is not None:
+                    run = self._inject_at(data, run, pos, z, False)
+                if (status == b"I" and z == self.syncs_sent and not self.session_mode
+                        and not self.unsynced):
+                    if run < pos:
+                        self.transport.write(data if run == 0 and pos == n else data[run:pos])  # type: ignore[union-attr]
+                    self._release()
+                    if pos < n:
+                        srv.data_received(data[pos:])  # type: ignore[union-attr]
+                    return
+                continue
+            if t == 67:  # CommandComplete
+                if ops:
+                    op, is_query, _ = ops[0]
+                    self._count_rows(op, data, pos, end)
+                    if not is_query:
+                        ops.popleft()
+                        self._finish(op)
+            elif t == 69:  # ErrorResponse
+                run = self._server_error(data, run, pos, end)
+            elif t == 49:  # ParseComplete
+                fifo = self.parse_fifo
+                if fifo and fifo.popleft()[1]:  # our own Parse: the client never asked
+                    if run < pos:
+                        self.transport.write(data[run:pos])  # type: ignore[union-attr]
+                    run = end
+            elif t == 83:  # ParameterStatus
+                self._parameter_status(data, pos, end)
+            elif t == 73 or t == 115:  # EmptyQueryResponse / PortalSuspended
+                if ops and not ops[0][1]:
+                    self._finish(ops.popleft()[0])
+            elif t == 71:  # CopyInResponse
+                self.copy_in = True
+            pos = end
+        if run < pos:
+            self.transport.write(data if run == 0 and pos == n else data[run:pos])  # type: ignore[union-attr]
+        if pos < n:
+            self.spartial = data[pos:]
+
+    def _count_rows(self, op: Operation, data: bytes, pos: int, end: int) -> None:
+        sp = data.rfind(b" ", pos + 5, end - 1)
+        if sp < 0 or not 48 <= data[sp + 1] <= 57:
+            return
+        count_ = int(data[sp + 1:end - 1])
+        first = data[pos + 5]
+        if first == 83 or first == 70 or (first == 67 and not self.copy_in):  # SELECT FETCH COPY-out
+            op.rows = (op.rows or 0) + count_
+        else:
+            op.written = (op.written or 0) + count_
+
+    def _server_error(self, data: bytes, run: int, pos: int, end: int) -> int:
+        code = pg.error_sqlstate(data, pos, end)
+        if pg.error_is_fatal(data, pos, end):
+            self.saw_fatal = True
+        ops = self.ops
+        if ops and ops[0][2] == self.z_recv + 1:
+            op, is_query, _ = ops[0]
+            if op.error is None:
+                op.error = code
+            if not is_query:
+                ops.popleft()
+                self._finish(op)
+        self.batch_error = code
+        fifo = self.parse_fifo
+        if fifo:  # the server skips the rest of this batch: those Parses never happen
+            batch = self.z_recv + 1
+            srv = self.server
+            while fifo and fifo[0][0] == batch:
+                _, _, sname, cname = fifo.popleft()
+                if sname and srv is not None and srv.prepared.pop(sname, None) is not None:
+                    key = next((k for k, v in srv.by_key.items() if v == sname), None)
+                    if key is not None:
+                        del srv.by_key[key]
+                if cname:
+                    self.stmts.pop(cname, None)
+        reject = self.cancel_reject
+        if reject is not None and code == "57014":
+            # Our own cancel (timeout layer): tell the client why, in the layer's words.
+            self.cancel_reject = None
+            self.cancel_op = None
+            if run < pos:
+                self.transport.write(data[run:pos])  # type: ignore[union-attr]
+            self.transport.write(reject_error(reject))  # type: ignore[union-attr]
+            return end
+        return run
+
+    def _parameter_status(self, data: bytes, pos: int, end: int) -> None:
+        srv = self.server
+        if srv is None:
+            return
+        name, value = srv.note_parameter(data, pos, end)
+        if name in TRACKED_PARAMS and not self.session_mode:
+            self.startup_settings[name] = value
+            self.desired = {**self.desired, name: value}
+            if srv.applied is not None:  # None: unknown state, re-applied in full anyway
+                srv.applied = self.desired
+
+    def _swallow(self, data: bytes) -> bytes:
+        """Consume the answers to the gateway's own queries (settings, DEALLOCATE) that
+        precede the client's; return what follows them."""
+        if self.spartial:
+            data = self.spartial + data
+            self.spartial = b""
+        pos = 0
+        n = len(data)
+        srv = self.server
+        while self.swallow_z and n - pos >= 5:
+            t = data[pos]
+            end = pos + 1 + _unpack_len(data, pos + 1)[0]
+            if end > n:
+                break
+            if t == 90:
+                self.swallow_z -= 1
+                if srv is not None:
+                    srv.status = data[pos + 5:end]
+                if not self.swallow_z:
+                    self._preamble_done()
+            elif t == 69:
+                fields = pg.error_fields(data[pos + 5:end])
+                self.swallow_error = fields
+                if srv is not None:
+                    srv.applied = None  # unknown now: re-apply everything next time
+                if self.capture is None:
+                    log.warning("applying session settings upstream failed: %s", fields.get("M"),
+                                extra={"tenant": self.session.tenant_slug if self.session else None})
+            elif t == 83 and srv is not None:
+                srv.note_parameter(data, pos, end)
+            pos = end
+        if self.swallow_z:
+            self.spartial = data[pos:]
+            return b""
+        return data[pos:]
+
+    def _preamble_done(self) -> None:
+        capture = self.capture
+        if capture is not None:
+            self.capture = None
+            if not capture.done():
+                capture.set_result(self.swallow_error)
+        self.swallow_error = None
+
+    def _parameter_status_all(self) -> bytes:
+        srv = self.server
+        return b"".join(pg.parameter_status(k, v) for k, v in srv.params.items()) if srv else b""
+
+    def _queue_inject(self, z_index: int, before: bool, payload: bytes, ready: bool) -> None:
+        if self.inject is None:
+            self.inject = []
+        self.inject.append((z_index, before, payload, ready))
+
+    def _inject_at(self, data: bytes, run: int, pos: int, z_index: int, before: bool) -> int:
+        """Write queued refusals that belong just before/after ReadyForQuery ``z_index``."""
+        inject = self.inject
+        assert inject is not None
+        out = []
+        keep = []
+        for entry in inject:
+            if entry[0] == z_index and entry[1] == before:
+                payload = entry[2]
+                if entry[3]:
+                    srv = self.server
+                    payload += pg.ready_for_query(srv.status if srv is not None else b"I")
+                out.append(payload)
+            else:
+                keep.append(entry)
+        if not out:
+            return run
+        self.inject = keep or None
+        if run < pos:
+            self.transport.write(data[run:pos])  # type: ignore[union-attr]
+        self.transport.write(b"".join(out))  # type: ignore[union-attr]
+        return pos
+
+    # -- cancel ------------------------------------------------------------------------------
+    def _cancel_op(self, op: Operation, reject: Reject) -> None:
+        """``op.canceller``: stop ``op`` upstream and answer the client with ``reject``."""
+        if op.ended is not None or self.phase != RELAY:
+            return
+        if self.wait_task is not None and not self.wait_task.done():
+            # Still waiting for the chain or a server: nothing runs upstream yet.
+            self.wait_cancel = reject
+            self.wait_task.cancel()
+            return
+        srv = self.server
+        if srv is None:
+            return
+        self.cancel_reject = reject
+        self.cancel_op = op
+        self.fd.spawn(self.fd.cancel_upstream(srv))
+
+    def cancel_from_client(self) -> None:
+        """A CancelRequest with this client's key arrived."""
+        srv = self.server
+        if srv is not None and (self.z_recv < self.syncs_sent or self.unsynced):
+            self.fd.spawn(self.fd.cancel_upstream(srv))
+
+    # -- closing -----------------------------------------------------------------------------
+    def _write(self, payload: bytes) -> None:
+        if self.transport is not None and self.phase != CLOSED:
+            self.transport.write(payload)
+
+    def fatal(self, sqlstate: str, message: str, *, detail: str | None = None,
+              hint: str | None = None) -> None:
+        """Send a FATAL error and end the connection, letting the client read it: its
+        unread input (the rest of an oversized message) is drained, not answered with a
+        reset that would destroy the error in flight."""
+        self._write(pg.error_response(sqlstate, message, severity="FATAL", detail=detail,
+                                      hint=hint))
+        transport = self.transport
+        if self.phase == CLOSED or transport is None or transport.is_closing():
+            return
+        self.phase = DRAINING
+        self._drop_server()
+        self.held = None
+        self.pause_flags = 0
+        try:
+            transport.resume_reading()
+            if transport.can_write_eof():
+                transport.write_eof()
+        except (OSError, RuntimeError):
+            pass
+        self.fd.loop.call_later(2.0, self.close)
+
+    def close_with(self, reject: Reject) -> None:
+        """``session.closer``: tell the client why, then close."""
+        self._write(reject_error(reject, fatal=True))
+        self.close()
+
+    def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+            # A client that stopped reading must not keep the connection (and a server) alive.
+            self.fd.loop.call_later(5.0, self._abort_if_stuck)
+
+    def _abort_if_stuck(self) -> None:
+        if self.phase != CLOSED and self.transport is not None:
+            self.transport.abort()
+
+    def server_lost(self, srv: ServerConnection) -> None:
+        """The server connection this client holds went away."""
+        if self.server is srv:
+            self.server = None
+        if self.phase == CLOSED:
+            return
+        if self.phase == STARTUP:
+            capture = self.capture
+            if capture is not None and not capture.done():
+                capture.set_exception(UpstreamError("the upstream server closed the connection"))
+            return
+        if not self.saw_fatal:
+            self._write(pg.error_response("08006", "the connection to the upstream server was lost",
+                                          severity="FATAL",
+                                          hint="Reconnect; the gateway serves new connections "
+                                               "as soon as the server is back."))
+        self.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.phase == CLOSED:
+            return
+        self.phase = CLOSED
+        task = self.login_task
+        if task is not None and not task.done():
+            task.cancel()
+        waiter = self.swaiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        self._drop_server()
+        while self.ops:
+            op = self.ops.popleft()[0]
+            if op.ended is None:
+                op.error = op.error or "08006"
+                self._finish(op)
+        self.fd.client_closed(self)
+
+    def _drop_server(self) -> None:
+        """The client is going away: give its server connection back, or get rid of it."""
+        srv = self.server
+        if srv is None:
+            return
+        self.server = None
+        srv.client = None
+        if srv.reading_paused:
+            srv.resume()
+        running = self.z_recv < self.syncs_sent or self.unsynced or bool(self.swallow_z)
+        if running:
+            # Stop the query upstream before dropping the connection: PostgreSQL would
+            # otherwise notice the gone client only when it next writes.
+            self.fd.spawn(self.fd.cancel_and_close(srv))
+        elif srv.status != b"I" or srv.closed:
+            srv.close()
+        elif self.session_mode:
+            srv.reset(DISCARD_ALL)  # checks itself in when the server answered
+        else:
+            self.pool.checkin(srv)  # type: ignore[union-attr]
+
+    def is_idle(self) -> bool:
+        """Between requests and outside a transaction (safe to close during a drain)."""
+        if self.phase != RELAY or self.held is not None:
+            return False
+        if self.z_recv < self.syncs_sent or self.unsynced:
+            return False
+        srv = self.server
+        return srv is None or srv.status == b"I"
+
+    def describe(self) -> dict[str, Any]:
+        s = self.session
+        return {"client": self.peer, "tenant": s.tenant_slug if s else None,
+                "database": s.database if s else None, "server": self.server is not None,
+                "idle": self.is_idle()}
+
+
+#: Frontend message types of the extended protocol, plus FunctionCall.
+_EXTENDED = frozenset(b"PBDECHF")
+
+
+def _guc(name: str) -> str:
+    return ".".join(pg.quote_ident(part) for part in name.split("."))

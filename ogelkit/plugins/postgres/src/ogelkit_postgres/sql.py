@@ -1,0 +1,73 @@
+"""The little SQL the gateway reads: a statement's verb, and its normalised form.
+
+Neither parses SQL. ``verb_of`` takes the first keyword (for metric labels and a few
+transaction-mode rules); ``normalize`` replaces literals with placeholders so statements
+that differ only in their constants share one cost estimate (as pg_stat_statements does).
+"""
+
+from __future__ import annotations
+
+import re
+
+_VERB = re.compile(r"(?:\s+|--[^\n]*(?:\n|$)|/\*.*?\*/|\()*([A-Za-z]+)", re.S)
+
+#: Bounded set of verbs used as the Operation ``name`` (a metric label); others -> OTHER.
+VERBS = frozenset({
+    "SELECT", "INSERT", "UPDATE", "DELETE", "MERGE", "WITH", "VALUES", "TABLE", "COPY", "BEGIN",
+    "START", "COMMIT", "END", "ROLLBACK", "ABORT", "SAVEPOINT", "RELEASE", "PREPARE", "EXECUTE",
+    "DEALLOCATE", "DECLARE", "FETCH", "MOVE", "CLOSE", "SET", "RESET", "SHOW", "DISCARD", "LISTEN",
+    "UNLISTEN", "NOTIFY", "CREATE", "ALTER", "DROP", "TRUNCATE", "GRANT", "REVOKE", "COMMENT",
+    "ANALYZE", "VACUUM", "EXPLAIN", "LOCK", "CALL", "DO", "REFRESH", "REINDEX", "CLUSTER",
+    "CHECKPOINT", "SECURITY", "IMPORT",
+})
+
+
+def verb_of(text: str) -> str:
+    m = _VERB.match(text)
+    if m is None:
+        return "EMPTY" if not text.strip(" \t\r\n;") else "OTHER"
+    verb = m.group(1).upper()
+    return verb if verb in VERBS else "OTHER"
+
+
+#: Statements whose cost EXPLAIN can estimate.
+EXPLAINABLE = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE", "MERGE", "WITH", "VALUES",
+                         "TABLE"})
+
+_TOKENS = re.compile(r"""
+    (?P<comment>--[^\n]*|/\*.*?\*/)
+  | (?P<dollar>\$(?P<tag>[A-Za-z_][A-Za-z_0-9]*)?\$.*?\$(?P=tag)?\$)
+  | (?P<string>[EeBbXxNn]?'(?:[^']|'')*')
+  | (?P<ident>"(?:[^"]|"")*"|[A-Za-z_][A-Za-z_0-9$]*)
+  | (?P<param>\$\d+)
+  | (?P<number>(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)
+  | (?P<space>\s+)
+""", re.S | re.X)
+
+_LIST = re.compile(r"\(\s*\?(?:\s*,\s*\?)+\s*\)")
+
+
+def normalize(text: str) -> str:
+    """Literals -> ``?``, comments dropped, whitespace collapsed, lists of literals folded.
+
+    >>> normalize("SELECT * FROM t WHERE a = 42 AND b IN ('x', 'y')  -- hi")
+    'SELECT * FROM t WHERE a = ? AND b IN (?)'
+    """
+    out: list[str] = []
+    pos = 0
+    for m in _TOKENS.finditer(text):
+        if m.start() > pos:
+            out.append(text[pos:m.start()])
+        kind = m.lastgroup
+        if kind == "tag":  # the named group inside "dollar"
+            kind = "dollar"
+        if kind in ("string", "dollar", "number"):
+            out.append("?")
+        elif kind in ("space", "comment"):
+            out.append(" ")
+        else:
+            out.append(m.group())
+        pos = m.end()
+    out.append(text[pos:])
+    joined = " ".join("".join(out).split())
+    return _LIST.sub("(?)", joined).rstrip(" ;")
