@@ -1,0 +1,91 @@
+"""Unhappy paths against a private redis-server: upstream killed and restarted mid-use,
+keyspace notifications (the shared test server does not emit them), unknown tenants."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import redis
+from redis_support import PrivateRedis, gateway, new_tenants
+
+
+def test_upstream_killed_and_restarted(private_redis: PrivateRedis):
+    tenants = new_tenants(2)
+    with gateway(tenants, url=private_redis.url, backend='connect_timeout = "1s"') as gw:
+        a = gw.client(gw.a, socket_timeout=5)
+        assert a.set("k", "v")
+        errors: list[Exception] = []
+
+        def blocked():  # a client blocked in BLPOP when the server dies
+            try:
+                gw.client(gw.a, socket_timeout=5).blpop(["q"], timeout=10)
+            except Exception as exc:
+                errors.append(exc)
+        th = threading.Thread(target=blocked)
+        th.start()
+        time.sleep(0.3)
+        private_redis.kill()
+        th.join(6)
+        assert errors and "connection lost" in str(errors[0]).lower()
+        with pytest.raises(redis.RedisError) as info:
+            a.get("k")
+        assert "upstream" in str(info.value).lower() or "lost" in str(info.value).lower()
+        # the gateway itself still answers (and says why it cannot serve)
+        assert a.echo("still here") == b"still here"
+        private_redis.start()  # empty server: data and ACL users are gone
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                assert a.set("k", "again")  # the ACL user is re-created on reconnect
+                break
+            except redis.RedisError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        assert a.get("k") == b"again"
+        assert gw.client(gw.b).get("k") is None
+
+
+def test_keyspace_notifications_are_namespaced(private_redis: PrivateRedis):
+    tenants = new_tenants(2)
+    with gateway(tenants, url=private_redis.url) as gw:
+        a, b = gw.client(gw.a), gw.client(gw.b)
+        ps = a.pubsub()
+        ps.subscribe("__keyspace@0__:watched")
+        ps.psubscribe("__keyspace@0__:w*")
+        got = []
+        deadline = time.monotonic() + 3
+        while len(got) < 2 and time.monotonic() < deadline:
+            m = ps.get_message(timeout=0.2)
+            if m:
+                got.append(m["type"])
+        b.set("watched", 1)  # the other tenant's key of the same name: silence
+        a.set("watched", 1)
+        msgs = []
+        deadline = time.monotonic() + 3
+        while len(msgs) < 2 and time.monotonic() < deadline:
+            m = ps.get_message(timeout=0.2)
+            if m and m["type"] in ("message", "pmessage"):
+                msgs.append(m)
+        assert {(m["type"], m["channel"], m["data"]) for m in msgs} == {
+            ("message", b"__keyspace@0__:watched", b"set"),
+            ("pmessage", b"__keyspace@0__:watched", b"set")}
+        assert ps.get_message(timeout=0.3) is None
+        ps.close()
+
+
+def test_unknown_tenant_and_database():
+    tenants = new_tenants(1)
+    with gateway(tenants) as gw:
+        t = gw.a
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(port=gw.port, username="nobody-here", password="x").ping()
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(port=gw.port, username=t.slug, password="wrong").ping()
+        with pytest.raises(redis.ResponseError, match="no Redis database"):
+            redis.Redis(port=gw.port, username=f"{t.slug}.other", password=t.password).ping()
+        assert redis.Redis(port=gw.port, username=f"{t.slug}.main", password=t.password).ping()
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(port=gw.port).get("k")  # no AUTH: NOAUTH
