@@ -77,3 +77,67 @@ class Gateway:
 
     def upstream_db(self, slug: str, db: str = "main") -> str:
         return f"t_{slug}__{db}"
+
+
+def free_port() -> int:
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def ferretdb_binary() -> str:
+    """The FerretDB that scripts/services.sh builds into the cache directory."""
+    import os
+    from pathlib import Path
+    cache = Path(os.environ.get("OGELKIT_CACHE_DIR") or Path.home() / ".cache" / "ogelkit")
+    path = cache / "bin" / "ferretdb"
+    if not path.exists():
+        raise RuntimeError(f"{path} is missing: run scripts/services.sh up first")
+    return str(path)
+
+
+class PrivateFerretDB:
+    """A FerretDB process of our own (SQLite in a temp dir, free port), for tests that kill it."""
+
+    def __init__(self) -> None:
+        import tempfile
+        self.dir = tempfile.mkdtemp(prefix="ogelkit-ferret-")
+        self.port = free_port()
+        self.proc: Any = None
+
+    @property
+    def url(self) -> str:
+        return f"mongodb://127.0.0.1:{self.port}/"
+
+    def start(self) -> PrivateFerretDB:
+        import os
+        import subprocess
+        import time
+        os.makedirs(f"{self.dir}/data", exist_ok=True)
+        self.proc = subprocess.Popen(
+            [ferretdb_binary(), "--handler=sqlite", f"--sqlite-url=file:{self.dir}/data/",
+             f"--listen-addr=127.0.0.1:{self.port}", "--debug-addr=-", f"--state-dir={self.dir}",
+             "--telemetry=disable", "--log-level=warn"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "DO_NOT_TRACK": "1"})
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                with pymongo.MongoClient(self.url, serverSelectionTimeoutMS=300) as c:
+                    c.admin.command("ping")
+                return self
+            except pymongo.errors.PyMongoError:
+                if self.proc.poll() is not None:
+                    raise RuntimeError("private FerretDB exited") from None
+                time.sleep(0.1)
+        raise TimeoutError("private FerretDB did not start")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def cleanup(self) -> None:
+        import shutil
+        self.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
