@@ -49,7 +49,7 @@ class Target:
             raise ValueError("the mongodb backend url must name exactly one server "
                              f"(found {len(nodes)}); put a mongos in front of a cluster")
         self.host, self.port = nodes[0]
-        opts = info["options"]
+        opts = {str(k).lower(): v for k, v in info["options"].items()}
         self.username: str | None = info.get("username")
         self.password: str | None = info.get("password")
         self.auth_source = opts.get("authsource") or info.get("database") or "admin"
