@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 
 import anyio
 import pytest
@@ -10,8 +11,9 @@ from ogelkit_layer_intelligence import IntelligenceLayer
 
 from ogelkit.chain import Chain
 from ogelkit.model import Reason, Reject, Session
-from ogelkit.testing import make_operation, make_session
+from ogelkit.testing import make_operation, make_session, minimal_config
 from ogelkit.testing.contracts import LayerContract
+from ogelkit.testing.services import redis_url
 
 pytestmark = pytest.mark.anyio
 
@@ -19,6 +21,14 @@ pytestmark = pytest.mark.anyio
 class TestIntelligenceContract(LayerContract):
     layer_class = IntelligenceLayer
     options = {"auth_failures": 3, "ban": "1s", "latency_targets": {"free": "2s"}}
+
+
+class TestIntelligenceSharedContract(LayerContract):
+    """The same with the real shared Redis as [state] (scripts loaded, nothing written)."""
+
+    layer_class = IntelligenceLayer
+    options = {"key_prefix": f"test-intel-contract-{uuid.uuid4().hex[:8]}:"}
+    context_config = minimal_config(f'[state]\nurl = "{redis_url()}"\n')
 
 
 def client(ctx, tenant: str, addr: str, known: bool) -> Session:

@@ -82,7 +82,7 @@ class IntelligenceLayer(Layer):
         self._wake: anyio.Event | None = None
         self.recent: deque[dict[str, Any]] = deque(maxlen=50)
         self.counts = {"auth_failures": 0, "bans": 0, "storms": 0, "refused_banned": 0,
-                       "refused_storm": 0, "refused_state_down": 0, "calibration_pairs": 0}
+                       "refused_storm": 0, "refused_state_down": 0}
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def open(self) -> None:
@@ -178,8 +178,8 @@ class IntelligenceLayer(Layer):
                 if samples is None:
                     samples = self._samples[backend.name] = Samples(
                         self.options.calibration_samples)
-                samples.add(cost, op.duration)
-                self.counts["calibration_pairs"] += 1
+                ended = op.ended
+                samples.add(cost, (ended if ended is not None else time.monotonic()) - op.started)
 
     def on_disconnect(self, session: Session) -> None:
         rej = session.rejection
@@ -372,6 +372,7 @@ class IntelligenceLayer(Layer):
         return sorted(out.values(), key=lambda b: -b["seconds_left"])
 
     def describe(self) -> dict[str, Any]:
-        return {**self.counts, "blocks": self.blocks()[:50], "recent": list(self.recent),
+        return {**self.counts, "calibration_pairs": sum(s.seen for s in self._samples.values()),
+                "blocks": self.blocks()[:50], "recent": list(self.recent),
                 "shared": self._shared is not None, "outbox": len(self._outbox),
                 "calibration": self.calibration(), **self._policy.describe()}

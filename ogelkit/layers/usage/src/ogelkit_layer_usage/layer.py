@@ -145,7 +145,8 @@ class UsageLayer(Layer):
         rej = op.rejection
         if rej is None or rej.reason == Reason.TIMEOUT:
             # Executed (a timed-out operation ran upstream until it was stopped: billed).
-            duration = op.duration
+            ended = op.ended
+            duration = (ended if ended is not None else time.monotonic()) - op.started
             ev.operations += 1
             ev.duration += duration
             ev.vcpu_seconds += duration * meter.factor
@@ -163,10 +164,12 @@ class UsageLayer(Layer):
                 setattr(ev, field, getattr(ev, field) + 1)
         ev.bytes_in += op.size
         ev.bytes_out += op.bytes_out
-        if op.rows:
-            ev.rows += op.rows
-        if op.written:
-            ev.written += op.written
+        rows = op.rows
+        if rows:
+            ev.rows += rows
+        written = op.written
+        if written:
+            ev.written += written
 
     def on_disconnect(self, session: Session) -> None:
         meter = session.state.pop(self._slot, None)
