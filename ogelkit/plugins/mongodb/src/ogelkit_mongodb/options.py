@@ -23,7 +23,7 @@ class MongoOptions:
                                     "holds an upstream connection only while its command runs).")
     connect_timeout: Duration = option(5.0, doc="Deadline for opening an upstream connection "
                                                 "(TCP, handshake and authentication).")
-    max_message_size: Size = option(48_000_000, doc="Largest wire message accepted from a client "
+    max_message_size: Size = option(48 * 1024 * 1024, doc="Largest wire message accepted from a client "
                                                     "(MongoDB's maxMessageSizeBytes); a bigger "
                                                     "one closes that client. The hello reply "
                                                     "advertises the smaller of this and the "
