@@ -311,6 +311,23 @@ def test_malformed_and_oversized_frames_close_only_that_client(gw: Gw):
     assert good.get("still") == b"here"
 
 
+def test_requests_split_across_packets(gw: Gw):
+    t = gw.a
+    auth = f"*3\r\n$4\r\nAUTH\r\n${len(t.slug)}\r\n{t.slug}\r\n${len(t.password)}\r\n{t.password}\r\n"
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=3) as s:
+        s.sendall(auth.encode())
+        assert s.recv(100) == b"+OK\r\n"
+        # split at an element boundary, inside a header and inside a value
+        for part in (b"*3\r\n$3\r\nSET\r\n", b"$5\r\nsplit\r\n$", b"3\r\nv", b"al\r\n*2\r\n$3\r\nGET\r\n",
+                     b"$5\r\nsplit\r\n"):
+            s.sendall(part)
+            time.sleep(0.05)
+        got = b""
+        while len(got) < len(b"+OK\r\n$3\r\nval\r\n"):
+            got += s.recv(100)
+        assert got == b"+OK\r\n$3\r\nval\r\n"
+
+
 def test_hello_and_reset(gw: Gw):
     t = gw.a
     r = redis.Redis(port=gw.port, protocol=3, username=t.slug, password=t.password)

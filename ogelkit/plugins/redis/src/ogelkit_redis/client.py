@@ -27,7 +27,13 @@ from ogelkit.model import Operation, Reason, Reject, Session
 from ogelkit_redis import resp
 from ogelkit_redis.commands import Command
 from ogelkit_redis.namespace import Namespace, first_word
-from ogelkit_redis.resp import ProtocolError, parse_command
+from ogelkit_redis.resp import (
+    FastProtocolError,
+    ProtocolError,
+    encode_command,
+    new_reader,
+    parse_command,
+)
 from ogelkit_redis.upstream import Pending, Upstream
 
 if TYPE_CHECKING:
@@ -111,6 +117,7 @@ class RedisClient(asyncio.Protocol):
         self._task: asyncio.Task[None] | None = None
         self.observe = False  # some layer looks at operations
         self.chain = None
+        self._reader = new_reader()
 
     # == asyncio callbacks ======================================================================
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -182,6 +189,29 @@ class RedisClient(asyncio.Protocol):
 
     # == request loop ===========================================================================
     def _process(self, data: bytes) -> None:
+        reader = self._reader
+        if reader is not None and self.authed and data[0] == 42:
+            # Fast path: hiredis parses every request of the chunk, if the chunk holds only
+            # complete multibulk requests. Anything else (a partial request, an inline one,
+            # garbage) goes to the Python parser below, which also enforces the size limits.
+            reader.feed(data)
+            cmds = []
+            try:
+                while True:
+                    argv = reader.gets()
+                    if argv is False:
+                        break
+                    cmds.append(argv)
+                # hiredis consumes the elements of a partial request too, so "no data left"
+                # is not enough: the chunk must also end with the last complete request.
+                complete = (not reader.has_data() and bool(cmds)
+                            and data.endswith(encode_command(cmds[-1])))
+            except (FastProtocolError, TypeError):
+                complete = False
+            if complete:
+                self._run_parsed(cmds)
+                return
+            self._reader = new_reader()
         pos = 0
         n = len(data)
         execute = self._execute
@@ -210,6 +240,25 @@ class RedisClient(asyncio.Protocol):
                 if pos < n:
                     self._chunks.insert(0, data[pos:])
                     self._have += n - pos
+                return
+
+    def _run_parsed(self, cmds: list) -> None:
+        execute = self._execute
+        for i, argv in enumerate(cmds):
+            if self.closing:
+                return
+            if not argv:
+                continue
+            try:
+                ok = execute(argv, None, 0, 0)
+            except (TypeError, AttributeError):  # not an array of bulk strings
+                self._protocol_error("expected '$', got something else")
+                return
+            if not ok:
+                rest = [encode_command(a) for a in cmds[i + 1:] if a]
+                if rest:
+                    self._chunks.insert(0, b"".join(rest))
+                    self._have += len(self._chunks[0])
                 return
 
     def _resume(self) -> None:
@@ -442,10 +491,16 @@ class RedisClient(asyncio.Protocol):
             self.chain.disconnect(s)
 
     # == dispatch ===============================================================================
-    def _execute(self, argv: list[bytes], data: bytes, start: int, end: int) -> bool:
+    def _execute(self, argv: list[bytes], data: bytes | None, start: int, end: int) -> bool:
         """Run one request. True: done (or queued upstream); False: input must wait."""
+        if data is None:
+            raw = None
+        elif start or end != len(data):
+            raw = data[start:end]
+        else:
+            raw = data
         if not self.authed:
-            return self._preauth(argv, data[start:end] if (start or end != len(data)) else data)
+            return self._preauth(argv, raw or encode_command(argv))
         cmd = self.table.lookup(argv[0])
         if cmd is None:
             return self._unknown(argv)
@@ -453,14 +508,14 @@ class RedisClient(asyncio.Protocol):
         if kind == "keys":
             if cmd.denyoom and self.tdb.over_quota is not None:
                 return self._refuse(cmd, argv, self.tdb.over_quota)
-            positions = cmd.key_positions(argv) if (cmd.first or cmd.specs) else None
-            if positions:
-                out = self.ns.rewrite(argv, positions)
-            else:
-                out = data[start:end] if (start or end != len(data)) else data
+            first = cmd.first
+            if first and first == cmd.last and len(argv) > first:  # one key: most commands
+                argv[first] = self.ns.prefix + argv[first]
+                return self._send(cmd, argv, encode_command(argv), None)
+            positions = cmd.key_positions(argv) if (first or cmd.specs) else None
+            out = self.ns.rewrite(argv, positions) if positions else raw or encode_command(argv)
             return self._send(cmd, argv, out, None)
-        raw = data[start:end] if (start or end != len(data)) else data
-        return self.door.handlers[kind](self, cmd, argv, raw)
+        return self.door.handlers[kind](self, cmd, argv, raw or encode_command(argv))
 
     def _unknown(self, argv: list[bytes]) -> bool:
         args = " ".join(f"'{a[:128].decode('utf-8', 'replace')}'" for a in argv[1:4])

@@ -146,12 +146,37 @@ def _ishex(two: bytes) -> bool:
     return all(c in b"0123456789abcdefABCDEF" for c in two)
 
 
-def encode_command(argv: list[bytes] | tuple[bytes, ...]) -> bytes:
-    """``*N`` multibulk encoding of an argument list."""
+def _encode_command(argv: list[bytes] | tuple[bytes, ...]) -> bytes:
     parts = [b"*%d\r\n" % len(argv)]
     for a in argv:
         parts.append(b"$%d\r\n%s\r\n" % (len(a), a))
     return b"".join(parts)
+
+
+try:  # hiredis (C) parses requests ~8x and encodes them ~2x faster than the code here
+    import hiredis as _hiredis
+except ImportError:  # pragma: no cover - hiredis is a dependency; this keeps it optional
+    _hiredis = None
+
+if _hiredis is not None:
+    _pack = _hiredis.pack_command
+
+    def encode_command(argv: list[bytes] | tuple[bytes, ...]) -> bytes:
+        """``*N`` multibulk encoding of an argument list."""
+        return _pack(tuple(argv))
+
+    def new_reader():
+        """A hiredis reader for complete multibulk requests (see ``RedisClient._process``)."""
+        return _hiredis.Reader()
+
+    FastProtocolError: type[Exception] = _hiredis.ProtocolError
+else:  # pragma: no cover
+    encode_command = _encode_command
+
+    def new_reader():
+        return None
+
+    FastProtocolError = ProtocolError
 
 
 # -- replies --------------------------------------------------------------------------------
