@@ -213,3 +213,34 @@ async def test_storage_snapshots_all_databases_or_active_ones(make_usage, caplog
         assert await layer.flush()
         (live,) = await ctx.store.usage_totals("zeta", *EVER)
         assert live.database == "live" and live["storage_bytes"] == 4000
+
+
+class BrokenExporter:
+    @ogelkit.hookimpl
+    def ogelkit_usage_flushed(self, context, events):
+        raise RuntimeError("exporter bug")
+
+
+async def test_a_broken_exporter_or_loop_bug_does_not_stop_metering(make_usage, caplog):
+    body = 'flush_interval = "50ms"\nretry_backoff = "50ms"\n'
+    async with make_usage(body, extra_plugins=[("broken", BrokenExporter())]) as (ctx, layer):
+        chain = Chain([layer])
+        real_cut, calls = layer._cut, []
+
+        def cut_failing_once(now):
+            calls.append(now)
+            if len(calls) == 1:
+                raise RuntimeError("bug in a cut")
+            return real_cut(now)
+
+        layer._cut = cut_failing_once
+        with caplog.at_level(logging.ERROR, logger="ogelkit.layer.usage"):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(layer.run)
+                await ops(ctx, chain, 9)
+                await until(lambda: layer.describe()["flushed"] >= 2)
+                tg.cancel_scope.cancel()
+        assert await operations(ctx) == 9
+        messages = [r.getMessage() for r in caplog.records]
+        assert "usage flush loop failed; restarting it" in messages
+        assert "an ogelkit_usage_flushed hook failed" in messages

@@ -103,10 +103,21 @@ class IntelligenceLayer(Layer):
     async def run(self) -> None:
         async with anyio.create_task_group() as tg:
             if self._shared is not None:
-                tg.start_soon(self._outbox_loop)
+                tg.start_soon(self._forever, self._outbox_loop)
             if self.options.report_interval > 0:
-                tg.start_soon(self._report_loop)
-            await self._sync_loop()
+                tg.start_soon(self._forever, self._report_loop)
+            await self._forever(self._sync_loop)
+
+    async def _forever(self, loop) -> None:
+        """Run a background loop; a bug in it is logged and the loop restarted, never
+        allowed to take the gateway down."""
+        while True:
+            try:
+                await loop()
+            except Exception:
+                log.exception("intelligence loop %s failed; restarting it", loop.__name__,
+                              extra={"layer": self.name})
+                await anyio.sleep(self.options.sync_interval)
 
     async def close(self) -> None:
         if self.options.report_interval > 0 and self._samples:

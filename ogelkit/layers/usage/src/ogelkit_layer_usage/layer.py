@@ -10,6 +10,7 @@ is deduplicated by the store instead of counted twice.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections import deque
@@ -98,7 +99,13 @@ class UsageLayer(Layer):
         async with anyio.create_task_group() as tg:
             if self.options.storage_interval > 0:
                 tg.start_soon(self._storage_loop)
-            await self._flush_loop()
+            while True:
+                try:
+                    await self._flush_loop()
+                except Exception:  # a bug here must not take the gateway down: log, go on
+                    log.exception("usage flush loop failed; restarting it",
+                                  extra={"layer": self.name})
+                    await anyio.sleep(self.options.retry_backoff)
 
     async def close(self) -> None:
         """Cut the last window (live connections up to now) and write everything left,
@@ -303,9 +310,14 @@ class UsageLayer(Layer):
                             extra={"layer": self.name, "events": len(batch),
                                    "pending": len(self._pending), "error": repr(exc)})
             return False
-        # Only now are they durable: drop exactly this batch from the head of the queue.
-        for _ in batch:
-            self._pending.popleft()
+        # Only now are they durable: drop exactly this batch (normally the queue's head).
+        pending = self._pending
+        for ev in batch:
+            if pending and pending[0] is ev:
+                pending.popleft()
+            else:  # the head moved meanwhile (events dropped over max_pending)
+                with contextlib.suppress(ValueError):
+                    pending.remove(ev)
         if self._down_since is not None:
             log.warning("usage writes work again", extra={
                 "layer": self.name, "outage_seconds": round(time.monotonic() - self._down_since, 3),
