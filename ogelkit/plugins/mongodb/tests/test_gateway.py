@@ -257,3 +257,31 @@ def test_speculative_and_explicit_authentication(make_gateway):
             client.close()
     sessions = gw.context.sessions
     assert sessions.count(slug) == 0  # closed clients left the registry
+
+
+def test_database_provisioned_while_connected_becomes_usable(make_gateway):
+    import asyncio
+
+    from ogelkit.control.records import DatabaseRecord
+    gw = make_gateway()
+    slug = gw.tenants["a"]
+    client = gw.client(slug)
+    client.main.c.insert_one({"x": 1})
+    with pytest.raises(OperationFailure) as err:
+        client.late.c.insert_one({"x": 1})
+    assert err.value.code == 13
+
+    async def provision() -> None:
+        ctx = gw.context
+        tenant = await ctx.store.get_tenant(slug)
+        upstream = await ctx.backends["mongo"].provision(tenant, "late", ctx.tiers["free"])
+        await ctx.store.put_database(DatabaseRecord(slug, "late", "mongodb", "mongo", upstream))
+        ctx.directory.invalidate(slug)
+
+    loop = gw.running.gateway.frontdoors[0].server.get_loop()
+    asyncio.run_coroutine_threadsafe(provision(), loop).result(10)
+    import time
+    time.sleep(1.1)  # a client looks its tenant up again at most once a second
+    client.late.c.insert_one({"x": 2})
+    assert client.late.c.find_one()["x"] == 2
+    assert sorted(client.list_database_names()) == ["late", "main"]

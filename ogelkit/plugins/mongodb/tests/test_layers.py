@@ -206,3 +206,26 @@ def test_pymongo_retry_after_reconnect_is_a_new_session(layered):
         bad.close()
     good = layered.client(layered.tenants["a"])
     assert good.main.command("ping")["ok"] == 1.0
+
+
+def test_gatekeeper_connection_cap_speaks_mongodb(make_gateway):
+    """The real gatekeeper layer: the free tier's 5 connections, the 6th refused with 13."""
+    gw = make_gateway(layers='[[layers]]\ntype = "gatekeeper"\nqueue = "0s"\n')
+    slug = gw.tenants["a"]
+    holders = [gw.client(slug, maxPoolSize=1) for _ in range(5)]
+    for h in holders:
+        assert h.main.command("ping")["ok"] == 1.0
+    sixth = gw.client(slug, maxPoolSize=1)
+    with pytest.raises(OperationFailure) as err:
+        sixth.main.command("ping")
+    assert err.value.code == 13 and err.value.details["reason"] == "connections"
+    holders[0].close()
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            assert sixth.main.command("ping")["ok"] == 1.0
+            break
+        except OperationFailure:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)

@@ -126,6 +126,7 @@ class MongoClient(asyncio.Protocol):
         self.auth_db = "admin"
         self.op: MongoOperation | None = None
         self.task: asyncio.Task[None] | None = None
+        self.refreshed_at = 0.0
 
     @property
     def idle(self) -> bool:
@@ -489,11 +490,51 @@ class MongoClient(asyncio.Protocol):
         self.busy = True
         try:
             self._plan(req, m, index, db)
-        except Refusal as r:
-            op.rejection = Reject(Reason.FORBIDDEN, r.message)
-            self._send_doc(req.request_id, errors.error_doc(r.code, r.message))
-            self._finish(op)
+        except UnknownDatabase as r:
+            if time.monotonic() - self.refreshed_at > 1.0:
+                # Maybe provisioned since this client connected: look again, then retry.
+                self.task = asyncio.get_running_loop().create_task(
+                    self._refresh_then_plan(op, m, index, db))
+            else:
+                self._refuse(op, m, r)
             return
+        except Refusal as r:
+            self._refuse(op, m, r)
+            return
+        self._admit(op, m)
+
+    async def _refresh_then_plan(self, op: MongoOperation, m: wire.OpMsg, index: dict[str, Any],
+                                 db: str) -> None:
+        self.refreshed_at = time.monotonic()
+        session = self.session
+        try:
+            entry = await self.ctx.directory.lookup(session.tenant_slug or "")  # type: ignore[union-attr]
+            if entry is not None:
+                ids = self.fd.backend_ids
+                self._set_databases({n: d for n, d in entry.databases.items()
+                                     if d.kind == "mongodb" and d.backend in ids})
+        except asyncio.CancelledError:
+            return
+        except Exception as exc:
+            log.warning("control plane lookup failed: %s", exc)
+        self.task = None
+        if op.ended is not None or self.closed:
+            return
+        try:
+            self._plan(op.request, m, index, db)
+        except Refusal as r:
+            self._refuse(op, m, r)
+            return
+        self._admit(op, m)
+
+    def _refuse(self, op: MongoOperation, m: wire.OpMsg, r: Refusal) -> None:
+        op.rejection = Reject(Reason.FORBIDDEN, r.message)
+        if not m.more_to_come:
+            self._send_doc(op.request.request_id, errors.error_doc(r.code, r.message))
+        self._finish(op)
+
+    def _admit(self, op: MongoOperation, m: wire.OpMsg) -> None:
+        req = op.request
         if m.more_to_come and req.local is not None:
             self._finish(op)  # nothing to answer
             return
@@ -698,7 +739,7 @@ class MongoClient(asyncio.Protocol):
         if record is None:
             mine = ", ".join(sorted(self.databases)) or "none"
             slug = self.session.tenant_slug if self.session else "<tenant>"
-            raise Refusal(errors.UNAUTHORIZED,
+            raise UnknownDatabase(errors.UNAUTHORIZED,
                           f"database '{db}' is not one of your databases (yours: {mine}); "
                           f"provision it with `ogelkit databases create {slug} {db} "
                           "--kind mongodb`")
@@ -975,6 +1016,10 @@ class MongoClient(asyncio.Protocol):
         if isinstance(value, list):
             return [self._unmap_deep(v) for v in value]
         return value
+
+
+class UnknownDatabase(Refusal):
+    """A ``$db`` that is not one of the tenant's databases (as far as this client knows)."""
 
 
 def _string_value(text: str) -> bytes:
