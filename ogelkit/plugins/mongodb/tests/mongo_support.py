@@ -100,14 +100,17 @@ def ferretdb_binary() -> str:
 class PrivateFerretDB:
     """A FerretDB process of our own (SQLite in a temp dir, free port), for tests that kill it."""
 
-    def __init__(self) -> None:
+    def __init__(self, auth: tuple[str, str] | None = None) -> None:
         import tempfile
         self.dir = tempfile.mkdtemp(prefix="ogelkit-ferret-")
         self.port = free_port()
         self.proc: Any = None
+        self.auth = auth  # (user, password): FerretDB's own SCRAM users
 
     @property
     def url(self) -> str:
+        if self.auth:
+            return f"mongodb://{self.auth[0]}:{self.auth[1]}@127.0.0.1:{self.port}/"
         return f"mongodb://127.0.0.1:{self.port}/"
 
     def start(self) -> PrivateFerretDB:
@@ -118,7 +121,10 @@ class PrivateFerretDB:
         self.proc = subprocess.Popen(
             [ferretdb_binary(), "--handler=sqlite", f"--sqlite-url=file:{self.dir}/data/",
              f"--listen-addr=127.0.0.1:{self.port}", "--debug-addr=-", f"--state-dir={self.dir}",
-             "--telemetry=disable", "--log-level=warn"],
+             "--telemetry=disable", "--log-level=warn",
+             *([] if not self.auth else ["--test-enable-new-auth", f"--setup-username={self.auth[0]}",
+                                         f"--setup-password={self.auth[1]}",
+                                         "--setup-database=admin"])],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "DO_NOT_TRACK": "1"})
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

@@ -257,3 +257,27 @@ def test_upstream_down_at_startup_reports_not_ready_then_recovers(suffix):
     finally:
         ferret.cleanup()
     del slug
+
+
+def test_upstream_with_scram_credentials(suffix):
+    """The gateway authenticates upstream with SCRAM-SHA-256 from the backend url; wrong
+    upstream credentials make commands answer 6 and /readyz 503, never crash."""
+    import httpx
+    ferret = PrivateFerretDB(auth=("o7s", "upstream-secret")).start()
+    try:
+        slug = f"u-{suffix}"
+        with gateway_thread(gateway_config(ferret.url, {slug: {}})) as running:
+            client = pymongo.MongoClient(f"mongodb://{slug}:{PASSWORD}@127.0.0.1:"
+                                         f"{running.port('mongodb')}/", serverSelectionTimeoutMS=5000)
+            try:
+                client.main.c.insert_one({"via": "scram"})
+                assert client.main.c.find_one()["via"] == "scram"
+            finally:
+                client.close()
+        wrong = ferret.url.replace("upstream-secret", "not-it")
+        with gateway_thread(gateway_config(wrong, {})) as running:
+            assert httpx.get(running.url("/readyz"), timeout=10).status_code == 503
+            backend = running.context.backends["mongo"]
+            assert "authentication failed" in (backend.pool.last_error or "").lower()
+    finally:
+        ferret.cleanup()
