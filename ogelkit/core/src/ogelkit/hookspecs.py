@@ -128,8 +128,11 @@ def ogelkit_usage_flushed(context: GatewayContext, events: list[dict[str, Any]])
     a message queue); do not block: hand the list to a task of your own.
 
     :param context: the gateway's context.
-    :param events: the stored events as dicts (``id``, ``tenant``, ``database``, ``kind``,
-        ``name``, ``count``, ``duration``, ``bytes_in``, ``bytes_out``, ``rows``, ...).
+    :param events: the stored events as dicts (``UsageEvent.as_dict()``): ``id`` (stable;
+        a batch can be delivered again after a retry, dedupe on it), ``ts``, ``tenant``,
+        ``database``, ``kind`` (operation, connection or storage), ``gateway``, and the
+        amounts of ``ogelkit.control.records.USAGE_FIELDS`` (``operations``, ``duration``,
+        ``bytes_in``, ``bytes_out``, ``rows``, ``vcpu_seconds``, ...).
     :return: nothing; the return value is ignored.
 
     .. versionadded:: 0.1
