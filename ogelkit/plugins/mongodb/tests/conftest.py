@@ -39,10 +39,10 @@ def make_gateway(upstream: str, suffix: str) -> Iterator[Callable[..., Any]]:
     stack: list[Any] = []
 
     def make(tenants: dict[str, dict[str, Any]] | None = None, *, layers: str = "",
-             plugins: Any = None, backend_extra: str = "") -> Gateway:
+             plugins: Any = None, backend_extra: str = "", session: bool = True) -> Gateway:
         tenants = tenants or {"a": {}}
         real = {f"{name}-{suffix}": spec for name, spec in tenants.items()}
-        cm = gateway_thread(gateway_config(upstream, real, layers=layers,
+        cm = gateway_thread(gateway_config(upstream, real, layers=layers, session=session,
                                            backend_extra=backend_extra), plugins=plugins)
         running = cm.__enter__()
         stack.append(cm)

@@ -17,13 +17,13 @@ PASSWORD = "pw-Ünïcode-42"
 
 
 def gateway_config(upstream: str, tenants: dict[str, dict[str, Any]], *, layers: str = "",
-                   backend_extra: str = "") -> str:
+                   backend_extra: str = "", session: bool = True) -> str:
     """Config text: one mongodb backend on ``upstream``, the session layer, seeded tenants
     (``{slug: {"tier": ..., "databases": [...]}}``)."""
     text = minimal_config()
     text = text.replace('http = 0\n', 'http = 0\nmongodb = 0\n', 1)
     text += f'[backends.mongo]\ntype = "mongodb"\nurl = "{upstream}"\n{backend_extra}\n'
-    text += '[[layers]]\ntype = "session"\n\n' + layers
+    text += ('[[layers]]\ntype = "session"\n\n' if session else "") + layers
     for slug, spec in tenants.items():
         text += f'[tenants.{slug}]\ntier = "{spec.get("tier", "free")}"\npassword = "{PASSWORD}"\n'
         for db in spec.get("databases", ["main"]):

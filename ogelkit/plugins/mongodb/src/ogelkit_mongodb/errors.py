@@ -50,7 +50,7 @@ def reject_doc(rej: Reject, *, during_auth: bool = False) -> dict[str, Any]:
         code = AUTHENTICATION_FAILED
     text = rej.message
     if rej.detail:
-        text += f" ({rej.detail})"
+        text = f"{text.rstrip('.')} ({rej.detail.rstrip('.')})"
     if rej.hint:
         text = f"{text.rstrip('.')}. {rej.hint}"
     retry_ms = int(rej.retry_after * 1000) if rej.retry_after is not None else None
