@@ -13,7 +13,9 @@ Provisions its own tenant (SQLite control plane in a temp dir), starts the gatew
 * ``gateway+layers``  the same with every O7s layer installed (skipped with a note if the
   layer plugins are missing)
 
-Prints requests/s per cell and ratios against twemproxy and direct (median of ``--runs``).
+Prints requests/s per cell, the proxy's own CPU per request (utime+stime of the gateway or
+nutcracker process / requests: steadier than throughput on a shared machine) and ratios
+against twemproxy and direct (median of ``--runs``).
 Everything runs on the same machine: the gateway's CPU is taken from redis-benchmark and
 Redis, so ratios are pessimistic compared with a gateway on its own cores.
 """
@@ -134,6 +136,27 @@ databases.main.backend = "bench"
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+def cpu_seconds(pid: int | None) -> float | None:
+    """utime + stime of a process (and its threads), from /proc."""
+    if pid is None:
+        return None
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def twemproxy_pid() -> int | None:
+    root = Path(__file__).resolve().parent.parent
+    pidfile = Path(os.environ.get("OGELKIT_SERVICES_DIR", root / ".services")) / "nutcracker" / \
+        "nutcracker.pid"
+    try:
+        return int(pidfile.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
 def redis_benchmark(port: int, tests: str, n: int, clients: int, pipeline: int,
                     auth: tuple[str, str] | None = None, dbnum: int | None = None) -> dict[str, float]:
     cmd = ["redis-benchmark", "-h", "127.0.0.1", "-p", str(port), "-t", tests, "-n", str(n),
@@ -174,8 +197,10 @@ def main() -> int:
 
     targets: list[tuple[str, int, tuple[str, str] | None, int | None]] = [
         ("direct", REDIS_PORT, None, DIRECT_DB)]
+    pids: dict[str, int | None] = {"direct": None}
     if port_open(TWEM_PORT):
         targets.append(("twemproxy", TWEM_PORT, None, None))
+        pids["twemproxy"] = twemproxy_pid()
     else:
         print(f"note: twemproxy is not listening on {TWEM_PORT}; ratios vs twemproxy skipped")
 
@@ -193,16 +218,23 @@ def main() -> int:
         print(f"note: gateway+layers skipped: layer plugins not installed: {', '.join(missing)}")
 
     results: dict[tuple[str, str], dict[str, list[float]]] = {}
+    cpu_us: dict[tuple[str, str], list[float]] = {}
     try:
         for name, gw in gateways:
             gw.start()
             targets.append((name, gw.port, (gw.tenant, gw.password), None))
+            pids[name] = gw.proc.pid if gw.proc is not None else None
         for _ in range(runs):
             for cell, c, p, n in cells:
                 for name, port, auth, db in targets:  # alternate targets within a repetition
+                    before = cpu_seconds(pids.get(name))
                     rps = redis_benchmark(port, args.tests, n, c, p, auth, db)
+                    after = cpu_seconds(pids.get(name))
                     for test, value in rps.items():
                         results.setdefault((name, cell), {}).setdefault(test, []).append(value)
+                    if before is not None and after is not None:
+                        total = n * len(rps)
+                        cpu_us.setdefault((name, cell), []).append((after - before) / total * 1e6)
                     time.sleep(0.3)
     finally:
         for _, gw in gateways:
@@ -217,12 +249,15 @@ def main() -> int:
           f"{cells[0][3]}), pipelined -n {n_pipe}. Shared 2-core machine: noisy.")
     for cell, *_ in cells:
         print(f"\n[{cell}]")
-        header = f"{'target':<16}" + "".join(f"{t:>12}" for t in tests) + "   ratio vs twemproxy / direct"
+        header = (f"{'target':<16}" + "".join(f"{t:>12}" for t in tests) + f"{'proxy CPU':>11}"
+                  + "   ratio vs twemproxy / direct")
         print(header)
         for name in names:
             row = results.get((name, cell), {})
             med = {t: statistics.median(row[t]) for t in tests if t in row}
             line = f"{name:<16}" + "".join(f"{med.get(t, 0):>12,.0f}" for t in tests)
+            cpu = cpu_us.get((name, cell))
+            line += f"{statistics.median(cpu):>8.1f} us" if cpu else f"{'-':>11}"
             ratios = []
             for ref in ("twemproxy", "direct"):
                 base = results.get((ref, cell))

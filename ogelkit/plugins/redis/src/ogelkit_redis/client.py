@@ -147,6 +147,8 @@ class RedisClient(asyncio.Protocol):
         if self._task is not None and not self._task.done():
             self._task.cancel()
         self._drop_dedicated()
+        if self.tdb is not None:
+            self.tdb.pools.detach(self.shared_index)
         self._end_session()
         self.door.closed(self)
 
@@ -821,6 +823,8 @@ class RedisClient(asyncio.Protocol):
     def deauthenticate(self) -> None:
         """RESET: back to an unauthenticated connection with a fresh session."""
         self._drop_dedicated()
+        if self.tdb is not None:
+            self.tdb.pools.detach(self.shared_index)
         self._end_session()
         self.session = Session("redis", self.session.client_addr)
         self.authed = False

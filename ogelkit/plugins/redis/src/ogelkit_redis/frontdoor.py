@@ -150,7 +150,7 @@ class RedisFrontDoor(FrontDoor):
             client.close()
             return False
         tdb = backend.attach(db)
-        index = tdb.pools.next_index()
+        index = tdb.pools.attach()
         ctx.sessions.add(s)
         self.active_sessions += 1
         client.authenticated(backend, tdb, index)

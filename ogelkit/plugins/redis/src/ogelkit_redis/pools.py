@@ -4,7 +4,6 @@ protocol version, plus idle dedicated connections kept for reuse."""
 from __future__ import annotations
 
 import asyncio
-import itertools
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
@@ -31,14 +30,23 @@ class Pools:
         self._connecting: dict[tuple[int, int], asyncio.Future[Upstream]] = {}
         self.idle: dict[int, list[Upstream]] = {2: [], 3: []}
         self.dedicated = 0  # dedicated connections in use or idle
-        self._rr = itertools.count()
+        # Clients per shared connection index: a connection with one client writes each
+        # command at once (nothing to batch with), one with several batches per loop turn.
+        self.attached = [0] * self.size
         self.closed = False
         self.repair: Callable[[], Awaitable[None]] | None = None
 
-    def next_index(self) -> int:
-        return next(self._rr) % self.size
+    def attach(self) -> int:
+        """Pick the shared connection with the fewest clients for a new client."""
+        index = min(range(self.size), key=self.attached.__getitem__)
+        self.attached[index] += 1
+        return index
 
-    async def _open(self, proto: int, *, dedicated: bool) -> Upstream:
+    def detach(self, index: int) -> None:
+        if self.attached[index] > 0:
+            self.attached[index] -= 1
+
+    async def _open(self, proto: int, *, dedicated: bool, index: int = -1) -> Upstream:
         b = self.backend
         try:
             up = await open_upstream(self, b.host, b.port, proto, user=self.user,
@@ -56,6 +64,8 @@ class Pools:
                                      connect_timeout=b.config.connect_timeout,
                                      dedicated=dedicated)
         b.metrics_upstream(+1, dedicated)
+        up.attached = self.attached
+        up.index = index
         return up
 
     # -- shared ----------------------------------------------------------------------------
@@ -72,7 +82,7 @@ class Pools:
         key = (proto, index)
         fut = self._connecting.get(key)
         if fut is None:
-            fut = asyncio.ensure_future(self._open(proto, dedicated=False))
+            fut = asyncio.ensure_future(self._open(proto, dedicated=False, index=index))
             self._connecting[key] = fut
             try:
                 up = await fut

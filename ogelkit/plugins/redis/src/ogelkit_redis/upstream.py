@@ -70,7 +70,8 @@ class Upstream(asyncio.Protocol):
         self.paused = False
         self.paused_clients: list[RedisClient] = []
         self.pubsub_client: RedisClient | None = None  # receives push/pubsub messages
-        self.clients = 0  # clients using it (shared) for balancing
+        self.attached: list[int] = [0]  # the pool's clients per shared index
+        self.index = -1  # shared connection index; -1: dedicated (one client at a time)
         self.ready: asyncio.Future[None] | None = None
         self.loop = asyncio.get_running_loop()
 
@@ -197,9 +198,10 @@ class Upstream(asyncio.Protocol):
         """Queue ``data`` (one command) whose reply goes to ``waiter``; written at the end of
         this loop iteration together with everything else queued meanwhile.
 
-        An idle connection writes at once: nothing to batch with, and waiting a loop
-        iteration would only add latency for a lone client."""
-        if not self.waiters and not self._out and self.transport is not None:
+        An idle connection with a single client writes at once: nothing to batch with, and
+        waiting a loop iteration would only add latency."""
+        if (not self.waiters and not self._out and self.transport is not None
+                and (self.index < 0 or self.attached[self.index] <= 1)):
             self.waiters.append(waiter)
             self.transport.write(data)
             return
