@@ -103,6 +103,13 @@ def test_max_time_ms_from_the_tier_is_injected_or_capped(layered):
     inserts = [s["body"] for s in Recorder.sent if s["name"] == "insert"]
     assert inserts and "maxTimeMS" not in inserts[0]
     assert all(s["body"]["$db"] == layered.upstream_db(layered.tenants["a"]) for s in Recorder.sent)
+    assert db.c.distinct("x") == [1]
+    distinct = [s["body"] for s in Recorder.sent if s["name"] == "distinct"][-1]
+    backend = layered.context.backends["mongo"]
+    if "ferretdbVersion" in backend.build_info:  # FerretDB 1.x refuses maxTimeMS on distinct
+        assert "maxTimeMS" not in distinct and backend.killop is False
+    else:
+        assert distinct["maxTimeMS"] == 10_000
 
 
 def test_session_settings_of_the_backend(layered):

@@ -80,14 +80,11 @@ class MongoBackend(Backend):
             self.server_info["logicalSessionTimeoutMinutes"] = hello["logicalSessionTimeoutMinutes"]
         else:
             self.server_info["logicalSessionTimeoutMinutes"] = None  # upstream has no sessions
-        if self.build_info is None:
-            self._spawn(self._learn_build())
+        info = self.pool.build_info
+        if self.build_info is None and info is not None:
+            self._learned_build(info)
 
-    async def _learn_build(self) -> None:
-        try:
-            info = await self.pool.command("admin", {"buildInfo": 1})
-        except Exception:
-            return
+    def _learned_build(self, info: dict[str, Any]) -> None:
         self.build_info = info
         if "ferretdbVersion" in info:
             # FerretDB 1.x has no killOp and refuses maxTimeMS on distinct.

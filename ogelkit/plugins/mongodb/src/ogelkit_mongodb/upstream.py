@@ -171,6 +171,7 @@ class UpstreamPool:
         self.connect_timeout = connect_timeout
         self.max_reply = max_reply
         self.on_hello = on_hello
+        self.build_info: dict[str, Any] | None = None  # the upstream's buildInfo, learned once
         self.idle: list[UpstreamConnection] = []
         self.live: set[UpstreamConnection] = set()
         self.connecting = 0
@@ -273,6 +274,9 @@ class UpstreamPool:
             conn.connection_id = hello.get("connectionId")
             if t.username:
                 await self._authenticate(conn)
+            if self.build_info is None:  # before any client command: it decides rewrites
+                info = await self.request(conn, "admin", {"buildInfo": 1})
+                self.build_info = info if info.get("ok") else {}
             if self.on_hello is not None:
                 self.on_hello(hello)
         except BaseException:
