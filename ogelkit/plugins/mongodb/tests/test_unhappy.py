@@ -281,3 +281,29 @@ def test_upstream_with_scram_credentials(suffix):
             assert "authentication failed" in (backend.pool.last_error or "").lower()
     finally:
         ferret.cleanup()
+
+
+def test_sigterm_drains_clients_and_exits_cleanly(upstream, suffix):
+    import signal
+    import socket as _socket
+
+    from ogelkit.testing import GatewayProcess
+    with _socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    slug = f"s-{suffix}"
+    text = gateway_config(upstream, {slug: {}}).replace("mongodb = 0", f"mongodb = {port}")
+    with GatewayProcess(text) as proc:
+        client = pymongo.MongoClient(f"mongodb://{slug}:{PASSWORD}@127.0.0.1:{port}/",
+                                     serverSelectionTimeoutMS=2000)
+        try:
+            client.main.c.insert_one({"x": 1})
+            proc.signal(signal.SIGTERM)
+            assert proc.wait(30) == 0
+            assert '"msg": "stopped"' in proc.log()
+            with pytest.raises(pymongo.errors.PyMongoError):
+                client.main.c.find_one()
+        finally:
+            client.close()
+    from mongo_support import drop_upstream
+    drop_upstream(upstream, suffix)
