@@ -168,10 +168,10 @@ def thread_gateway(workdir: Path, tenants: list[Tenant], *, layers: str,
 
 @contextlib.contextmanager
 def process_gateway(workdir: Path, tenants: list[Tenant], *, layers: str,
-                    **kw: Any) -> Iterator[Gateway]:
+                    control: str | None = None, **kw: Any) -> Iterator[Gateway]:
     """``ogelkit run`` as a subprocess on a fixed free port (for signals)."""
     port = free_port()
-    control = f"sqlite:///{workdir}/control.db"
+    control = control or f"sqlite:///{workdir}/control.db"
     text = config_text(tenants, layers=layers, control_url=control, port=port, **kw)
     path = workdir / "config.toml"
     path.write_text(text)
@@ -201,3 +201,21 @@ def log_lines(proc: GatewayProcess, msg: str) -> list[dict[str, Any]]:
 
 
 SQLSTATE = re.compile(r"\b([0-9A-Z]{5})\b")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def control_url(request, workdir):
+    """A control plane of each engine: a SQLite file, or a throwaway PostgreSQL database."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{workdir}/control.db"
+        return
+    import psycopg
+
+    name = f"o7sl_cp_{secrets.token_hex(5)}"
+    with psycopg.connect(pg_dsn(), autocommit=True) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"{pg_dsn().rsplit('/', 1)[0]}/{name}"
+    finally:
+        with psycopg.connect(pg_dsn(), autocommit=True) as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -119,9 +119,10 @@ async def _load(gw, tenant, clients: int, stop: anyio.Event, completions: list[f
     return len(errors)
 
 
-def test_sigterm_under_load_loses_no_usage(workdir):
+def test_sigterm_under_load_loses_no_usage(workdir, control_url):
     tenant = Tenant("pro")
-    with process_gateway(workdir, [tenant], layers=usage_layers(flush="1s")) as gw:
+    with process_gateway(workdir, [tenant], layers=usage_layers(flush="1s"),
+                         control=control_url) as gw:
         completions: list[float] = []
 
         async def run():
