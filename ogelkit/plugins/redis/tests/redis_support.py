@@ -88,7 +88,7 @@ def config_text(tenants: list[Tenant], *, tier: str = "pro", url: str = REDIS_UR
         f'\n[tenants.{t.slug}]\ntier = "{tier}"\npassword = "{t.password}"\n'
         f'databases.{t.db}.backend = "r"\n' for t in tenants)
     return (f'[listen]\nhost = "127.0.0.1"\nhttp = 0\nredis = 0\n\n'
-            f'[gateway]\ndrain_timeout = "2s"\n\n'
+            f'[gateway]\ndrain_timeout = "2s"\nadmin_token = "test-admin-token"\n\n'
             f'[control]\nurl = "sqlite:///:memory:"\nsecret_key = "{test_secret_key()}"\n'
             f"cache_ttl = \"0.2s\"\n\n"
             f'[backends.r]\ntype = "redis"\nurl = "{url}"\nmax_bulk_size = "16MB"\n'

@@ -340,3 +340,77 @@ def test_hello_and_reset(gw: Gw):
     out = _raw(gw, b"HELLO 4\r\nHELLO 3\r\n")
     assert out.startswith(b"-NOPROTO")
     assert b"-NOAUTH HELLO must be called" in out
+
+
+def test_streams_groups_and_shard_channels(gw: Gw):
+    a, b = gw.client(gw.a), gw.client(gw.b)
+    a.delete("events")
+    a.xadd("events", {"n": "1"})
+    a.xgroup_create("events", "g", id="0")
+    got = a.xreadgroup("g", "c1", {"events": ">"}, count=10, block=100)
+    assert got[0][0] == b"events" and got[0][1][0][1] == {b"n": b"1"}
+    assert a.xinfo_groups("events")[0]["name"] == b"g"
+    assert b.exists("events") == 0
+    ps = a.pubsub()
+    ps.ssubscribe("shard")
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline:
+        m = ps.get_sharded_message(timeout=0.2)
+        if m and m["type"] == "ssubscribe":
+            break
+    assert b.spublish("shard", "nope") == 0
+    assert a.spublish("shard", "yes") == 1
+    msg = None
+    deadline = time.monotonic() + 3
+    while msg is None and time.monotonic() < deadline:
+        m = ps.get_sharded_message(timeout=0.2)
+        if m and m["type"] == "smessage":
+            msg = m
+    assert msg["channel"] == b"shard" and msg["data"] == b"yes"
+    ps.close()
+
+
+def test_resp3_push_messages_and_commands_while_subscribed(gw: Gw):
+    t = gw.a
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=3) as s:
+        s.sendall(f"HELLO 3 AUTH {t.slug} {t.password}\r\nSUBSCRIBE ch\r\nPING\r\n".encode())
+        time.sleep(0.3)
+        gw.client(gw.a).publish("ch", "pushed")
+        s.sendall(b"SET in-sub 1\r\nGET in-sub\r\nUNSUBSCRIBE\r\nGET in-sub\r\n")
+        time.sleep(0.3)
+        out = s.recv(65536)
+    body = out[out.index(b">3\r\n"):]
+    assert body == (b">3\r\n$9\r\nsubscribe\r\n$2\r\nch\r\n:1\r\n+PONG\r\n"
+                    b">3\r\n$7\r\nmessage\r\n$2\r\nch\r\n$6\r\npushed\r\n"
+                    b"+OK\r\n$1\r\n1\r\n>3\r\n$11\r\nunsubscribe\r\n$2\r\nch\r\n:0\r\n$1\r\n1\r\n")
+
+
+def test_client_reply_modes(gw: Gw):
+    t = gw.a
+    out = _raw(gw, f"AUTH {t.slug} {t.password}\r\nCLIENT REPLY OFF\r\nSET r 1\r\nINCR r\r\n"
+                   "CLIENT REPLY ON\r\nCLIENT REPLY SKIP\r\nINCR r\r\nGET r\r\n".encode())
+    assert out == b"+OK\r\n+OK\r\n$1\r\n3\r\n"
+
+
+def test_suspended_tenant_is_disconnected(gw: Gw):
+    import json
+    import urllib.request
+    c = gw.client(gw.b)
+    assert c.ping()
+    conn = c.connection_pool.get_connection()
+    url = gw.running.url(f"/admin/tenants/{gw.b.slug}")
+    req = urllib.request.Request(url, data=json.dumps({"status": "suspended"}).encode(),
+                                 method="PATCH", headers={"authorization": "Bearer test-admin-token",
+                                                          "content-type": "application/json"})
+    try:
+        urllib.request.urlopen(req, timeout=5).read()
+        with pytest.raises(redis.ResponseError, match="suspended"):
+            conn.read_response()
+        with pytest.raises(redis.RedisError, match="suspended"):
+            gw.client(gw.b).ping()
+    finally:
+        req = urllib.request.Request(url, data=json.dumps({"status": "active"}).encode(),
+                                     method="PATCH",
+                                     headers={"authorization": "Bearer test-admin-token",
+                                              "content-type": "application/json"})
+        urllib.request.urlopen(req, timeout=5).read()

@@ -323,8 +323,6 @@ class RedisClient(asyncio.Protocol):
     def _write(self, data: bytes) -> None:
         if self.transport is None:
             return
-        if self.reply_off:
-            return
         self.session.bytes_out += len(data)
         self.transport.write(data)
 
@@ -332,6 +330,8 @@ class RedisClient(asyncio.Protocol):
         """A reply written by the gateway, in order after the replies still owed."""
         if self.skip_next:
             self.skip_next = False
+            return
+        if self.reply_off:
             return
         if self.recv == self.sent and not self.held:
             self._write(data)
@@ -364,7 +364,9 @@ class RedisClient(asyncio.Protocol):
 
     def deliver_pending(self, w: Pending, raw: bytes, *, failed: bool = False) -> None:
         op = w.op
-        if w.transform is not None and not failed and raw[0] != 45:
+        if w.transform is _silence:
+            raw = b""
+        elif w.transform is not None and not failed and raw[0] != 45:
             try:
                 raw = w.transform(raw)
             except Exception:
@@ -582,11 +584,11 @@ class RedisClient(asyncio.Protocol):
             up.paused_clients.append(self)
             self._pause_reading()
         self.sent += 1
-        if transform is None and post is None and not self.skip_next:
+        if transform is None and post is None and not self.skip_next and not self.reply_off:
             up.send(out, self)
         else:
             w = Pending(self, transform, post=post)
-            if self.skip_next:
+            if self.skip_next or self.reply_off:  # CLIENT REPLY SKIP/OFF when it was sent
                 self.skip_next = False
                 w.transform = _silence
             up.send(out, w)
@@ -642,7 +644,7 @@ class RedisClient(asyncio.Protocol):
     def _queue(self, op: RedisOperation, out: bytes, transform: Callable[[bytes], bytes] | None,
                up: Upstream, post: Callable[[RedisClient], None] | None) -> None:
         w = Pending(self, transform, op, post=post)
-        if self.skip_next:
+        if self.skip_next or self.reply_off:
             self.skip_next = False
             w.transform = _silence
 

@@ -267,7 +267,7 @@ def _client(c: RedisClient, cmd: Command, argv: list[bytes]) -> bool:
     elif sub == b"reply":
         mode = argv[2].lower() if len(argv) == 3 else b""
         if mode == b"on":
-            c.reply_off = False
+            c.reply_off = c.skip_next = False
             c.reply(resp.OK)
         elif mode == b"off":
             c.reply_off = True
