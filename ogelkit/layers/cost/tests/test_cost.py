@@ -33,15 +33,21 @@ class CountingBackend(ogelkit.Backend):
         self.costs = costs or {}
         self.delay = delay
         self.calls: list[str] = []
+        self.key_calls = 0
 
     def cost_key(self, op):
+        self.key_calls += 1
+        return self._key(op)
+
+    @staticmethod
+    def _key(op):
         text = (op.text or "").strip().lower()
         if text.split(" ", 1)[0] in ("set", "begin", "commit", "rollback", "show"):
             return None
         return re.sub(r"\b\d+\b", "?", text)
 
     async def estimate_cost(self, op):
-        key = self.cost_key(op)
+        key = self._key(op)
         self.calls.append(key)
         await asyncio.sleep(self.delay)
         value = self.costs.get(key, 1.0)
@@ -244,6 +250,28 @@ async def test_unlimited_tiers_are_not_estimated_unless_asked():
         _, chain = await _cost(ctx, estimate_unlimited=True)
         op = await run(chain, _session(ctx, backend, tier="enterprise"), "SELECT 1")
         assert op.cost == 1.0 and len(backend.calls) == 1
+
+
+async def test_verbatim_repeats_skip_the_backends_cost_key():
+    backend = CountingBackend(delay=0)
+    async with test_context() as ctx:
+        layer, chain = await _cost(ctx, cache_size=50)
+        session = _session(ctx, backend)
+        for _ in range(100):
+            await run(chain, session, "SELECT * FROM t WHERE id = $1")
+            await run(chain, session, "BEGIN")
+        assert backend.key_calls == 2 and len(backend.calls) == 1
+        # other literals: cost_key is asked (and maps to the same estimate)
+        for i in range(10):
+            await run(chain, session, f"SELECT * FROM t WHERE id = {i}")
+        assert backend.key_calls == 12 and len(backend.calls) == 2
+        # another tenant database never shares a remembered statement
+        await run(chain, _session(ctx, backend, tenant="other"), "BEGIN")
+        assert backend.key_calls == 13
+        # bounded like the cache
+        for i in range(200):
+            await run(chain, session, f"SELECT {i}")
+        assert layer.describe()["statements_remembered"] <= 50
 
 
 def test_cache_evicts_oldest_first():

@@ -7,6 +7,12 @@ statements that cannot be planned, e.g. SET, BEGIN, COMMIT: those pass untouched
 (tenant database, key), so a repeated statement costs a dictionary lookup and is decided
 synchronously; a miss asks the backend once per key however many operations wait for it
 (single flight). An estimate that fails or is None means "unknown" and the operation passes.
+
+``cost_key`` itself may cost microseconds (the Postgres backend tokenises the statement), so
+the layer also remembers which key an exact statement text maps to: a statement repeated
+verbatim (prepared statements, parameterised queries: most application traffic) then costs
+two dictionary lookups and no call into the backend at all. This relies on ``cost_key`` being
+a function of the tenant database, ``op.kind``, ``op.name`` and ``op.text`` only.
 """
 
 from __future__ import annotations
@@ -25,6 +31,10 @@ from ogelkit_layer_cost.decisions import Decisions
 from ogelkit_layer_cost.options import CostOptions
 
 log = logging.getLogger("ogelkit.layer.cost")
+
+#: Statements longer than this are not remembered verbatim (they still get estimates).
+ALIAS_MAX_TEXT = 2048
+_NO_KEY = object()  # remembered: cost_key said None (SET, BEGIN ...)
 
 #: Failed estimates are retried after at most this long (a transient upstream error must
 #: not let expensive statements through for the whole cache_ttl).
@@ -56,6 +66,8 @@ class Cost(Layer):
         super().__init__(config, name=name, context=context)
         self.config: CostOptions = config
         self.cache = CostCache(config.cache_size)
+        # (tenant, database, kind, name, text) -> cache key or _NO_KEY; FIFO-bounded.
+        self._aliases: dict[tuple, Any] = {}
         self._tiers: dict[str, _TierInfo] = {}
         self._decisions = Decisions(context.metrics, name)
         self._capable: dict[Any, bool] = {}  # backend -> implements estimate_cost
@@ -90,10 +102,19 @@ class Cost(Layer):
             capable = self._capable[backend] = Capability.ESTIMATE_COST in backend.capabilities
         if not capable:
             return None
-        key = backend.cost_key(op)
-        if key is None:  # SET, BEGIN, COMMIT, utility statements: nothing to plan
+        text = op.text
+        alias = (session.tenant_slug, session.database, op.kind, op.name, text)
+        cache_key = self._aliases.get(alias)
+        if cache_key is None:
+            key = backend.cost_key(op)
+            cache_key = _NO_KEY if key is None else (session.tenant_slug, session.database, key)
+            if text is not None and len(text) <= ALIAS_MAX_TEXT:
+                aliases = self._aliases
+                if len(aliases) >= self.config.cache_size:
+                    del aliases[next(iter(aliases))]
+                aliases[alias] = cache_key
+        if cache_key is _NO_KEY:  # SET, BEGIN, COMMIT, utility statements: nothing to plan
             return None
-        cache_key = (session.tenant_slug, session.database, key)
         entry = self.cache.get(cache_key, time.monotonic())
         if entry is not None:
             self.hits += 1
@@ -190,6 +211,7 @@ class Cost(Layer):
         return None
 
     def describe(self) -> dict[str, Any]:
-        return {"mode": self.config.mode, "cached": len(self.cache), "hits": self.hits,
+        return {"mode": self.config.mode, "cached": len(self.cache),
+                "statements_remembered": len(self._aliases), "hits": self.hits,
                 "misses": self.misses, "estimates": self.estimates, "failures": self.failures,
                 "in_flight": len(self._inflight)}
