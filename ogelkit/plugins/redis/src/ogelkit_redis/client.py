@@ -3,7 +3,7 @@
 The path of a command: parse (``resp.parse_command``) -> look the command up in the table the
 upstream reported -> rewrite its keys -> (layers, only when some layer looks at operations)
 -> append it to the client's current upstream connection. Replies come back through
-``deliver``/``deliver_many`` in order.
+``deliver``/``deliver_pending`` in order, several at a time per write.
 
 Ordering rules, which make a multiplexed gateway behave like a private server:
 
@@ -118,6 +118,7 @@ class RedisClient(asyncio.Protocol):
         self.observe = False  # some layer looks at operations
         self.chain = None
         self._reader = new_reader()
+        self._out: list[bytes] | None = None
 
     # == asyncio callbacks ======================================================================
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -324,7 +325,21 @@ class RedisClient(asyncio.Protocol):
         if self.transport is None:
             return
         self.session.bytes_out += len(data)
-        self.transport.write(data)
+        out = self._out
+        if out is not None:
+            out.append(data)
+        else:
+            self.transport.write(data)
+
+    def collect_out(self) -> None:
+        """Hold writes until ``flush_out`` (the upstream is handing over several replies)."""
+        if self._out is None:
+            self._out = []
+
+    def flush_out(self) -> None:
+        out, self._out = self._out, None
+        if out and self.transport is not None:
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))
 
     def reply(self, data: bytes) -> None:
         """A reply written by the gateway, in order after the replies still owed."""
@@ -349,16 +364,6 @@ class RedisClient(asyncio.Protocol):
         self._write(raw)
         if self.held:
             self._release_held()
-        if self.dedicated is not None or self._stalled is not None:
-            self._after_reply()
-
-    def deliver_many(self, parts: list[bytes]) -> None:
-        if self.held:
-            for raw in parts:
-                self.deliver(raw)
-            return
-        self.recv += len(parts)
-        self._write(parts[0] if len(parts) == 1 else b"".join(parts))
         if self.dedicated is not None or self._stalled is not None:
             self._after_reply()
 
@@ -461,6 +466,8 @@ class RedisClient(asyncio.Protocol):
         if self.closing:
             return
         self.closing = True
+        if self._out is not None:
+            self.flush_out()
         if self.transport is not None:
             self.transport.close()
 

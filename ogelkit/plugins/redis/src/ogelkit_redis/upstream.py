@@ -133,8 +133,9 @@ class Upstream(asyncio.Protocol):
         waiters = self.waiters
         pos = 0
         n = len(data)
-        last_client = None
-        parts: list[bytes] = []
+        # Replies for one client that arrive together leave in one write: a client collects
+        # its output while it is ``cur`` and flushes when another client's reply comes.
+        cur = None
         pubsub = self.pubsub_client
         while pos < n:
             end = resp.reply_end(data, pos)
@@ -144,38 +145,48 @@ class Upstream(asyncio.Protocol):
             pos = end
             first = raw[0]
             if pubsub is not None and (first == 62 or (first == 42 and self._is_event(raw))):
-                if last_client is not None:
-                    last_client.deliver_many(parts)
-                    last_client, parts = None, []
+                if cur is not None:
+                    cur.flush_out()
+                    cur = None
                 pubsub.deliver_push(raw)
                 continue
             if not waiters:
                 if first == 62:  # stray RESP3 push (no subscriber any more): ignore
                     continue
                 if pubsub is not None:  # e.g. an error about a SUBSCRIBE
+                    if cur is not None:
+                        cur.flush_out()
+                        cur = None
                     pubsub.deliver_push(raw)
                     continue
                 log.error("reply without a waiter from upstream; closing the connection")
+                if cur is not None:
+                    cur.flush_out()
                 self.close()
                 return
             w = waiters.popleft()
             if type(w) is Pending:
-                if last_client is not None:
-                    last_client.deliver_many(parts)
-                    last_client, parts = None, []
                 if w.done is not None:
                     w.done(raw)
-                elif w.client is not None:
-                    w.client.deliver_pending(w, raw)
+                    continue
+                client = w.client
+                if client is None:
+                    continue
+                if client is not cur:
+                    if cur is not None:
+                        cur.flush_out()
+                    cur = client
+                    client.collect_out()
+                client.deliver_pending(w, raw)
                 continue
-            if w is last_client:
-                parts.append(raw)
-            else:
-                if last_client is not None:
-                    last_client.deliver_many(parts)
-                last_client, parts = w, [raw]
-        if last_client is not None:
-            last_client.deliver_many(parts)
+            if w is not cur:
+                if cur is not None:
+                    cur.flush_out()
+                cur = w
+                w.collect_out()
+            w.deliver(raw)
+        if cur is not None:
+            cur.flush_out()
         if pos < n:
             rest = data[pos:]
             self._chunks = [rest]
