@@ -58,12 +58,24 @@ command = st.one_of(
     st.tuples(st.just("OBJECT"), st.just("ENCODING"), key),
     st.tuples(st.just("FLUSHDB")),
 )
-steps = st.lists(st.tuples(st.integers(0, 1), command), min_size=1, max_size=25)
+# A transaction: a few commands between MULTI and EXEC, compared as EXEC's reply.
+transaction = st.tuples(st.just("TX"), st.lists(command.filter(
+    lambda c: c[0] not in ("KEYS", "SCANALL", "DBSIZE", "FLUSHDB")), min_size=1, max_size=4))
+steps = st.lists(st.tuples(st.integers(0, 1), st.one_of(command, command, command, transaction)),
+                 min_size=1, max_size=25)
 
 
 def run(client: redis.Redis, cmd: tuple) -> object:
     name = cmd[0]
     try:
+        if name == "TX":
+            p = client.pipeline(transaction=True)
+            for inner in cmd[1]:
+                p.execute_command(*inner)
+            out = p.execute(raise_on_error=False)
+            return ("tx", [("err", str(x)) if isinstance(x, Exception) else
+                           ("ok", sorted(x) if inner[0] in UNORDERED and isinstance(x, list) else x)
+                           for x, inner in zip(out, cmd[1], strict=True)])
         if name == "SCANALL":
             return ("ok", sorted(client.scan_iter(match=cmd[1], count=3)))
         reply = client.execute_command(*cmd)
