@@ -414,3 +414,24 @@ def test_suspended_tenant_is_disconnected(gw: Gw):
                                      headers={"authorization": "Bearer test-admin-token",
                                               "content-type": "application/json"})
         urllib.request.urlopen(req, timeout=5).read()
+
+
+def test_metrics_count_operations(gw: Gw):
+    import urllib.request
+    a = gw.client(gw.a)
+    a.set("m", 1)
+    with pytest.raises(redis.ResponseError):
+        a.execute_command("FLUSHALL")
+    with pytest.raises(redis.ResponseError):
+        a.execute_command("INCRBY", "m", "x")  # an upstream error
+    time.sleep(1.3)
+    text = urllib.request.urlopen(gw.running.url("/metrics"), timeout=5).read().decode()
+
+    def value(outcome: str) -> float:
+        for line in text.splitlines():
+            if line.startswith("ogelkit_operations_total") and f'outcome="{outcome}"' in line \
+                    and 'protocol="redis"' in line:
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+    assert value("ok") > 0 and value("rejected") >= 1 and value("error") >= 1
+    assert 'ogelkit_connections_active{protocol="redis"}' in text

@@ -361,6 +361,8 @@ class RedisClient(asyncio.Protocol):
     def deliver(self, raw: bytes) -> None:
         """One upstream reply for this client (pass-through)."""
         self.recv += 1
+        if raw[0] == 45:  # '-'
+            self.door.op_errors += 1
         self._write(raw)
         if self.held:
             self._release_held()
@@ -377,6 +379,8 @@ class RedisClient(asyncio.Protocol):
             except Exception:
                 log.exception("reply transformation failed")
                 raw = resp.error("ERR the gateway could not read the upstream reply")
+        if raw[:1] == b"-":
+            self.door.op_errors += 1
         if op is not None:
             if op.rejection is not None:  # cancelled (timeout layer): already answered
                 raw = b""
@@ -551,6 +555,7 @@ class RedisClient(asyncio.Protocol):
         return self._refuse(cmd, [], rej)
 
     def _refused_op(self, name: str, argv: list[bytes], rej: Reject) -> None:
+        self.door.op_rejected += 1
         if not self.observe:
             return
         op = RedisOperation(self.session, "command", name, None, sum(len(a) for a in argv))
@@ -585,6 +590,7 @@ class RedisClient(asyncio.Protocol):
             transform = None
         self.upstream = up
         self.session.operations += 1
+        self.door.ops += 1
         if self.observe:
             return self._admit(cmd, argv, out, transform, up, post)
         if up.paused:
@@ -619,6 +625,8 @@ class RedisClient(asyncio.Protocol):
         except Reject as rej:
             op.ended = time.monotonic()
             self.chain.complete(op)
+            self.door.op_rejected += 1
+            self.door.ops -= 1
             if self.in_multi:
                 self.multi_error = True
             self.reply(reject_error(rej))
@@ -636,6 +644,8 @@ class RedisClient(asyncio.Protocol):
         except Reject as rej:
             op.ended = time.monotonic()
             self.chain.complete(op)
+            self.door.op_rejected += 1
+            self.door.ops -= 1
             if self.in_multi:
                 self.multi_error = True
             self.reply(reject_error(rej))

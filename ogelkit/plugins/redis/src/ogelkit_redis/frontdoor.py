@@ -40,6 +40,12 @@ class RedisFrontDoor(FrontDoor):
         self._m_rejected = m.connections.labels("redis", "rejected")
         self._m_auth_failed = m.connections.labels("redis", "auth_failed")
         self._m_active = m.connections_active.labels("redis")
+        # Operation counts are plain integers on the hot path, moved into the Prometheus
+        # counters once a second (a labelled inc() per command would cost a microsecond).
+        self.ops = self.op_errors = self.op_rejected = 0
+        self._pushed = [0, 0, 0]
+        self._m_ops = [m.operations.labels("redis", o) for o in ("ok", "error", "rejected")]
+        self._metrics_task: asyncio.Task[None] | None = None
 
     async def start(self) -> list[tuple[str, int]]:
         self.loop = asyncio.get_running_loop()
@@ -52,7 +58,22 @@ class RedisFrontDoor(FrontDoor):
         self.server = await self.loop.create_server(
             lambda: RedisClient(self), bind_host(self.host), self.port, reuse_address=True,
             backlog=1024)
+        self._metrics_task = self.loop.create_task(self._push_metrics_forever())
         return [(s.getsockname()[0], s.getsockname()[1]) for s in self.server.sockets]
+
+    def push_metrics(self) -> None:
+        errors, rejected = self.op_errors, self.op_rejected
+        now = [self.ops - errors, errors, rejected]
+        for i, counter in enumerate(self._m_ops):
+            delta = now[i] - self._pushed[i]
+            if delta > 0:
+                counter.inc(delta)
+                self._pushed[i] = now[i]
+
+    async def _push_metrics_forever(self) -> None:
+        while True:
+            await asyncio.sleep(1.0)
+            self.push_metrics()
 
     # -- client bookkeeping -------------------------------------------------------------------
     def opened(self, client: RedisClient) -> None:
@@ -181,6 +202,9 @@ class RedisFrontDoor(FrontDoor):
             if not self.clients:
                 break
             await asyncio.sleep(0.05)
+        if self._metrics_task is not None:
+            self._metrics_task.cancel()
+        self.push_metrics()
 
     def stats(self) -> dict[str, Any]:
         return {"clients": len(self.clients), "sessions": self.active_sessions,
