@@ -274,6 +274,27 @@ async def test_verbatim_repeats_skip_the_backends_cost_key():
         assert layer.describe()["statements_remembered"] <= 50
 
 
+async def test_remembering_pauses_when_every_text_is_new(monkeypatch):
+    import ogelkit_layer_cost.layer as cost_module
+    monkeypatch.setattr(cost_module, "ALIAS_WINDOW", 16)
+    monkeypatch.setattr(cost_module, "ALIAS_QUIET", 2)
+    backend = CountingBackend(delay=0)
+    async with test_context() as ctx:
+        layer, chain = await _cost(ctx)
+        session = _session(ctx, backend)
+        for i in range(20):  # literals inlined: every text is new
+            await run(chain, session, f"SELECT * FROM t WHERE id = {i}")
+        assert layer.describe()["remembering"] is False
+        remembered = layer.describe()["statements_remembered"]
+        for i in range(20, 36):
+            await run(chain, session, f"SELECT * FROM t WHERE id = {i}")
+        assert layer.describe()["statements_remembered"] == remembered  # nothing added
+        for _ in range(40):  # after the quiet windows it tries again
+            await run(chain, session, "SELECT * FROM t WHERE id = $1")
+        assert layer.describe()["remembering"] is True
+        assert len(backend.calls) == 2  # one estimate per normalised statement
+
+
 def test_cache_evicts_oldest_first():
     cache = CostCache(2)
     cache.put("a", 1.0, 10)

@@ -21,6 +21,7 @@ import asyncio
 import logging
 import math
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Hashable
 from typing import Any
 
@@ -34,6 +35,11 @@ log = logging.getLogger("ogelkit.layer.cost")
 
 #: Statements longer than this are not remembered verbatim (they still get estimates).
 ALIAS_MAX_TEXT = 2048
+#: Remembering texts costs when literals make every text new (pgbench -M simple, ORMs that
+#: inline values): per window of this many lookups, fewer than 1 in 4 verbatim repeats stops
+#: remembering new texts for ALIAS_QUIET windows, then it tries again.
+ALIAS_WINDOW = 4096
+ALIAS_QUIET = 8
 _NO_KEY = object()  # remembered: cost_key said None (SET, BEGIN ...)
 
 #: Failed estimates are retried after at most this long (a transient upstream error must
@@ -66,8 +72,13 @@ class Cost(Layer):
         super().__init__(config, name=name, context=context)
         self.config: CostOptions = config
         self.cache = CostCache(config.cache_size)
-        # (tenant, database, kind, name, text) -> cache key or _NO_KEY; FIFO-bounded.
-        self._aliases: dict[tuple, Any] = {}
+        # (tenant, database, kind, name, text) -> cache key or _NO_KEY; FIFO-bounded. An
+        # OrderedDict: popping the oldest of a plain dict skips every deleted slot before it.
+        self._aliases: OrderedDict[tuple, Any] = OrderedDict()
+        self._remember = True
+        self._window = 0
+        self._window_hits = 0
+        self._quiet = 0
         self._tiers: dict[str, _TierInfo] = {}
         self._decisions = Decisions(context.metrics, name)
         self._capable: dict[Any, bool] = {}  # backend -> implements estimate_cost
@@ -105,13 +116,18 @@ class Cost(Layer):
         text = op.text
         alias = (session.tenant_slug, session.database, op.kind, op.name, text)
         cache_key = self._aliases.get(alias)
-        if cache_key is None:
+        self._window += 1
+        if self._window >= ALIAS_WINDOW:
+            self._end_window()
+        if cache_key is not None:
+            self._window_hits += 1
+        else:
             key = backend.cost_key(op)
             cache_key = _NO_KEY if key is None else (session.tenant_slug, session.database, key)
-            if text is not None and len(text) <= ALIAS_MAX_TEXT:
+            if self._remember and text is not None and len(text) <= ALIAS_MAX_TEXT:
                 aliases = self._aliases
                 if len(aliases) >= self.config.cache_size:
-                    del aliases[next(iter(aliases))]
+                    aliases.popitem(last=False)
                 aliases[alias] = cache_key
         if cache_key is _NO_KEY:  # SET, BEGIN, COMMIT, utility statements: nothing to plan
             return None
@@ -122,6 +138,17 @@ class Cost(Layer):
             return None
         self.misses += 1
         return self._wait_for_estimate(op, cache_key, info)
+
+    def _end_window(self) -> None:
+        if self._remember:
+            if self._window_hits * 4 < self._window:
+                self._remember = False
+                self._quiet = ALIAS_QUIET
+        else:
+            self._quiet -= 1
+            if self._quiet <= 0:
+                self._remember = True  # traffic may have changed: try again
+        self._window = self._window_hits = 0
 
     def _decide(self, op: Operation, cost: float | None, info: _TierInfo) -> None:
         op.cost = cost
@@ -212,6 +239,7 @@ class Cost(Layer):
 
     def describe(self) -> dict[str, Any]:
         return {"mode": self.config.mode, "cached": len(self.cache),
-                "statements_remembered": len(self._aliases), "hits": self.hits,
+                "statements_remembered": len(self._aliases), "remembering": self._remember,
+                "hits": self.hits,
                 "misses": self.misses, "estimates": self.estimates, "failures": self.failures,
                 "in_flight": len(self._inflight)}
