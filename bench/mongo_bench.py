@@ -71,22 +71,41 @@ backend = "mongo"
 """
 
 
+# The enterprise tier's statement timeout, which the gateway's session layer puts on every
+# find as maxTimeMS: the direct path sends it too, so both ask FerretDB the same thing
+# (FerretDB 1.x answers a find with maxTimeMS measurably slower).
+TIER_MAX_TIME_MS = 120_000
+
+
 def _worker(client: pymongo.MongoClient, db: str, kind: str, docs: int, stop: threading.Event,
-            out: list[float]) -> None:
+            out: list[float], direct: bool) -> None:
     coll = client[db]["bench" if kind == "find_one" else "bench_ins"]
     rnd = random.Random()
     perf = time.perf_counter
+    extra = {"max_time_ms": TIER_MAX_TIME_MS} if direct else {}
     while not stop.is_set():
         if kind == "find_one":
             t0 = perf()
-            coll.find_one({"_id": rnd.randrange(docs)})
+            coll.find_one({"_id": rnd.randrange(docs)}, **extra)
         else:
             t0 = perf()
             coll.insert_one({"v": 1, "s": "payload-" * 4})
         out.append(perf() - t0)
 
 
-def run_cell(url: str, db: str, kind: str, clients: int, seconds: float, docs: int) -> dict:
+def _cpu_seconds(pid: int | None) -> float:
+    """User+system CPU time of a process (Linux /proc; 0 elsewhere)."""
+    if pid is None:
+        return 0.0
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
+def run_cell(url: str, db: str, kind: str, clients: int, seconds: float, docs: int,
+             pid: int | None = None) -> dict:
     conns = [pymongo.MongoClient(url, maxPoolSize=1, serverSelectionTimeoutMS=5000)
              for _ in range(clients)]
     for c in conns:  # connect + authenticate outside the measurement
@@ -94,9 +113,11 @@ def run_cell(url: str, db: str, kind: str, clients: int, seconds: float, docs: i
         c[db]["bench"].find_one({"_id": 0})
     stop = threading.Event()
     samples: list[list[float]] = [[] for _ in range(clients)]
-    threads = [threading.Thread(target=_worker, args=(c, db, kind, docs, stop, s))
+    direct = "@" not in url
+    threads = [threading.Thread(target=_worker, args=(c, db, kind, docs, stop, s, direct))
                for c, s in zip(conns, samples, strict=True)]
     t0 = time.perf_counter()
+    cpu0 = _cpu_seconds(pid)
     for t in threads:
         t.start()
     time.sleep(seconds)
@@ -104,10 +125,12 @@ def run_cell(url: str, db: str, kind: str, clients: int, seconds: float, docs: i
     for t in threads:
         t.join()
     elapsed = time.perf_counter() - t0
+    cpu = _cpu_seconds(pid) - cpu0
     for c in conns:
         c.close()
     lat = sorted(x for s in samples for x in s)
-    return {"ops": len(lat) / elapsed, "mean_us": statistics.fmean(lat) * 1e6,
+    return {"ops": len(lat) / elapsed, "cpu_us": cpu / max(len(lat), 1) * 1e6,
+            "mean_us": statistics.fmean(lat) * 1e6,
             "p50_us": lat[len(lat) // 2] * 1e6, "p99_us": lat[int(len(lat) * 0.99)] * 1e6}
 
 
@@ -140,14 +163,17 @@ def main() -> int:
                 for clients in (1, 16):
                     for path, url, db in (("direct", direct_url, upstream_db),
                                           ("gateway", gateway_url, "main")):
-                        cell = run_cell(url, db, kind, clients, args.seconds, args.docs)
+                        pid = gw.proc.pid if path == "gateway" and gw.proc else None
+                        cell = run_cell(url, db, kind, clients, args.seconds, args.docs, pid)
                         results.setdefault((kind, path, clients), []).append(cell)
         print(f"MongoDB gateway benchmark: FerretDB {args.upstream}, {args.docs} documents, "
               f"{args.seconds:g} s x {args.rounds} round(s), pymongo {pymongo.version}, "
               f"{os.cpu_count()} CPUs")
         print("NOTE: shared machine: the figures are noisy; compare ratios within this run.")
+        print(f"Direct finds carry maxTimeMS={TIER_MAX_TIME_MS}, as the gateway's session layer "
+              "adds it to gateway finds.")
         print(f"{'workload':<11}{'clients':>8}{'path':>9}{'ops/s':>10}{'mean us':>10}"
-              f"{'p50 us':>10}{'p99 us':>10}{'tput ratio':>12}{'added us':>10}")
+              f"{'p50 us':>10}{'p99 us':>10}{'tput ratio':>12}{'added us':>10}{'gw cpu us/op':>14}")
         for kind in ("find_one", "insert_one"):
             for clients in (1, 16):
                 med = {}
@@ -160,7 +186,8 @@ def main() -> int:
                     added = m["mean_us"] - med["direct"]["mean_us"]
                     print(f"{kind:<11}{clients:>8}{path:>9}{m['ops']:>10.0f}{m['mean_us']:>10.0f}"
                           f"{m['p50_us']:>10.0f}{m['p99_us']:>10.0f}{ratio:>12.2f}"
-                          f"{(added if path == 'gateway' else 0):>10.0f}")
+                          f"{(added if path == 'gateway' else 0):>10.0f}"
+                          f"{(m['cpu_us'] if path == 'gateway' else 0):>14.0f}")
     finally:
         try:
             with pymongo.MongoClient(direct_url, serverSelectionTimeoutMS=5000) as c:

@@ -82,8 +82,46 @@ def elements(buf: bytes | memoryview, start: int = 0) -> Iterator[tuple[int, str
 
 
 def index(buf: bytes, start: int = 0) -> dict[str, tuple[int, int, int, int]]:
-    """Top-level elements by name: ``name -> (type, element_start, value_start, value_end)``."""
-    return {name: (t, e, v, q) for t, name, e, v, q in elements(buf, start)}
+    """Top-level elements by name: ``name -> (type, element_start, value_start, value_end)``.
+
+    The per-command hot path: a plain loop over ``bytes`` (no generator, no copies).
+    """
+    if not isinstance(buf, bytes):
+        return {name: (t, e, v, q) for t, name, e, v, q in elements(buf, start)}
+    n = len(buf)
+    if n - start < 5:
+        raise BsonError("truncated BSON document")
+    size = i32(buf, start)[0]
+    end = start + size - 1
+    if size < 5 or end >= n or buf[end] != 0:
+        raise BsonError("bad BSON document length")
+    out: dict[str, tuple[int, int, int, int]] = {}
+    p = start + 4
+    find = buf.index
+    fixed = _FIXED
+    while p < end:
+        t = buf[p]
+        try:
+            z = find(0, p + 1, end)
+        except ValueError:
+            raise BsonError("unterminated BSON element name") from None
+        v = z + 1
+        width = fixed.get(t)
+        if width is not None:
+            q = v + width
+            if q > end:
+                raise BsonError("BSON value runs past its document")
+        elif t == 0x02 or t == 0x03 or t == 0x04:
+            q = v + i32(buf, v)[0] + (4 if t == 0x02 else 0)
+            if q > end or q <= v:
+                raise BsonError("BSON value runs past its document")
+        else:
+            q = value_end(buf, t, v, end)
+        out[buf[p + 1:z].decode("utf-8", "surrogateescape")] = (t, p, v, q)
+        p = q
+    if p != end:
+        raise BsonError("BSON elements overrun their document")
+    return out
 
 
 def first_key(buf: bytes, start: int = 0) -> str:

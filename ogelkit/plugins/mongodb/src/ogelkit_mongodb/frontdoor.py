@@ -205,7 +205,8 @@ class MongoClient(asyncio.Protocol):
         header = wire._MSG_PREFIX.pack(21 + size, next(self._reply_ids), response_to,
                                        wire.OP_MSG, 0) + b"\x00"
         if self.transport is not None and not self.closed:
-            self.transport.writelines([header, *parts])
+            # One write: writelines() of small pieces costs a send() (and a packet) per piece.
+            self.transport.write(b"".join((header, *parts)))
         if self.session is not None:
             self.session.bytes_out += 21 + size
         return 21 + size

@@ -136,7 +136,8 @@ class UpstreamConnection(asyncio.Protocol):
     # -- sending ----------------------------------------------------------------------------
     def send(self, parts: list[Any], callback: Callback) -> None:
         self.callback = callback
-        self.transport.writelines(parts)  # type: ignore[union-attr]
+        # One write: writelines() of small pieces costs a send() (and a packet) per piece.
+        self.transport.write(b"".join(parts))  # type: ignore[union-attr]
 
     def abandon(self) -> None:
         """The client no longer waits for the reply in flight (cancelled): drop it on arrival."""
