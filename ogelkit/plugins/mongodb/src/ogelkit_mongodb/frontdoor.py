@@ -761,13 +761,16 @@ class MongoClient(asyncio.Protocol):
         if not limit_text:
             return
         limit = int(limit_text)
+        # int32 when it fits, as drivers send it.
+        element = (bsonraw.int32_element("maxTimeMS", limit) if limit < 2**31
+                   else bsonraw.int64_element("maxTimeMS", limit))
         el = index.get("maxTimeMS")
         if el is None:
-            edits.append((m.body_end - 1, m.body_end - 1, bsonraw.int64_element("maxTimeMS", limit)))
+            edits.append((m.body_end - 1, m.body_end - 1, element))
             return
         current = bsonraw.read_number(m.data, el[0], el[2])
         if current is None or current <= 0 or current > limit:
-            edits.append((el[1], el[3], bsonraw.int64_element("maxTimeMS", limit)))
+            edits.append((el[1], el[3], element))
 
     def _map_array(self, el: Any, data: bytes, edits: list[bsonraw.Edit]) -> None:
         if el is None or el[0] != bsonraw.ARRAY:
