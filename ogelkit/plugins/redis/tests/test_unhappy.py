@@ -89,3 +89,33 @@ def test_unknown_tenant_and_database():
         assert redis.Redis(port=gw.port, username=f"{t.slug}.main", password=t.password).ping()
         with pytest.raises(redis.AuthenticationError):
             redis.Redis(port=gw.port).get("k")  # no AUTH: NOAUTH
+
+
+def test_clients_vanishing_mid_command_leak_nothing(gw):
+    import socket
+
+    t = gw.a
+    big = gw.client(t)
+    big.set("huge", b"x" * (4 * 1024 * 1024))
+    auth = f"AUTH {t.slug} {t.password}\r\n".encode()
+    for payload in (b"GET huge\r\n", b"BLPOP nothing 5\r\n", b"SUBSCRIBE c\r\n",
+                    b"MULTI\r\nSET a 1\r\n", b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$100\r\nabc"):
+        s = socket.create_connection(("127.0.0.1", gw.port))
+        s.sendall(auth + payload)
+        time.sleep(0.1)
+        s.close()  # gone before (or while) the answer comes
+    # the AUTH itself interrupted
+    s = socket.create_connection(("127.0.0.1", gw.port))
+    s.sendall(auth)
+    s.close()
+    time.sleep(0.5)
+    ctx = gw.running.context
+    assert big.get("huge") is not None and big.ping()
+    backend = ctx.backends["r"]
+    pools = backend.tdbs[(t.slug, "main")].pools
+    deadline = time.monotonic() + 3
+    while time.monotonic() < deadline and (pools.dedicated - sum(map(len, pools.idle.values()))):
+        time.sleep(0.1)
+    assert pools.dedicated - sum(map(len, pools.idle.values())) == 0  # none left in use
+    assert ctx.sessions.count(t.slug) == 1  # only `big`
+    big.delete("huge")

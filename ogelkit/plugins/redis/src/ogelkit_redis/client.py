@@ -145,13 +145,17 @@ class RedisClient(asyncio.Protocol):
         self.closed = True
         self.closing = True
         self.transport = None
+        self.door.closed(self)
         if self._task is not None and not self._task.done():
-            self._task.cancel()
+            return  # auth or a gateway-side command is running: it finishes the cleanup
+        self._cleanup()
+
+    def _cleanup(self) -> None:
         self._drop_dedicated()
         if self.tdb is not None:
             self.tdb.pools.detach(self.shared_index)
+            self.tdb = None
         self._end_session()
-        self.door.closed(self)
 
     def pause_writing(self) -> None:
         # The client reads its replies slower than we produce them: stop reading its
@@ -193,7 +197,7 @@ class RedisClient(asyncio.Protocol):
     # == request loop ===========================================================================
     def _process(self, data: bytes) -> None:
         reader = self._reader
-        if reader is not None and self.authed and data[0] == 42:
+        if reader is not None and self.authed and data[0] == 42 and len(data) <= self.max_bulk:
             # Fast path: hiredis parses every request of the chunk, if the chunk holds only
             # complete multibulk requests. Anything else (a partial request, an inline one,
             # garbage) goes to the Python parser below, which also enforces the size limits.
@@ -311,10 +315,18 @@ class RedisClient(asyncio.Protocol):
         except Reject as rej:
             self.reply(reject_error(rej))
         except asyncio.CancelledError:
-            return
+            if self.closed:
+                self._cleanup()
+            raise
         except Exception:
             log.exception("redis command failed in the gateway")
             self.reply(resp.error("ERR internal gateway error"))
+        if self.closed:
+            if resumable is not False or self._task is None or self._task.done() \
+                    or self._task is asyncio.current_task():
+                self._task = None
+                self._cleanup()
+            return
         if resumable is False:
             return  # the command stalled or started another task: that one resumes input
         self._task = None
@@ -499,7 +511,7 @@ class RedisClient(asyncio.Protocol):
         if s.closed_at is not None:
             return
         s.closed_at = time.monotonic()
-        if s.authenticated:
+        if s.authenticated and self.authed:
             self.ctx.sessions.discard(s)
             self.door.active_sessions -= 1
         if self.chain is not None:

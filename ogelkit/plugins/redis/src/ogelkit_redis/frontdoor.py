@@ -170,6 +170,8 @@ class RedisFrontDoor(FrontDoor):
             s.authenticated = False
             client.close()
             return False
+        if client.closed:  # gone while we were checking: nothing to register
+            return False
         tdb = backend.attach(db)
         index = tdb.pools.attach()
         ctx.sessions.add(s)
