@@ -435,3 +435,14 @@ def test_metrics_count_operations(gw: Gw):
         return 0.0
     assert value("ok") > 0 and value("rejected") >= 1 and value("error") >= 1
     assert 'ogelkit_connections_active{protocol="redis"}' in text
+
+
+def test_arrays_after_unsubscribing_are_replies_again(gw: Gw):
+    a = gw.client(gw.a)
+    a.delete("msgs")
+    a.rpush("msgs", "message", "x", "y")
+    t = gw.a
+    out = _raw(gw, f"AUTH {t.slug} {t.password}\r\nWATCH msgs\r\nSUBSCRIBE c\r\nUNSUBSCRIBE c\r\n"
+                   "LRANGE msgs 0 -1\r\nUNWATCH\r\n".encode())
+    assert out.endswith(b"*3\r\n$11\r\nunsubscribe\r\n$1\r\nc\r\n:0\r\n"
+                        b"*3\r\n$7\r\nmessage\r\n$1\r\nx\r\n$1\r\ny\r\n+OK\r\n")

@@ -442,6 +442,9 @@ class RedisClient(asyncio.Protocol):
             self.ssubs = count
         else:
             self.subs = count
+        if not self.subs and not self.ssubs and self.dedicated is not None:
+            # Out of pub/sub mode: later arrays on this connection are replies again.
+            self.dedicated.pubsub_client = None
 
     def _after_reply(self) -> None:
         if self._stalled is not None and self.recv == self.sent:
