@@ -272,6 +272,20 @@ class RedisBackend(Backend):
             async for batch in self.scan_prefix(ns):
                 n += len(batch)
             return resp.integer(n)
+        if name == "keys":
+            if len(argv) != 2:
+                return resp.error("ERR wrong number of arguments for 'keys' command")
+            found: dict[bytes, None] = {}  # SCAN may repeat a key; KEYS lists it once
+            cursor = b"0"
+            pattern = ns.pattern(argv[1])
+            while True:
+                frame = await self.call(b"SCAN", cursor, b"MATCH", pattern, b"COUNT", b"1000")
+                cursor = frame.value[0].value
+                for item in frame.value[1].value:
+                    found[item.value] = None
+                if cursor == b"0":
+                    break
+            return resp.array([resp.bulk(ns.strip(k)) for k in found])
         if name == "randomkey":
             if len(argv) != 1:
                 return resp.error("ERR wrong number of arguments for 'randomkey' command")

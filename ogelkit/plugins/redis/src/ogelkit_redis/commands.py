@@ -128,9 +128,10 @@ SUBSCRIBE = {"subscribe", "psubscribe", "ssubscribe", "unsubscribe", "punsubscri
              "sunsubscribe"}
 #: Run on the gateway's own (admin) connection with the tenant's prefix forced into the
 #: pattern: the tenant's ACL user may not list keys (a script could list everyone's).
-PATTERN = {"keys", "scan"}
+PATTERN = {"scan"}
 #: Answered from a scan of the tenant's prefix (the server-wide versions count everyone).
-EMULATED = {"randomkey", "dbsize", "flushdb", "info"}
+#: KEYS too: the server's KEYS would block every tenant for a walk of the whole keyspace.
+EMULATED = {"keys", "randomkey", "dbsize", "flushdb", "info"}
 #: Replies that carry key names, which lose the tenant's prefix on the way out.
 KEYED_REPLY = {"blpop", "brpop", "bzpopmin", "bzpopmax", "blmpop", "bzmpop", "lmpop", "zmpop",
                "xread", "xreadgroup", "keys", "scan", "randomkey"}

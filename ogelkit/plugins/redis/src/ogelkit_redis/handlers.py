@@ -454,9 +454,6 @@ def pattern(c: RedisClient, cmd: Command, argv: list[bytes], raw: bytes) -> bool
     if not _arity_ok(cmd, argv):
         return _arity_error(c, cmd)
     ns = c.ns
-    if cmd.full_name == "keys":
-        out = resp.encode_command([argv[0], ns.pattern(argv[1])])
-        return send_admin(c, cmd, argv, out, ns.strip_array)
     # SCAN cursor [MATCH pattern] [COUNT n] [TYPE t]: force the prefix into MATCH
     new = list(argv)
     matched = False
