@@ -679,13 +679,8 @@ class RedisClient(asyncio.Protocol):
         if self.skip_next or self.reply_off:
             self.skip_next = False
             w.transform = _silence
-
-        def cancel(rej: Reject, w: Pending = w, up: Upstream = up) -> None:
-            op.rejection = rej
-            self.reply_now_or_later(reject_error(rej))
-            if up.dedicated:
-                up.abort()  # a blocking command: stop it
-        op.canceller = cancel
+        w.up = up
+        op.canceller = w  # Pending.__call__ answers the client and stops a blocking command
         if up.paused:
             up.paused_clients.append(self)
             self._pause_reading()

@@ -214,7 +214,9 @@ class Command:
             cmd = Command(sub, self)
             self.subcommands[cmd.name.encode()] = cmd
         self.write = "write" in self.flags
-        self.denyoom = "denyoom" in self.flags
+        # Over a memory/key quota these are refused: the server's denyoom writes, and
+        # scripts that may write (the server checks those only inside the script).
+        self.denyoom = "denyoom" in self.flags or full in ("eval", "evalsha", "fcall")
         self.blocking = full in BLOCKING
         # Fast path for the common shape "keys at fixed positions" (one range spec).
         self.first = self.last = self.step = 0

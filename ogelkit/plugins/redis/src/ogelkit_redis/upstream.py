@@ -40,7 +40,7 @@ class UpstreamError(Exception):
 class Pending:
     """A waiter with more to do than pass the reply through."""
 
-    __slots__ = ("client", "done", "op", "post", "transform")
+    __slots__ = ("client", "done", "op", "post", "transform", "up")
 
     def __init__(self, client: RedisClient | None, transform: Callable[[bytes], bytes] | None = None,
                  op: Any = None, done: Callable[[bytes], None] | None = None,
@@ -50,6 +50,17 @@ class Pending:
         self.op = op
         self.done = done  # internal waiters (handshake): called with the raw reply
         self.post = post  # called with the client after the reply is delivered
+        self.up: Upstream | None = None  # set when the op may be cancelled
+
+    def __call__(self, reason: Any) -> None:
+        """``op.canceller``: answer the client with ``reason`` (a Reject) now, and stop the
+        command if it runs on a connection of its own (a blocking command)."""
+        from ogelkit_redis.client import reject_error
+        op = self.op
+        op.rejection = reason
+        self.client.reply_now_or_later(reject_error(reason))
+        if self.up is not None and self.up.dedicated:
+            self.up.abort()
 
 
 class Upstream(asyncio.Protocol):
