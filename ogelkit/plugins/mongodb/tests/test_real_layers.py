@@ -29,7 +29,9 @@ def test_timeout_layer_cancels_with_50_and_a_tier_hint(make_gateway):
     assert err.value.code == 50, err.value.details
     assert err.value.details.get("reason") == "timeout"
     assert time.monotonic() - started < 5
-    assert db.slow.find_one({"i": 5})["i"] == 5  # the client goes on
+    # The client goes on (small commands: under 100 ms even on a busy machine).
+    assert db.command("ping")["ok"] == 1.0
+    assert db.empty.find_one() is None
 
 
 def test_cost_layer_refuses_big_scans_on_free_and_allows_them_on_pro(make_gateway):
