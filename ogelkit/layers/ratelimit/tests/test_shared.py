@@ -119,6 +119,67 @@ async def test_two_replicas_admit_the_configured_rate_within_5_percent(key_prefi
         assert min(admitted) > 0.3 * total  # both replicas got their share
 
 
+async def test_prefetched_credits_save_round_trips_and_keep_the_limit(key_prefix):
+    # 1000/s, burst 100: a replica may take min(1000 * 10ms, 100 / 4) = 10 tokens ahead.
+    tiers = "[tiers.free]\nops_per_second = 1000\nburst = 100\n"
+    url = services.redis_url()
+    async with AsyncExitStack() as stack:
+        replicas = [await stack.enter_async_context(replica(url, tiers, key_prefix=key_prefix))
+                    for _ in range(2)]
+        sessions = [make_session(ctx) for ctx, _, _ in replicas]
+        started = time.monotonic()
+        admitted = 0
+        for _ in range(40):  # within the burst: all admitted, mostly from credits
+            for (_, _, chain), session in zip(replicas, sessions, strict=True):
+                admitted += await attempt(chain, session)
+        assert admitted == 80
+        calls = sum(layer.describe()["redis_calls"] for _, layer, _ in replicas)
+        assert calls <= 2 * (40 // 11 + 2), calls  # one round trip per 1 + 10 operations
+        for _ in range(150):  # then far over the rate
+            for (_, _, chain), session in zip(replicas, sessions, strict=True):
+                admitted += await attempt(chain, session)
+        elapsed = time.monotonic() - started
+        # never more than the burst plus what the rate refilled meanwhile
+        assert 100 <= admitted <= 100 + 1000 * elapsed + 1, (admitted, elapsed)
+        # unused credits expire instead of being saved up for a later burst
+        for _, layer, _ in replicas:
+            layer._credits.clear()
+        await asyncio.sleep(0.2)
+        _, layer, chain = replicas[0]
+        before = layer.describe()["redis_calls"]
+        assert await attempt(chain, sessions[0])
+        assert layer.describe()["redis_calls"] == before + 1
+        assert layer.describe()["credits"] == 10
+        await asyncio.sleep(0.15)
+        assert await attempt(chain, sessions[0])
+        assert layer.describe()["redis_calls"] == before + 2  # the old credits had expired
+
+
+async def test_two_replicas_at_a_high_rate_stay_within_5_percent(key_prefix):
+    rate, burst, duration = 2000, 100, 3.0
+    tiers = f"[tiers.free]\nops_per_second = {rate}\nburst = {burst}\n"
+    url = services.redis_url()
+    async with AsyncExitStack() as stack:
+        replicas = [await stack.enter_async_context(replica(url, tiers, key_prefix=key_prefix))
+                    for _ in range(2)]
+        admitted = [0, 0]
+        deadline = time.monotonic() + duration
+
+        async def worker(i: int, ctx, chain) -> None:
+            session = make_session(ctx)
+            while time.monotonic() < deadline:
+                if await attempt(chain, session):
+                    admitted[i] += 1
+                else:
+                    await asyncio.sleep(0.002)
+                await asyncio.sleep(0)
+
+        await asyncio.gather(*(worker(i, ctx, chain) for i, (ctx, _, chain) in
+                               enumerate(replicas) for _ in range(3)))
+        expected = rate * duration + burst
+        assert abs(sum(admitted) - expected) <= 0.05 * rate * duration, admitted
+
+
 async def test_delay_mode_through_redis(key_prefix):
     async with replica(services.redis_url(), key_prefix=key_prefix, mode="delay",
                        max_delay="500ms") as (ctx, _, chain):

@@ -26,6 +26,10 @@ from ogelkit_layer_ratelimit.redis_bucket import STATE_ERRORS, RedisBuckets
 log = logging.getLogger("ogelkit.layer.ratelimit")
 
 PURGE_INTERVAL = 60.0
+#: Credits (tokens prefetched from Redis) not used within this long are dropped, so an idle
+#: replica cannot save them up and add them to a later burst.
+CREDIT_TTL = 0.1
+MAX_PREFETCH = 10_000
 
 
 def _resolve(fut: asyncio.Future, value: Any = None) -> None:
@@ -51,10 +55,11 @@ class _TierInfo:
     Prometheus label children and the upgrade hint."""
 
     __slots__ = ("allowed", "allowed_down", "burst", "delayed", "interval", "interval_us",
-                 "rate", "rejected", "rejected_down", "tier", "tolerance", "tolerance_us",
-                 "upgrade")
+                 "prefetch", "rate", "rejected", "rejected_down", "tier", "tolerance",
+                 "tolerance_us", "upgrade")
 
-    def __init__(self, tier: Tier, decisions: Decisions, upgrade: str | None):
+    def __init__(self, tier: Tier, decisions: Decisions, upgrade: str | None,
+                 prefetch: float = 0.0):
         self.tier = tier
         self.rate = tier.ops_per_second
         if self.rate is None or self.rate <= 0:
@@ -66,8 +71,11 @@ class _TierInfo:
             self.burst = max(1, burst)
             self.interval = 1.0 / self.rate
             self.tolerance = self.burst * self.interval
-        self.interval_us = round(self.interval * 1_000_000)
+        # Redis's clock has 1 µs resolution: the shared bucket tops out at 1,000,000/s.
+        self.interval_us = max(1, round(self.interval * 1_000_000)) if self.rate else 0
         self.tolerance_us = self.burst * self.interval_us
+        self.prefetch = 0 if self.rate is None else min(
+            int(self.rate * prefetch), self.burst // 4, MAX_PREFETCH)
         self.upgrade = upgrade
         name = tier.name
         self.allowed = decisions.child("allowed", "ok", name)
@@ -93,6 +101,7 @@ class Ratelimit(Layer):
         self._redis: RedisBuckets | None = None
         self._down_until = 0.0  # monotonic time until which Redis is not tried again
         self._down_exc: BaseException | None = None
+        self._credits: dict[str, list[float]] = {}  # key -> [tokens left, expires]
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def open(self) -> None:
@@ -100,7 +109,7 @@ class Ratelimit(Layer):
         if client is None:
             return
         self._redis = RedisBuckets(client, f"{self.config.key_prefix}rl:", self._max_delay,
-                                   self._settle, self._failed)
+                                   self._settle, self._failed, self._credit)
         try:
             await self._redis.load()
         except STATE_ERRORS as exc:  # not fatal: each operation applies the policy
@@ -111,7 +120,10 @@ class Ratelimit(Layer):
         """Forget in-process buckets that are full again, so idle tenants cost no memory."""
         while True:
             await asyncio.sleep(PURGE_INTERVAL)
-            self._local.purge(time.monotonic())
+            now = time.monotonic()
+            self._local.purge(now)
+            for key in [k for k, c in self._credits.items() if c[1] <= now]:
+                del self._credits[key]
 
     async def close(self) -> None:
         if self._redis is not None:
@@ -131,19 +143,22 @@ class Ratelimit(Layer):
             info.allowed.inc()
             return None
         key = f"{tenant.slug}/{session.database}" if self._per_db else tenant.slug
-        if self._redis is None:
+        redis = self._redis
+        if redis is None:
             wait = self._local_wait(info, key, session, info.allowed)
-        elif self._down_until:
+            return None if wait == 0.0 else _delay(wait)
+        credit = self._credits.get(key)
+        if credit is not None and credit[0] >= 1 and credit[1] > time.monotonic():
+            credit[0] -= 1  # a token this replica already took from Redis
+            info.allowed.inc()
+            return None
+        if self._down_until:
             if time.monotonic() < self._down_until:
                 wait = self._down_wait(info, key, session, self._down_exc)  # type: ignore[arg-type]
-            else:
-                self._down_until = 0.0  # try Redis again
-                return self._redis.submit(key, info.interval_us, info.tolerance_us,
-                                          (info, key, session))
-        else:
-            return self._redis.submit(key, info.interval_us, info.tolerance_us,
-                                      (info, key, session))
-        return None if wait == 0.0 else _delay(wait)
+                return None if wait == 0.0 else _delay(wait)
+            self._down_until = 0.0  # try Redis again
+        return redis.submit(key, info.interval_us, info.tolerance_us, (info, key, session),
+                            info.prefetch)
 
     def _local_wait(self, info: _TierInfo, key: str, session: Session, allowed: Any) -> float:
         wait = self._local.take(key, info.interval, info.tolerance, self._max_delay,
@@ -184,6 +199,14 @@ class Ratelimit(Layer):
             if not fut.done():
                 fut.set_exception(self._reject(info, session, -result_us / 1_000_000))
 
+    def _credit(self, key: str, granted: int) -> None:
+        if granted <= 0:
+            return
+        now = time.monotonic()
+        credit = self._credits.get(key)
+        left = credit[0] if credit is not None and credit[1] > now else 0
+        self._credits[key] = [left + granted, now + CREDIT_TTL]
+
     def _failed(self, fut: asyncio.Future, context: tuple[_TierInfo, str, Session],
                 exc: BaseException) -> None:
         self._down_until = time.monotonic() + self.config.state_retry
@@ -203,7 +226,8 @@ class Ratelimit(Layer):
     # -- helpers -----------------------------------------------------------------------------
     def _tier_info(self, tier: Tier) -> _TierInfo:
         upgrade = self.context.tiers.upgrade_hint(tier, "ops_per_second", _ops)
-        info = self._tiers[tier.name] = _TierInfo(tier, self._decisions, upgrade)
+        prefetch = self.config.prefetch if self._redis is not None else 0.0
+        info = self._tiers[tier.name] = _TierInfo(tier, self._decisions, upgrade, prefetch)
         return info
 
     def _reject(self, info: _TierInfo, session: Session, retry: float) -> Reject:
@@ -225,5 +249,6 @@ class Ratelimit(Layer):
                                "local_buckets": len(self._local.tat)}
         if self._redis is not None:
             out["redis_calls"] = self._redis.calls
+            out["credits"] = int(sum(c[0] for c in self._credits.values()))
             out.update(self._policy.describe())
         return out

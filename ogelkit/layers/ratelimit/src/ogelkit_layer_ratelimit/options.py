@@ -39,6 +39,13 @@ class RatelimitOptions:
         1.0, validator=_positive,
         doc="After a failed Redis call, how long to decide by the state_down policy before "
             "trying Redis again, so a dead Redis does not cost a failed call per operation.")
+    prefetch: Duration = option(
+        0.01,
+        doc="Shared state only: a replica may take this much of the tier's rate from Redis "
+            "ahead of use (10ms of 10,000/s = 100 operations; at most a quarter of the burst) "
+            "and admit the next operations from it without a round trip; unused ones expire "
+            "after 100ms. Tokens are taken under the same atomic rule, so the limit holds; "
+            "tiers under 100/s get none (every operation asks Redis). 0 disables it.")
     key_prefix: str = option(
         "o7s:",
         doc="Prefix of every Redis key of this layer: with the default, the bucket of "

@@ -6,6 +6,12 @@ replica's clock. Operations that arrive while a call is in flight are queued and
 the next call, all keys together (one ``EVALSHA`` for the lot): a busy gateway needs one
 round trip per batch, not per operation, and never more than one Redis connection for this
 layer. Each operation is still decided individually and in arrival order inside the script.
+
+*Credits*: with a high rate, a replica may also take a few tokens in advance (``extra`` per
+key, only tokens the bucket can give at once) and admit the next operations from them
+without a round trip. They are taken under the same atomic rule, so they never let more
+than the rate through; they expire quickly, so an idle replica cannot save them up for a
+later burst.
 """
 
 from __future__ import annotations
@@ -19,19 +25,22 @@ from redis.exceptions import RedisError
 STATE_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, asyncio.TimeoutError)
 
 # KEYS: buckets. ARGV[1]: max delay in µs (-1 in reject mode); then per key: interval µs,
-# tolerance µs, number of operations. Returns one integer per operation, in order: 0 admit
-# now, > 0 admit after that many µs, < 0 refused (magnitude = µs until one would pass).
+# tolerance µs, number of operations, credits wanted. Returns one integer per operation, in
+# order: 0 admit now, > 0 admit after that many µs, < 0 refused (magnitude = µs until one
+# would pass); then, per key, the number of credits granted (tokens available at once).
 TAKE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local max_delay = tonumber(ARGV[1])
 local out = {}
+local credits = {}
 local a = 2
 for k = 1, #KEYS do
   local interval = tonumber(ARGV[a])
   local tolerance = tonumber(ARGV[a + 1])
   local n = tonumber(ARGV[a + 2])
-  a = a + 3
+  local extra = tonumber(ARGV[a + 3])
+  a = a + 4
   local tat = tonumber(redis.call('GET', KEYS[k]) or '0') or 0
   if tat < now then tat = now end
   local changed = false
@@ -50,37 +59,55 @@ for k = 1, #KEYS do
       out[#out + 1] = -excess
     end
   end
+  local granted = 0
+  if extra > 0 then
+    local room = math.floor((now + tolerance - tat) / interval)
+    if room > 0 then
+      granted = math.min(extra, room)
+      tat = tat + granted * interval
+      changed = true
+    end
+  end
+  credits[k] = granted
   if changed then
     redis.call('SET', KEYS[k], string.format('%.0f', tat), 'PX',
                math.floor((tat - now) / 1000) + 1000)
   end
+end
+for k = 1, #KEYS do
+  out[#out + 1] = credits[k]
 end
 return out
 """
 
 
 class _Batch:
-    __slots__ = ("entries", "interval", "tolerance")
+    __slots__ = ("entries", "extra", "interval", "tolerance")
 
-    def __init__(self, interval: int, tolerance: int):
+    def __init__(self, interval: int, tolerance: int, extra: int):
         self.interval = interval
         self.tolerance = tolerance
+        self.extra = extra
         self.entries: list[tuple[asyncio.Future, Any]] = []
 
 
-#: settle(future, context, result µs) on success; fail(future, context, exc) on a Redis error.
+#: settle(future, context, result µs) on success; fail(future, context, exc) on a Redis error;
+#: credit(key, n) with the credits granted for a key.
 Settle = Callable[[asyncio.Future, Any, int], None]
 Fail = Callable[[asyncio.Future, Any, BaseException], None]
+Credit = Callable[[str, int], None]
 
 
 class RedisBuckets:
-    def __init__(self, client: Any, prefix: str, max_delay: float, settle: Settle, fail: Fail):
+    def __init__(self, client: Any, prefix: str, max_delay: float, settle: Settle, fail: Fail,
+                 credit: Credit | None = None):
         self.client = client
         self.prefix = prefix
         self.max_delay_us = round(max_delay * 1_000_000) if max_delay >= 0 else -1
         self._script = client.register_script(TAKE)  # EVALSHA, reloads on NOSCRIPT
         self._settle = settle
         self._fail = fail
+        self._credit = credit
         self._pending: dict[str, _Batch] = {}
         self._sending = False
         self._task: asyncio.Task | None = None
@@ -89,14 +116,15 @@ class RedisBuckets:
     async def load(self) -> None:
         self._script.sha = await self.client.script_load(self._script.script)
 
-    def submit(self, key: str, interval: int, tolerance: int, context: Any) -> asyncio.Future:
-        """Queue one operation for the next round trip; the future is settled by the caller's
-        ``settle``/``fail`` callbacks."""
+    def submit(self, key: str, interval: int, tolerance: int, context: Any,
+               extra: int = 0) -> asyncio.Future:
+        """Queue one operation for the next round trip (asking for up to ``extra`` credits
+        for ``key``); the future is settled by the caller's ``settle``/``fail`` callbacks."""
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
         batch = self._pending.get(key)
         if batch is None:
-            batch = self._pending[key] = _Batch(interval, tolerance)
+            batch = self._pending[key] = _Batch(interval, tolerance, extra)
         batch.entries.append((fut, context))
         if not self._sending:
             self._sending = True
@@ -116,7 +144,7 @@ class RedisBuckets:
         args: list[int] = [self.max_delay_us]
         for key, batch in batches.items():
             keys.append(self.prefix + key)
-            args += (batch.interval, batch.tolerance, len(batch.entries))
+            args += (batch.interval, batch.tolerance, len(batch.entries), batch.extra)
         try:
             self.calls += 1
             results = await self._script(keys=keys, args=args)
@@ -136,6 +164,12 @@ class RedisBuckets:
             for fut, context in batch.entries:
                 self._settle(fut, context, int(results[i]))
                 i += 1
+        if self._credit is not None:
+            for key, batch in batches.items():
+                granted = int(results[i])
+                i += 1
+                if batch.extra:
+                    self._credit(key, granted)
 
     async def close(self) -> None:
         if self._task is not None and not self._task.done():
