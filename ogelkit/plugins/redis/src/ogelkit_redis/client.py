@@ -119,6 +119,7 @@ class RedisClient(asyncio.Protocol):
         self.chain = None
         self._reader = new_reader()
         self._out: list[bytes] | None = None
+        self._shared: Upstream | None = None  # cached shared connection (this protocol)
 
     # == asyncio callbacks ======================================================================
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -595,9 +596,11 @@ class RedisClient(asyncio.Protocol):
         if up is None:
             up = self.dedicated
             if up is None:
-                up = self.tdb.pools.shared_now(self.proto, self.shared_index)
-                if up is None:
-                    return self._spawn(self._connect_then(cmd, argv, out, transform, post))
+                up = self._shared
+                if up is None or up.closed:
+                    up = self._shared = self.tdb.pools.shared_now(self.proto, self.shared_index)
+                    if up is None:
+                        return self._spawn(self._connect_then(cmd, argv, out, transform, post))
         if up is not self.upstream and self.recv != self.sent:
             return self._stall(lambda: self._send(cmd, argv, out, transform, up=explicit, post=post))
         if self.in_multi and up is self.dedicated:
@@ -750,6 +753,7 @@ class RedisClient(asyncio.Protocol):
         ok = await self.door.authenticate(self, user_s, password_s, hello)
         if ok and hello is not None:
             self.proto = hello
+            self._shared = None
             self.reply(self._hello_reply())
         elif ok:
             self.reply(resp.OK)
@@ -769,6 +773,7 @@ class RedisClient(asyncio.Protocol):
             return
         if hello is not None:
             self.proto = hello
+            self._shared = None
             self.reply(self._hello_reply())
         else:
             self.reply(resp.OK)
@@ -820,6 +825,7 @@ class RedisClient(asyncio.Protocol):
         if auth is not None:
             return self._spawn(self._auth(auth[0], auth[1], proto))
         self.proto = proto
+        self._shared = None
         self.reply(self._hello_reply())
         return True
 
@@ -864,6 +870,7 @@ class RedisClient(asyncio.Protocol):
         self.in_multi = self.watching = self.multi_error = False
         self.subs = self.ssubs = self.blocked = 0
         self.proto = 2
+        self._shared = None
         self.name = None
         self.reply_off = self.skip_next = self.no_evict = False
 

@@ -148,10 +148,26 @@ class Upstream(asyncio.Protocol):
         # its output while it is ``cur`` and flushes when another client's reply comes.
         cur = None
         pubsub = self.pubsub_client
+        find = data.find
         while pos < n:
-            end = resp.reply_end(data, pos)
-            if end < 0:
-                break
+            t = data[pos]
+            if t == 36:  # '$' bulk string, the commonest reply: inline the scan
+                eol = find(b"\r\n", pos)
+                if eol < 0:
+                    break
+                size = int(data[pos + 1:eol])
+                end = eol + 4 + size if size >= 0 else eol + 2
+                if end > n:
+                    break
+            elif t == 43 or t == 58:  # '+' ':'
+                eol = find(b"\r\n", pos)
+                if eol < 0:
+                    break
+                end = eol + 2
+            else:
+                end = resp.reply_end(data, pos)
+                if end < 0:
+                    break
             raw = data[pos:end]
             pos = end
             first = raw[0]
