@@ -220,6 +220,30 @@ async def test_redis_down_fails_closed_when_configured():
                 {"layer": "gatekeeper", "policy": "closed"}) == 1
 
 
+async def test_unlimited_tiers_never_wait_for_redis_and_are_counted_by_the_heartbeat():
+    config = '[tiers.enterprise]\nconnections = "unlimited"\n'
+    with PrivateRedis() as server:
+        async with test_context(minimal_config(f'[state]\nurl = "{server.url}"\n{config}')) as ctx:
+            errors = ErrorCollector("test")
+            layer = Gatekeeper(structure(GatekeeperOptions, {"state_down": "closed"}, "x", errors),
+                               name="gatekeeper", context=ctx)
+            await layer.open()
+            chain = Chain([layer])
+            server.stop()
+            sessions = [make_session(ctx, tier="enterprise") for _ in range(3)]
+            for s in sessions:
+                await chain.connect(s)  # no cap: admitted even though Redis is down (closed)
+            server.start()
+            # (the first call may hit the client's stale pooled connection and fail: the
+            # next heartbeat succeeds)
+            assert await layer.heartbeat() or await layer.heartbeat()
+            assert await _live_leases("o7s:", "acme", server.url) == 3
+            for s in sessions:
+                chain.disconnect(s)
+            await layer.close()
+            assert await _live_leases("o7s:", "acme", server.url) == 0
+
+
 async def test_scripts_are_reloaded_after_noscript():
     with PrivateRedis() as server:
         async with replica(server.url) as (ctx, _, chain):

@@ -183,6 +183,13 @@ class Gatekeeper(Layer):
         assert self._leases is not None
         limit = tier.connections
         member = f"{self.context.gateway_id}/{session.id}"
+        if limit is None:
+            # No cap to check: no round trip, and no dependence on Redis being up. The lease
+            # reaches Redis with the next heartbeat, so the count is right after a downgrade.
+            self._held.setdefault(key, set()).add(member)
+            session.state[self.name] = (key, member)
+            self._decisions.count("allowed", "ok", tier.name)
+            return
         loop = asyncio.get_running_loop()
         wait = self._queue_time(tier)
         deadline = loop.time() + wait
@@ -203,7 +210,7 @@ class Gatekeeper(Layer):
                         raise
                     # Failing open: this replica's own count still enforces the cap here.
                     current = len(self._held.get(key, ()))
-                    taken = limit is None or current < limit
+                    taken = current < limit
                     reason = "state_down"
                 else:
                     self._policy.succeeded()
