@@ -25,10 +25,19 @@ def test_upstream_killed_and_restarted(private_redis: PrivateRedis):
                 errors.append(exc)
         th = threading.Thread(target=blocked)
         th.start()
+        in_multi = gw.client(gw.a, socket_timeout=5)
+        conn = in_multi.connection_pool.get_connection()
+        conn.send_command("MULTI")
+        assert conn.read_response() in (b"OK", "OK")
         time.sleep(0.3)
         private_redis.kill()
         th.join(6)
         assert errors and "connection lost" in str(errors[0]).lower()
+        # the transaction lived on the lost connection: that client is told and closed
+        with pytest.raises(redis.RedisError):
+            conn.send_command("SET", "x", "1")
+            conn.read_response()
+            conn.read_response()
         with pytest.raises(redis.RedisError) as info:
             a.get("k")
         assert "upstream" in str(info.value).lower() or "lost" in str(info.value).lower()

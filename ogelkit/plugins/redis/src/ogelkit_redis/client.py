@@ -455,19 +455,24 @@ class RedisClient(asyncio.Protocol):
                 and not self.watching and not self.subs and not self.ssubs
                 and not self.blocked):
             self.dedicated = None
-            up.pubsub_client = None
+            up.pubsub_client = up.holder = None
             if self.tdb is not None:
                 self.tdb.pools.release(up)
         if self.door.draining and self.is_idle():
             self.close()
 
     def upstream_lost(self, up: Upstream) -> None:
-        """The dedicated connection died while subscribed: the subscriptions are gone."""
-        if up is self.dedicated:
-            self.dedicated = None
-            self.subs = self.ssubs = 0
-            self.in_multi = self.watching = False
-            self.blocked = 0
+        """The dedicated connection died. Subscriptions, MULTI and WATCH lived there and
+        are gone, so the client is closed (as if it had lost its own server connection);
+        after a blocking command the client just goes back to the shared connection."""
+        if up is not self.dedicated:
+            return
+        self.dedicated = None
+        stateful = self.in_multi or self.watching or self.subs or self.ssubs
+        self.subs = self.ssubs = 0
+        self.in_multi = self.watching = False
+        self.blocked = 0
+        if stateful:
             self.reply(resp.error("ERR upstream Redis connection lost; subscriptions and "
                                   "transaction state were dropped"))
             self.close()
@@ -502,7 +507,7 @@ class RedisClient(asyncio.Protocol):
         up, self.dedicated = self.dedicated, None
         if up is None or self.tdb is None:
             return
-        up.pubsub_client = None
+        up.pubsub_client = up.holder = None
         clean = (self.recv == self.sent and not self.in_multi and not self.watching
                  and not self.subs and not self.ssubs and not self.blocked)
         if clean:
@@ -887,6 +892,7 @@ class RedisClient(asyncio.Protocol):
         up = self.tdb.pools.dedicated_now(self.proto)
         if up is not None:
             self.dedicated = up
+            up.holder = self
             return then(up)
 
         async def get() -> bool:
@@ -895,6 +901,7 @@ class RedisClient(asyncio.Protocol):
                 self.tdb.pools.release(up)
                 return True
             self.dedicated = up
+            up.holder = self
             self.suspended = False
             return then(up)
         return self._spawn(get())

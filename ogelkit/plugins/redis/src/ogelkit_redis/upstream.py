@@ -81,6 +81,7 @@ class Upstream(asyncio.Protocol):
         self.paused = False
         self.paused_clients: list[RedisClient] = []
         self.pubsub_client: RedisClient | None = None  # receives push/pubsub messages
+        self.holder: RedisClient | None = None  # the client of a dedicated connection
         self.attached: list[int] = [0]  # the pool's clients per shared index
         self.index = -1  # shared connection index; -1: dedicated (one client at a time)
         self.ready: asyncio.Future[None] | None = None
@@ -116,8 +117,9 @@ class Upstream(asyncio.Protocol):
                     w.deliver(error)
             except Exception:
                 log.exception("failing a waiter")
-        if self.pubsub_client is not None:
-            client, self.pubsub_client = self.pubsub_client, None
+        self.pubsub_client = None
+        if self.holder is not None:  # the client this dedicated connection served
+            client, self.holder = self.holder, None
             client.upstream_lost(self)
         self.owner.lost(self)
         for c in self.paused_clients:
