@@ -16,6 +16,12 @@ Paths (pgbench -n -S -M simple -c 16 -j 2, the same pgbench-initialised data, sc
   timeout layer arms and cancels a timer ...). Layer types that are not installed are
   listed as missing.
 
+The bench tenant (``benchco``, tier ``bench``) and its pgbench tables (scale 10, loaded
+through the gateway) are created on the first run and kept: control plane in
+``.services/layers-bench/control.db``, upstream database ``o7sbench_benchco__main``. Besides
+tps, each gateway row shows the gateway process's own CPU per transaction (utime + stime
+from /proc), which is steadier than tps on a shared machine.
+
 Target (DESIGN §9 and issue 4): all layers on >= 0.8x PgBouncer in-process. Everything shares
 the machine's cores: throughput ratios are pessimistic, and on a shared machine noisy.
 Not a timed test.
@@ -272,7 +278,7 @@ def main() -> None:
     import uvloop
     n = 50_000 if args.quick else 300_000
     rows = uvloop.run(micro(plugins, n, 2_000 if args.quick else 20_000))
-    print("\n## layer decisions (layer called directly, median-free single pass)")
+    print("\n## layer decisions (the layer called directly, one pass each)")
     for name, value in rows:
         print(f"{name:70} {value}")
 
