@@ -128,3 +128,28 @@ def test_clients_vanishing_mid_command_leak_nothing(gw):
     assert pools.dedicated - sum(map(len, pools.idle.values())) == 0  # none left in use
     assert ctx.sessions.count(t.slug) == 1  # only `big`
     big.delete("huge")
+
+
+def test_deleting_a_database_closes_its_clients():
+    import asyncio
+
+    tenants = new_tenants(1)
+    with gateway(tenants) as gw:
+        c = gw.client(gw.a)
+        assert c.set("k", 1)
+        conn = c.connection_pool.get_connection()
+        ctx = gw.running.context
+        backend = ctx.backends["r"]
+        loop = gw.running.gateway.frontdoors[0].loop  # the gateway thread's event loop
+
+        async def delete():
+            tenant = await ctx.store.get_tenant(gw.a.slug)
+            db = await ctx.store.get_database(gw.a.slug, "main")
+            await backend.deprovision(tenant, db)
+            await ctx.store.delete_database(gw.a.slug, "main")
+        asyncio.run_coroutine_threadsafe(delete(), loop).result(10)
+        with pytest.raises(redis.RedisError, match="was deleted"):
+            conn.read_response()
+        time.sleep(0.5)  # the directory's cache_ttl in these tests is 0.2s
+        with pytest.raises(redis.RedisError, match="no Redis database"):
+            gw.client(gw.a).get("k")

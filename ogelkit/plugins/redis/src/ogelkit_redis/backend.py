@@ -180,8 +180,8 @@ class RedisBackend(Backend):
         key = (db.tenant, db.name)
         tdb = self.tdbs.get(key)
         if tdb is None or tdb.record.upstream != db.upstream:
-            if tdb is not None:
-                tdb.pools.close()
+            # Re-provisioned: new clients get the new details; clients of the old entry
+            # keep its pools until they leave.
             tdb = self.tdbs[key] = TenantDb(self, db)
         tdb.last_used = time.monotonic()
         if self._sampler is None:
@@ -223,7 +223,13 @@ class RedisBackend(Backend):
         await self.call(b"ACL", b"SETUSER", user.encode(), *(r.encode() for r in rules))
 
     async def repair_acl(self, db: DatabaseRecord) -> None:
-        """Re-create a tenant database's ACL user (after a Redis restart lost it)."""
+        """Re-create a tenant database's ACL user (after a Redis restart lost it), unless
+        the database was deleted meanwhile (its user is gone on purpose then)."""
+        current = await self.context.store.get_database(db.tenant, db.name)
+        if current is None or current.backend != self.name:
+            log.info("not re-creating the ACL user of a deleted database",
+                     extra={"tenant": db.tenant, "database": db.name})
+            return
         log.warning("re-creating the upstream ACL user", extra={"tenant": db.tenant,
                                                                 "database": db.name})
         await self._setuser(db.upstream.get("user") or self.acl_user(db.tenant, db.name),
@@ -244,7 +250,11 @@ class RedisBackend(Backend):
         await self.call(b"ACL", b"DELUSER", user.encode())  # also disconnects its clients
         tdb = self.tdbs.pop((tenant.slug, db.name), None)
         if tdb is not None:
-            tdb.pools.close()
+            tdb.pools.close(Reject(Reason.UNKNOWN, f'tenant database "{db.name}" was deleted'))
+            for session in self.context.sessions.of(tenant.slug):
+                if session.database == db.name and session.backend is self:
+                    session.close(Reject(Reason.UNKNOWN,
+                                         f'tenant database "{db.name}" was deleted'))
         await self.delete_keys(Namespace(prefix.encode(), self.db))
 
     async def delete_keys(self, ns: Namespace) -> int:

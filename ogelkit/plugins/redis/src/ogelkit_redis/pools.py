@@ -34,6 +34,7 @@ class Pools:
         # command at once (nothing to batch with), one with several batches per loop turn.
         self.attached = [0] * self.size
         self.closed = False
+        self.closed_reason = Reject(Reason.SHUTDOWN, "the gateway is shutting down")
         self.repair: Callable[[], Awaitable[None]] | None = None
 
     def attach(self) -> int:
@@ -79,6 +80,8 @@ class Pools:
         up = self.shared_now(proto, index)
         if up is not None:
             return up
+        if self.closed:
+            raise self.closed_reason
         key = (proto, index)
         fut = self._connecting.get(key)
         if fut is None:
@@ -94,7 +97,7 @@ class Pools:
                 self._connecting.pop(key, None)
             if self.closed:
                 up.close()
-                raise Reject(Reason.SHUTDOWN, "the gateway is shutting down")
+                raise self.closed_reason
             self.shared[proto][index] = up
             return up
         try:
@@ -116,6 +119,8 @@ class Pools:
         up = self.dedicated_now(proto)
         if up is not None:
             return up
+        if self.closed:
+            raise self.closed_reason
         if self.max_dedicated is not None and self.dedicated >= self.max_dedicated:
             raise Reject(Reason.CONNECTIONS, "ERR max number of clients reached",
                          detail=f"{self.dedicated} of {self.max_dedicated} dedicated upstream "
@@ -160,8 +165,10 @@ class Pools:
                 if c is up:
                     conns[i] = None
 
-    def close(self) -> None:
+    def close(self, reason: Reject | None = None) -> None:
         self.closed = True
+        if reason is not None:
+            self.closed_reason = reason
         for conns in self.shared.values():
             for up in conns:
                 if up is not None:
