@@ -57,10 +57,14 @@ command = st.one_of(
     st.tuples(st.just("EVAL"), st.just("return redis.call('EXISTS', KEYS[1])"), st.just("1"), key),
     st.tuples(st.just("OBJECT"), st.just("ENCODING"), key),
     st.tuples(st.just("FLUSHDB")),
+    st.tuples(st.just("RANDOMKEY")),
+    st.tuples(st.just("BLPOP"), key, key, st.just("0.01")),
+    st.tuples(st.just("WATCHED"), key, val),
 )
 # A transaction: a few commands between MULTI and EXEC, compared as EXEC's reply.
 transaction = st.tuples(st.just("TX"), st.lists(command.filter(
-    lambda c: c[0] not in ("KEYS", "SCANALL", "DBSIZE", "FLUSHDB")), min_size=1, max_size=4))
+    lambda c: c[0] not in ("KEYS", "SCANALL", "DBSIZE", "FLUSHDB", "RANDOMKEY", "WATCHED")),
+    min_size=1, max_size=4))
 steps = st.lists(st.tuples(st.integers(0, 1), st.one_of(command, command, command, transaction)),
                  min_size=1, max_size=25)
 
@@ -76,6 +80,16 @@ def run(client: redis.Redis, cmd: tuple) -> object:
             return ("tx", [("err", str(x)) if isinstance(x, Exception) else
                            ("ok", sorted(x) if inner[0] in UNORDERED and isinstance(x, list) else x)
                            for x, inner in zip(out, cmd[1], strict=True)])
+        if name == "RANDOMKEY":  # random, but from the tenant's own keys
+            key_ = client.randomkey()
+            return ("ok", key_ is None, key_ is None or key_ in client.keys("*"))
+        if name == "WATCHED":  # WATCH + MULTI/EXEC on a dedicated connection, then back
+            with client.pipeline() as p:
+                p.watch(cmd[1])
+                p.multi()
+                p.set(cmd[1], cmd[2])
+                p.get(cmd[1])
+                return ("ok", p.execute())
         if name == "SCANALL":
             return ("ok", sorted(client.scan_iter(match=cmd[1], count=3)))
         reply = client.execute_command(*cmd)
@@ -93,7 +107,7 @@ def test_two_tenants_behave_like_two_dedicated_databases(gw: Gw):
     direct = [redis.Redis(host=REDIS_HOST, port=REDIS_PORT, db=db) for db in (14, 15)]
     assert direct[0].connection_pool.connection_kwargs["db"] == 14
 
-    @settings(max_examples=150, deadline=None,
+    @settings(max_examples=300, deadline=None,
               suppress_health_check=[HealthCheck.function_scoped_fixture,
                                      HealthCheck.too_slow])
     @given(steps)
