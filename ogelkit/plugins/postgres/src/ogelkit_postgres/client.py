@@ -853,6 +853,15 @@ class ClientConnection(asyncio.Protocol):
         code = pg.error_sqlstate(data, pos, end)
         if pg.error_is_fatal(data, pos, end):
             self.saw_fatal = True
+        reject = self.cancel_reject
+        if reject is not None and code == "57014":
+            # Our own cancel (e.g. the timeout layer): tell the client why, in its words.
+            self.cancel_reject = None
+            self.cancel_op = None
+            if run < pos:
+                self.transport.write(data[run:pos])  # type: ignore[union-attr]
+            self.transport.write(reject_error(reject))  # type: ignore[union-attr]
+            run = end
         ops = self.ops
         if ops and ops[0][2] == self.z_recv + 1:
             op, is_query, _ = ops[0]
@@ -874,15 +883,6 @@ class ClientConnection(asyncio.Protocol):
                         del srv.by_key[key]
                 if cname:
                     self.stmts.pop(cname, None)
-        reject = self.cancel_reject
-        if reject is not None and code == "57014":
-            # Our own cancel (timeout layer): tell the client why, in the layer's words.
-            self.cancel_reject = None
-            self.cancel_op = None
-            if run < pos:
-                self.transport.write(data[run:pos])  # type: ignore[union-attr]
-            self.transport.write(reject_error(reject))  # type: ignore[union-attr]
-            return end
         return run
 
     def _parameter_status(self, data: bytes, pos: int, end: int) -> None:
