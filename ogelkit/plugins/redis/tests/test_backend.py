@@ -202,3 +202,26 @@ def test_resp_codec():
         assert resp.reply_end(raw + b"+next", 0) == len(raw)
         assert resp.reply_end(raw[:-1], 0) < 0
         assert resp.encode(resp.decode(raw)[0]) == raw
+
+
+def test_writes_over_the_memory_quota_get_oom():
+    tenants = new_tenants(1)
+    tiers = '[tiers.small]\nbase = "free"\nrank = 9\nmemory = "64kB"\n'
+    with gateway(tenants, tier="small", backend='quota_sample_interval = "0.2s"',
+                 extra=tiers) as gw:
+        c = gw.client(gw.a)
+        c.set("blob", b"x" * 100_000)
+        deadline = time.monotonic() + 5
+        err = None
+        while time.monotonic() < deadline:
+            try:
+                c.set("more", 1)
+            except redis.exceptions.OutOfMemoryError as exc:
+                err = exc
+                break
+            time.sleep(0.1)
+        assert err is not None and "memory quota" in str(err) and "of 64kB on tier small" in str(err)
+        assert c.delete("blob") == 1  # deleting is always allowed
+        backend = gw.running.context.backends["r"]
+        tdb = backend.tdbs[(gw.a.slug, "main")]
+        assert tdb.memory is not None
