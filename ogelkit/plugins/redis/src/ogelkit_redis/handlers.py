@@ -379,8 +379,8 @@ def subscribe(c: RedisClient, cmd: Command, argv: list[bytes], raw: bytes) -> bo
             c.reply(resp.array([resp.bulk(kind), resp.bulk(ch, c.proto), resp.integer(0)],
                                push))
         return True
-    if c.in_multi:
-        return c._send(cmd, argv, out, None)
+    if c.in_multi:  # would switch the connection to pub/sub at EXEC, behind our back
+        return _not_in_multi(c, cmd)
 
     def then(up: Upstream) -> bool:
         if c.recv != c.sent and c.upstream is not up:
