@@ -35,7 +35,7 @@ from ogelkit_postgres.errors import (
     reject_error,
 )
 from ogelkit_postgres.pool import PoolTimeout
-from ogelkit_postgres.server import UpstreamError
+from ogelkit_postgres.server import UpstreamError, client_sqlstate
 from ogelkit_postgres.sql import verb_of
 
 if TYPE_CHECKING:
@@ -576,8 +576,8 @@ class ClientConnection(asyncio.Protocol):
         except PoolTimeout:
             return reject_error(self._pool_exhausted())
         except UpstreamError as exc:
-            return pg.error_response(exc.sqlstate if exc.sqlstate != "57P01" else "08006",
-                                     exc.message, detail=exc.detail, hint=exc.hint)
+            return pg.error_response(client_sqlstate(exc), exc.message, detail=exc.detail,
+                                     hint=exc.hint)
         self.fd.observe_checkout(pool, _monotonic() - started)
         if self.phase != RELAY:
             pool.checkin(srv)

@@ -20,7 +20,7 @@ from ogelkit_postgres import protocol as pg
 from ogelkit_postgres.client import CLOSED, RELAY
 from ogelkit_postgres.errors import FEATURE_NOT_SUPPORTED, PROTOCOL_VIOLATION, reject_error
 from ogelkit_postgres.pool import PoolTimeout
-from ogelkit_postgres.server import UpstreamError
+from ogelkit_postgres.server import UpstreamError, client_sqlstate
 
 if TYPE_CHECKING:
     from ogelkit_postgres.client import ClientConnection
@@ -202,8 +202,10 @@ async def _startup_packet(conn: ClientConnection) -> dict[str, str]:
             if len(body) != 12:
                 fail(conn, PROTOCOL_VIOLATION, "invalid length of cancel request")
             pid, secret = pg.unpack_i32(body, 4)[0], pg.unpack_i32(body, 8)[0]
+            # Its own task: closing this connection cancels the login task, and a lookup in
+            # the shared state (another replica's client) must outlive it.
+            fd.spawn(fd.handle_cancel(pid, secret))
             conn.close()
-            await fd.handle_cancel(pid, secret)
             raise LoginFailed("cancel request")
         if code >> 16 != 3:
             fail(conn, FEATURE_NOT_SUPPORTED,
@@ -338,8 +340,7 @@ async def _login(conn: ClientConnection) -> None:
     except PoolTimeout:
         refuse(conn, conn._pool_exhausted())
     except UpstreamError as exc:
-        fail(conn, exc.sqlstate if exc.sqlstate not in ("57P01",) else "08006", exc.message,
-             detail=exc.detail, hint=exc.hint)
+        fail(conn, client_sqlstate(exc), exc.message, detail=exc.detail, hint=exc.hint)
     if conn.phase == CLOSED:
         pool.checkin(srv)
         raise ClientGone()

@@ -72,6 +72,7 @@ class Pool:
         if self.closed:
             raise UpstreamError("the backend is shutting down", "57P01")
         self.used = True
+        self.asleep = False  # a client is here: the database is awake again
         if self.size < self.limit:
             return await self._open()
         loop = asyncio.get_running_loop()

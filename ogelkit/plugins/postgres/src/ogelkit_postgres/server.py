@@ -47,6 +47,15 @@ class UpstreamError(Exception):
                    detail=fields.get("D"), hint=fields.get("H"))
 
 
+def client_sqlstate(exc: UpstreamError) -> str:
+    """What a client is told when no upstream connection can be had: the server's own
+    SQLSTATE when it refused us (e.g. 53300 too many connections for the role), 08006 when
+    it is unreachable or going away."""
+    if exc.sqlstate.startswith("08") or exc.sqlstate in ("57P01", "57P02", "57P03"):
+        return "08006"
+    return exc.sqlstate
+
+
 class ServerConnection(asyncio.Protocol):
     __slots__ = (
         "_buf",

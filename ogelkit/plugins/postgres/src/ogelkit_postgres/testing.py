@@ -94,8 +94,10 @@ class PgGateway:
 
 
 def gateway_config(tenants: list[Tenant], *, mode: str = "transaction", backend_options: str = "",
-                   extra: str = "", backends: str = "", listen: str = "") -> str:
-    text = minimal_config(extra).replace('http = 0\n', f'http = 0\npostgres = 0\n{listen}\n', 1)
+                   extra: str = "", backends: str = "", listen: str = "",
+                   control_url: str = "sqlite:///:memory:") -> str:
+    text = minimal_config(extra, control_url=control_url)
+    text = text.replace('http = 0\n', f'http = 0\npostgres = 0\n{listen}\n', 1)
     text += (f'\n[backends.pg]\ntype = "postgres"\ndsn = "{pg_dsn()}"\npool_mode = "{mode}"\n'
              f'name_prefix = "{PREFIX}"\n{backend_options}\n{backends}\n')
     for t in tenants:
@@ -120,16 +122,17 @@ async def _drop_all(gw: PgGateway) -> None:
 @contextlib.contextmanager
 def pg_gateway(tenants: list[Tenant], *, mode: str = "transaction", backend_options: str = "",
                extra: str = "", backends: str = "", listen: str = "",
-               plugins: Plugins | None = None,
-               env: dict[str, str] | None = None) -> Iterator[PgGateway]:
+               control_url: str = "sqlite:///:memory:", plugins: Plugins | None = None,
+               env: dict[str, str] | None = None, cleanup: bool = True) -> Iterator[PgGateway]:
     config = gateway_config(tenants, mode=mode, backend_options=backend_options, extra=extra,
-                            backends=backends, listen=listen)
+                            backends=backends, listen=listen, control_url=control_url)
     with gateway_thread(config, plugins=plugins, env=env) as running:
         gw = PgGateway(running, tenants)
         try:
             yield gw
         finally:
-            gw.call(_drop_all(gw), timeout=60)
+            if cleanup:
+                gw.call(_drop_all(gw), timeout=60)
 
 
 def sqlstate_of(exc: BaseException) -> str | None:
