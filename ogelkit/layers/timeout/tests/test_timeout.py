@@ -79,10 +79,14 @@ async def test_default_tiers_free_gets_10_seconds():
         layer, chain = await _timeout(ctx)
         op = _cancellable(make_session(ctx, tier="free"))
         chain.admit(op)
-        handle = layer._timers[op]
-        assert handle.when() - asyncio.get_running_loop().time() == pytest.approx(10.0, abs=0.05)
+        watch = op.session.state[layer.name]
+        assert watch.handle.when() - asyncio.get_running_loop().time() == pytest.approx(10.0, abs=0.05)
+        assert layer.describe()["running"] == 1
         chain.complete(op)
-        assert handle.cancelled()
+        assert layer.describe()["running"] == 0
+        # One timer per session, left armed: it finds nothing to cancel and goes idle.
+        chain.disconnect(op.session)
+        assert watch.handle.cancelled()
 
 
 async def test_completed_operations_are_never_cancelled():
@@ -156,3 +160,33 @@ async def test_operation_without_canceller_is_counted_not_crashed():
             "ogelkit_layer_decisions_total",
             {"layer": "timeout", "decision": "warned", "reason": "uncancellable",
              "tier": "free"}) == 2
+
+
+async def test_one_timer_per_session_tracks_pipelined_operations():
+    """Several operations in flight on one session (Redis pipelines): each gets its own
+    deadline from one lazily re-armed timer, whatever order they finish in."""
+    async with test_context(FAST) as ctx:
+        layer, chain = await _timeout(ctx)
+        session = make_session(ctx, tier="free")
+        first, second, third = (_cancellable(session) for _ in range(3))
+        for op in (first, second, third):
+            chain.admit(op)
+            await asyncio.sleep(0.02)
+        first.ended = time.monotonic()
+        chain.complete(first)  # in order
+        third.ended = time.monotonic()
+        chain.complete(third)  # out of order
+        await asyncio.sleep(0.3)
+        assert first.state["cancelled"] == [] and third.state["cancelled"] == []
+        [(_at, rej)] = second.state["cancelled"]
+        assert rej.reason == Reason.TIMEOUT
+        watch = session.state[layer.name]
+        assert len(watch.pending) == 0 and watch.handle is None  # idle: no timer left armed
+        # A new operation re-arms it.
+        fourth = _cancellable(session)
+        chain.admit(fourth)
+        assert watch.handle is not None
+        fourth.ended = time.monotonic()
+        chain.complete(fourth)
+        chain.disconnect(session)
+        assert layer.describe()["running"] == 0

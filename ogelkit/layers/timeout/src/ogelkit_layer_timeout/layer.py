@@ -1,17 +1,20 @@
 """The timeout layer: a gateway-side deadline per operation.
 
-``on_operation`` arms one ``loop.call_later`` timer (no task, no coroutine) for the tier's
-``statement_timeout`` plus ``grace``; ``on_complete`` cancels it. When it fires first, the
-layer calls ``op.cancel(Reject("timeout", ...))``: the front door cancels the operation
-upstream (Postgres CancelRequest, MongoDB killOp, dropping a Redis connection), answers the
-client with its protocol's timeout error (Postgres ``57014``) and keeps the server connection
-usable. The layer knows no protocol.
+Each session has at most one ``loop.call_at`` timer (no task, no coroutine), armed for the
+deadline (tier's ``statement_timeout`` plus ``grace``) of its oldest running operation and
+re-armed lazily when it fires: an operation costs a deque append and pop, not a timer of its
+own (creating and cancelling a TimerHandle per operation cost ~3 us). When an operation is
+still running at its deadline, the layer calls ``op.cancel(Reject("timeout", ...))``: the
+front door cancels the operation upstream (Postgres CancelRequest, MongoDB killOp, dropping
+a Redis connection), answers the client with its protocol's timeout error (Postgres
+``57014``) and keeps the server connection usable. The layer knows no protocol.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from typing import Any
 
 from ogelkit import Layer, Operation, Reason, Reject
@@ -43,6 +46,16 @@ class _TierInfo:
         self.uncancellable = decisions.child("warned", "uncancellable", tier.name)
 
 
+class _Watch:
+    """One session's running operations, oldest first, and its single timer."""
+
+    __slots__ = ("handle", "pending")
+
+    def __init__(self) -> None:
+        self.handle: asyncio.TimerHandle | None = None
+        self.pending: deque[tuple[float, Operation, _TierInfo]] = deque()
+
+
 class Timeout(Layer):
     type_name = "timeout"
     Config = TimeoutOptions
@@ -52,7 +65,7 @@ class Timeout(Layer):
         self.config: TimeoutOptions = config
         self._decisions = Decisions(context.metrics, name)
         self._tiers: dict[str, _TierInfo] = {}
-        self._timers: dict[Operation, asyncio.TimerHandle] = {}
+        self._watches: set[_Watch] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self.expired = 0
 
@@ -60,9 +73,11 @@ class Timeout(Layer):
         self._loop = asyncio.get_running_loop()
 
     async def close(self) -> None:
-        for handle in self._timers.values():
-            handle.cancel()
-        self._timers.clear()
+        for watch in self._watches:
+            if watch.handle is not None:
+                watch.handle.cancel()
+            watch.pending.clear()
+        self._watches.clear()
 
     def on_operation(self, op: Operation) -> None:
         tier = op.session.tier
@@ -73,19 +88,54 @@ class Timeout(Layer):
             info = self._tier_info(tier)
         if info.deadline is None:
             return None
+        state = op.session.state
+        watch = state.get(self.name)
+        if watch is None:
+            watch = state[self.name] = _Watch()
+            self._watches.add(watch)
         loop = self._loop or asyncio.get_running_loop()
-        self._timers[op] = loop.call_later(info.deadline, self._expire, op, info)
+        due = loop.time() + info.deadline
+        watch.pending.append((due, op, info))
+        if watch.handle is None:
+            watch.handle = loop.call_at(due, self._check, watch)
         return None
 
     def on_complete(self, op: Operation) -> None:
-        handle = self._timers.pop(op, None)
-        if handle is not None:
-            handle.cancel()
+        watch = op.session.state.get(self.name)
+        if watch is None or not watch.pending:
+            return
+        pending = watch.pending
+        if pending[0][1] is op:  # operations of a session finish in order, nearly always
+            pending.popleft()
+            return
+        for entry in pending:
+            if entry[1] is op:
+                pending.remove(entry)
+                return
+
+    def on_disconnect(self, session) -> None:
+        watch = session.state.pop(self.name, None)
+        if watch is not None:
+            if watch.handle is not None:
+                watch.handle.cancel()
+            self._watches.discard(watch)
+
+    def _check(self, watch: _Watch) -> None:
+        """The session's timer fired: cancel what is overdue, re-arm for the next deadline."""
+        watch.handle = None
+        loop = self._loop or asyncio.get_running_loop()
+        now = loop.time()
+        pending = watch.pending
+        while pending:
+            due, op, info = pending[0]
+            if due > now:
+                watch.handle = loop.call_at(due, self._check, watch)
+                return
+            pending.popleft()
+            if op.ended is None:  # ended: finished, the front door has yet to complete it
+                self._expire(op, info)
 
     def _expire(self, op: Operation, info: _TierInfo) -> None:
-        self._timers.pop(op, None)
-        if op.ended is not None:  # finished, the front door just has not completed it yet
-            return
         self.expired += 1
         reject = Reject(Reason.TIMEOUT, info.message, detail=info.detail, hint=info.hint,
                         layer=self.name)
@@ -107,5 +157,5 @@ class Timeout(Layer):
         return info
 
     def describe(self) -> dict[str, Any]:
-        return {"running": len(self._timers), "expired": self.expired,
+        return {"running": sum(len(w.pending) for w in self._watches), "expired": self.expired,
                 "grace": self.config.grace}
