@@ -23,7 +23,6 @@ import asyncio
 import logging
 import time
 from collections import deque
-from functools import partial
 from itertools import count
 from typing import TYPE_CHECKING, Any
 
@@ -82,6 +81,7 @@ class ClientConnection(asyncio.Protocol):
         "bind_size",
         "cancel_op",
         "cancel_reject",
+        "canceller",
         "capture",
         "cdrop",
         "cfg",
@@ -99,6 +99,7 @@ class ClientConnection(asyncio.Protocol):
         "login_task",
         "max_msg",
         "ops",
+        "out",
         "parse_fifo",
         "pause_flags",
         "peer",
@@ -156,6 +157,7 @@ class ClientConnection(asyncio.Protocol):
         self.cskip = 0  # bytes of a streamed message still to forward
         self.cdrop = 0  # bytes of a CopyData nobody takes still to drop
         self.held: bytearray | None = None
+        self.out: list[bytes] | None = None  # pending writes to the server while scanning
         self.pause_flags = 0
         self.write_paused = False
         self.wait_task: asyncio.Task[None] | None = None
@@ -184,6 +186,7 @@ class ClientConnection(asyncio.Protocol):
         self.stmt_cache: dict[bytes, Stmt] = {}
         self.parse_fifo: deque[tuple[int, bool, bytes, bytes]] | None = None
         self.bind_size = 0
+        self.canceller = self._cancel_current
 
     # -- asyncio callbacks ---------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -269,7 +272,23 @@ class ClientConnection(asyncio.Protocol):
     # -- client -> server --------------------------------------------------------------------
     def _process(self, data: bytes, pos: int, run: int,
                  resumed: tuple[Operation | None, Reject | bytes | None] | None) -> None:
-        """Scan client messages from ``pos``; bytes from ``run`` are forwarded unchanged."""
+        """Scan client messages from ``pos``; bytes from ``run`` are forwarded unchanged.
+
+        Everything for the server is collected and written once: a rewritten Bind sent as
+        its own write would cost a syscall and wake PostgreSQL twice per transaction."""
+        out: list[bytes] = []
+        self.out = out
+        try:
+            self._scan(data, pos, run, resumed)
+        finally:
+            self.out = None
+            if out:
+                srv = self.server
+                if srv is not None:
+                    srv.transport.write(out[0] if len(out) == 1 else b"".join(out))  # type: ignore[union-attr]
+
+    def _scan(self, data: bytes, pos: int, run: int,
+              resumed: tuple[Operation | None, Reject | bytes | None] | None) -> None:
         n = len(data)
         srv = self.server
         max_msg = self.max_msg
@@ -313,15 +332,23 @@ class ClientConnection(asyncio.Protocol):
                     resumed = None
                 else:
                     text = data[pos + 5:end - 1].decode("utf-8", "replace")
-                    op = self._new_op(verb_of(text), text, ln + 1)
-                    verdict = self._admit(op)
+                    session = self.session
+                    op = Operation(session, "query", verb_of(text), text, ln + 1)  # type: ignore[arg-type]
+                    op.canceller = self.canceller
+                    session.operations += 1  # type: ignore[union-attr]
+                    try:
+                        verdict = self.chain.admit(op)
+                    except Reject as rej:
+                        verdict = rej
+                    except Exception as exc:
+                        verdict = self._layer_failed(op, exc)
                     if verdict is not None and not isinstance(verdict, (Reject, bytes)):
                         self._flush(data, run, pos)
                         self._suspend(data, pos, op, verdict)
                         return
                 assert op is not None
-                if verdict is None and not self.session_mode:
-                    verdict = self._txmode_check(op)
+                if verdict is None and not self.session_mode and op.name == "LISTEN":
+                    verdict = self._listen_refused()
                 if verdict is not None:
                     self._flush(data, run, pos)
                     pos = run = end
@@ -437,10 +464,15 @@ class ClientConnection(asyncio.Protocol):
 
     def _flush(self, data: bytes, run: int, upto: int) -> None:
         if run < upto:
-            srv = self.server
-            if srv is not None:
-                srv.transport.write(data if run == 0 and upto == len(data)  # type: ignore[union-attr]
-                                    else data[run:upto])
+            self.out.append(data if run == 0 and upto == len(data)  # type: ignore[union-attr]
+                            else data[run:upto])
+
+    def _to_server(self, payload: bytes) -> None:
+        out = self.out
+        if out is not None:
+            out.append(payload)
+        else:
+            self.server.transport.write(payload)  # type: ignore[union-attr]
 
     def _too_big(self, t: int, ln: int) -> None:
         if ln < 4:
@@ -454,7 +486,7 @@ class ClientConnection(asyncio.Protocol):
     def _new_op(self, verb: str, text: str | None, size: int) -> Operation:
         session = self.session
         op = Operation(session, "query", verb, text, size)  # type: ignore[arg-type]
-        op.canceller = partial(self._cancel_op, op)
+        op.canceller = self.canceller
         session.operations += 1  # type: ignore[union-attr]
         return op
 
@@ -470,19 +502,21 @@ class ClientConnection(asyncio.Protocol):
             return self.chain.admit(op)
         except Reject as rej:
             return rej
-        except Exception as exc:  # a broken layer must not take the gateway down
-            log.exception("layer chain failed to admit %r", op)
-            return Reject(Reason.UNAVAILABLE, f"internal error in the gateway: {exc}")
+        except Exception as exc:
+            return self._layer_failed(op, exc)
 
-    def _txmode_check(self, op: Operation) -> bytes | None:
-        if op.name == "LISTEN":
-            # Notifications arrive on whichever server connection listened, which the next
-            # transaction may not get: refuse clearly instead of losing them.
-            return pg.error_response(
-                FEATURE_NOT_SUPPORTED, "LISTEN is not supported in transaction pooling mode",
-                hint="Use a database on a backend with pool_mode = \"session\" for "
-                     "LISTEN/NOTIFY.")
-        return None
+    def _layer_failed(self, op: Operation, exc: Exception) -> Reject:
+        # A broken layer must not take the gateway down, nor let the operation through.
+        log.exception("layer chain failed to admit %r", op)
+        return Reject(Reason.UNAVAILABLE, f"internal error in the gateway: {exc}")
+
+    @staticmethod
+    def _listen_refused() -> bytes:
+        # Notifications arrive on whichever server connection listened, which the next
+        # transaction may not get: refuse clearly instead of losing them.
+        return pg.error_response(
+            FEATURE_NOT_SUPPORTED, "LISTEN is not supported in transaction pooling mode",
+            hint="Use a database on a backend with pool_mode = \"session\" for LISTEN/NOTIFY.")
 
     def _server_state_changed(self, srv: ServerConnection, verb: str) -> None:
         # The client changed session state behind the pool's back: re-apply settings on the
@@ -521,14 +555,14 @@ class ClientConnection(asyncio.Protocol):
         if op is self.cancel_op:
             self.cancel_op = None
             self.cancel_reject = None
-        self.fd.count_op(op)
+        fd = self.fd
+        if op.rejection is not None:
+            fd.n_rejected += 1
+        elif op.error is not None:
+            fd.n_error += 1
+        else:
+            fd.n_ok += 1
         self.chain.complete(op)
-
-    def _finish_skipped(self, op: Operation) -> None:
-        if op.ended is None:
-            if op.error is None and self.batch_error is not None:
-                op.error = self.batch_error
-            self._finish(op)
 
     # -- waiting (async admission, server checkout) ------------------------------------------
     def _suspend(self, data: bytes, pos: int, op: Operation | None, pending: Any) -> None:
@@ -616,7 +650,7 @@ class ClientConnection(asyncio.Protocol):
             srv.applied = desired
         if srv.to_deallocate:
             names, srv.to_deallocate = srv.to_deallocate, []
-            srv.transport.write(pg.query("; ".join(  # type: ignore[union-attr]
+            self._to_server(pg.query("; ".join(
                 "DEALLOCATE " + pg.quote_ident(n.decode()) for n in names)))
             self.swallow_z += 1
 
@@ -642,7 +676,7 @@ class ClientConnection(asyncio.Protocol):
             if name not in desired:
                 parts.append(f"RESET {_guc(name)}")
         if parts:
-            srv.transport.write(pg.query("; ".join(parts)))  # type: ignore[union-attr]
+            self._to_server(pg.query("; ".join(parts)))
             self.swallow_z += 1
 
     def _release(self) -> None:
@@ -688,7 +722,7 @@ class ClientConnection(asyncio.Protocol):
         # re-preparing (rare: once per statement per client) is simpler than faking one.
         sname = self._register(srv, stmt.key)
         self._flush(data, run, pos)
-        srv.transport.write(pg.parse_message(sname, stmt.key))  # type: ignore[union-attr]
+        self._to_server(pg.parse_message(sname, stmt.key))
         fifo.append((self.syncs_sent + 1, False, sname, name))
         return end
 
@@ -715,7 +749,7 @@ class ClientConnection(asyncio.Protocol):
             return sname, pos
         sname = self._register(srv, stmt.key)
         self._flush(data, run, pos)
-        srv.transport.write(pg.parse_message(sname, stmt.key))  # type: ignore[union-attr]
+        self._to_server(pg.parse_message(sname, stmt.key))
         self.parse_fifo.append((self.syncs_sent + 1, True, sname, b""))  # type: ignore[union-attr]
         return sname, pos
 
@@ -732,8 +766,8 @@ class ClientConnection(asyncio.Protocol):
         sname, _ = self._server_name(srv, stmt, data, run, pos)
         portal = data[pos + 5:pnul + 1]
         rest = data[snul:end]  # NUL of the statement name, then formats and parameters
-        srv.transport.write(b"B" + pg.pack_i32(4 + len(portal) + len(sname) + len(rest))  # type: ignore[union-attr]
-                            + portal + sname + rest)
+        self._to_server(b"B" + pg.pack_i32(4 + len(portal) + len(sname) + len(rest))
+                        + portal + sname + rest)
         return end
 
     def _describe_close(self, t: int, data: bytes, pos: int, end: int, run: int,
@@ -745,10 +779,10 @@ class ClientConnection(asyncio.Protocol):
         if t == 67:  # Close: the server copy stays for other clients; answer via a no-op
             del self.stmts[name]
             self._flush(data, run, pos)
-            srv.transport.write(pg.message(b"C", b"S" + _CLOSED_NAME + b"\0"))  # type: ignore[union-attr]
+            self._to_server(pg.message(b"C", b"S" + _CLOSED_NAME + b"\0"))
             return end
         sname, _ = self._server_name(srv, stmt, data, run, pos)
-        srv.transport.write(pg.message(b"D", b"S" + sname + b"\0"))  # type: ignore[union-attr]
+        self._to_server(pg.message(b"D", b"S" + sname + b"\0"))
         return end
 
     # -- server -> client --------------------------------------------------------------------
@@ -761,9 +795,7 @@ class ClientConnection(asyncio.Protocol):
             data = self.spartial + data
             self.spartial = b""
         n = len(data)
-        session = self.session
-        if session is not None:
-            session.bytes_out += n
+        self.session.bytes_out += n  # type: ignore[union-attr]
         ops = self.ops
         if ops:
             ops[0][0].bytes_out += n
@@ -775,6 +807,7 @@ class ClientConnection(asyncio.Protocol):
                 return
             self.sskip = 0
         run = 0
+        out: list[bytes] = []  # only when the stream is cut (injected or swallowed messages)
         while n - pos >= 5:
             t = data[pos]
             end = pos + 1 + _unpack_len(data, pos + 1)[0]
@@ -787,43 +820,59 @@ class ClientConnection(asyncio.Protocol):
                 continue
             if end > n:
                 break
+            if t not in _WATCHED:
+                pos = end
+                continue
             if t == 90:  # ReadyForQuery
                 if self.inject is not None:
-                    run = self._inject_at(data, run, pos, self.z_recv + 1, True)
+                    run = self._inject_at(out, data, run, pos, self.z_recv + 1, True)
                 z = self.z_recv = self.z_recv + 1
                 status = data[pos + 5:end]
                 srv = self.server
                 srv.status = status  # type: ignore[union-attr]
                 while ops and ops[0][2] <= z:
-                    self._finish_skipped(ops.popleft()[0])
+                    op = ops.popleft()[0]
+                    if op.ended is None:
+                        if op.error is None and self.batch_error is not None:
+                            op.error = self.batch_error  # skipped after an earlier error
+                        self._finish(op)
                 self.batch_error = None
                 self.copy_in = False
                 pos = end
                 if self.inject is not None:
-                    run = self._inject_at(data, run, pos, z, False)
+                    run = self._inject_at(out, data, run, pos, z, False)
                 if (status == b"I" and z == self.syncs_sent and not self.session_mode
                         and not self.unsynced):
                     if run < pos:
-                        self.transport.write(data if run == 0 and pos == n else data[run:pos])  # type: ignore[union-attr]
+                        out.append(data if run == 0 and pos == n else data[run:pos])
+                    if out:
+                        self.transport.write(out[0] if len(out) == 1 else b"".join(out))  # type: ignore[union-attr]
                     self._release()
                     if pos < n:
                         srv.data_received(data[pos:])  # type: ignore[union-attr]
                     return
                 continue
-            if t == 67:  # CommandComplete
+            if t == 67:  # CommandComplete: "SELECT 5", "INSERT 0 5", "COPY 3" ...
                 if ops:
                     op, is_query, _ = ops[0]
-                    self._count_rows(op, data, pos, end)
+                    sp = data.rfind(b" ", pos + 5, end - 1)
+                    if sp > 0 and 48 <= data[sp + 1] <= 57:
+                        count_ = int(data[sp + 1:end - 1])
+                        first = data[pos + 5]
+                        if first == 83 or first == 70 or (first == 67 and not self.copy_in):
+                            op.rows = count_ if op.rows is None else op.rows + count_
+                        else:  # INSERT UPDATE DELETE MERGE COPY-in
+                            op.written = count_ if op.written is None else op.written + count_
                     if not is_query:
                         ops.popleft()
                         self._finish(op)
             elif t == 69:  # ErrorResponse
-                run = self._server_error(data, run, pos, end)
+                run = self._server_error(out, data, run, pos, end)
             elif t == 49:  # ParseComplete
                 fifo = self.parse_fifo
                 if fifo and fifo.popleft()[1]:  # our own Parse: the client never asked
                     if run < pos:
-                        self.transport.write(data[run:pos])  # type: ignore[union-attr]
+                        out.append(data[run:pos])
                     run = end
             elif t == 83:  # ParameterStatus
                 self._parameter_status(data, pos, end)
@@ -834,22 +883,13 @@ class ClientConnection(asyncio.Protocol):
                 self.copy_in = True
             pos = end
         if run < pos:
-            self.transport.write(data if run == 0 and pos == n else data[run:pos])  # type: ignore[union-attr]
+            out.append(data if run == 0 and pos == n else data[run:pos])
+        if out:
+            self.transport.write(out[0] if len(out) == 1 else b"".join(out))  # type: ignore[union-attr]
         if pos < n:
             self.spartial = data[pos:]
 
-    def _count_rows(self, op: Operation, data: bytes, pos: int, end: int) -> None:
-        sp = data.rfind(b" ", pos + 5, end - 1)
-        if sp < 0 or not 48 <= data[sp + 1] <= 57:
-            return
-        count_ = int(data[sp + 1:end - 1])
-        first = data[pos + 5]
-        if first == 83 or first == 70 or (first == 67 and not self.copy_in):  # SELECT FETCH COPY-out
-            op.rows = (op.rows or 0) + count_
-        else:
-            op.written = (op.written or 0) + count_
-
-    def _server_error(self, data: bytes, run: int, pos: int, end: int) -> int:
+    def _server_error(self, out: list[bytes], data: bytes, run: int, pos: int, end: int) -> int:
         code = pg.error_sqlstate(data, pos, end)
         if pg.error_is_fatal(data, pos, end):
             self.saw_fatal = True
@@ -859,8 +899,8 @@ class ClientConnection(asyncio.Protocol):
             self.cancel_reject = None
             self.cancel_op = None
             if run < pos:
-                self.transport.write(data[run:pos])  # type: ignore[union-attr]
-            self.transport.write(reject_error(reject))  # type: ignore[union-attr]
+                out.append(data[run:pos])
+            out.append(reject_error(reject))
             run = end
         ops = self.ops
         if ops and ops[0][2] == self.z_recv + 1:
@@ -949,11 +989,12 @@ class ClientConnection(asyncio.Protocol):
             self.inject = []
         self.inject.append((z_index, before, payload, ready))
 
-    def _inject_at(self, data: bytes, run: int, pos: int, z_index: int, before: bool) -> int:
+    def _inject_at(self, out: list[bytes], data: bytes, run: int, pos: int, z_index: int,
+                   before: bool) -> int:
         """Write queued refusals that belong just before/after ReadyForQuery ``z_index``."""
         inject = self.inject
         assert inject is not None
-        out = []
+        payloads = []
         keep = []
         for entry in inject:
             if entry[0] == z_index and entry[1] == before:
@@ -961,21 +1002,24 @@ class ClientConnection(asyncio.Protocol):
                 if entry[3]:
                     srv = self.server
                     payload += pg.ready_for_query(srv.status if srv is not None else b"I")
-                out.append(payload)
+                payloads.append(payload)
             else:
                 keep.append(entry)
-        if not out:
+        if not payloads:
             return run
         self.inject = keep or None
         if run < pos:
-            self.transport.write(data[run:pos])  # type: ignore[union-attr]
-        self.transport.write(b"".join(out))  # type: ignore[union-attr]
+            out.append(data[run:pos])
+        out.extend(payloads)
         return pos
 
     # -- cancel ------------------------------------------------------------------------------
-    def _cancel_op(self, op: Operation, reject: Reject) -> None:
-        """``op.canceller``: stop ``op`` upstream and answer the client with ``reject``."""
-        if op.ended is not None or self.phase != RELAY:
+    def _cancel_current(self, reject: Reject) -> None:
+        """``op.canceller`` of every operation of this client (one bound method, not a
+        closure per operation): stop what runs upstream and answer with ``reject``.
+        ``Operation.cancel`` calls it only for an operation that has not ended, which is
+        the oldest one in flight: the statement a CancelRequest stops."""
+        if self.phase != RELAY:
             return
         if self.wait_task is not None and not self.wait_task.done():
             # Still waiting for the chain or a server: nothing runs upstream yet.
@@ -983,10 +1027,10 @@ class ClientConnection(asyncio.Protocol):
             self.wait_task.cancel()
             return
         srv = self.server
-        if srv is None:
+        if srv is None or not self.ops:
             return
         self.cancel_reject = reject
-        self.cancel_op = op
+        self.cancel_op = self.ops[0][0]
         self.fd.spawn(self.fd.cancel_upstream(srv))
 
     def cancel_from_client(self) -> None:
@@ -1109,6 +1153,9 @@ class ClientConnection(asyncio.Protocol):
                 "database": s.database if s else None, "server": self.server is not None,
                 "idle": self.is_idle()}
 
+
+#: Backend message types the relay looks into (all others pass by length only).
+_WATCHED = frozenset(b"ZCE1SIsG")
 
 #: Frontend message types of the extended protocol, plus FunctionCall.
 _EXTENDED = frozenset(b"PBDECHF")
