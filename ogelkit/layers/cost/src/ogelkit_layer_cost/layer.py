@@ -26,9 +26,9 @@ from collections.abc import Awaitable, Hashable
 from typing import Any
 
 from ogelkit import Capability, Layer, Operation, Reason, Reject
+from ogelkit.metrics import Decisions
 from ogelkit.tiers import Tier
 from ogelkit_layer_cost.cache import CostCache
-from ogelkit_layer_cost.decisions import Decisions
 from ogelkit_layer_cost.options import CostOptions
 
 log = logging.getLogger("ogelkit.layer.cost")

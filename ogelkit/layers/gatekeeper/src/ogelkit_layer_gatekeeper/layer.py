@@ -15,10 +15,10 @@ from collections import deque
 from typing import Any
 
 from ogelkit import Layer, Reason, Reject, Session
+from ogelkit.metrics import Decisions
 from ogelkit.state import OutagePolicy
 from ogelkit.tiers import Tier
 from ogelkit.units import format_duration
-from ogelkit_layer_gatekeeper.decisions import Decisions
 from ogelkit_layer_gatekeeper.leases import STATE_ERRORS, RedisLeases
 from ogelkit_layer_gatekeeper.options import GatekeeperOptions
 

@@ -18,9 +18,9 @@ from collections import deque
 from typing import Any
 
 from ogelkit import Layer, Operation, Reason, Reject
+from ogelkit.metrics import Decisions
 from ogelkit.tiers import Tier
 from ogelkit.units import format_duration
-from ogelkit_layer_timeout.decisions import Decisions
 from ogelkit_layer_timeout.options import TimeoutOptions
 
 log = logging.getLogger("ogelkit.layer.timeout")
