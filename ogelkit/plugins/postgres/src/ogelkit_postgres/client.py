@@ -96,6 +96,7 @@ class ClientConnection(asyncio.Protocol):
         "held",
         "inject",
         "key",
+        "last_server",
         "login_task",
         "max_msg",
         "ops",
@@ -152,6 +153,7 @@ class ClientConnection(asyncio.Protocol):
         self.settings_src: dict[str, str] | None = None
         self.key: tuple[int, int] | None = None
         self.server: ServerConnection | None = None
+        self.last_server: ServerConnection | None = None  # transaction mode: try it first
         # client -> server framing
         self.rbuf = b""
         self.cskip = 0  # bytes of a streamed message still to forward
@@ -330,12 +332,13 @@ class ClientConnection(asyncio.Protocol):
                 if resumed is not None:
                     op, verdict = resumed
                     resumed = None
-                else:
+                    verb = op.name if op is not None else \
+                        verb_of(data[pos + 5:end - 1].decode("utf-8", "replace"))
+                elif self.fd.observe:
                     text = data[pos + 5:end - 1].decode("utf-8", "replace")
-                    session = self.session
-                    op = Operation(session, "query", verb_of(text), text, ln + 1)  # type: ignore[arg-type]
+                    verb = verb_of(text)
+                    op = Operation(self.session, "query", verb, text, ln + 1)  # type: ignore[arg-type]
                     op.canceller = self.canceller
-                    session.operations += 1  # type: ignore[union-attr]
                     try:
                         verdict = self.chain.admit(op)
                     except Reject as rej:
@@ -346,8 +349,11 @@ class ClientConnection(asyncio.Protocol):
                         self._flush(data, run, pos)
                         self._suspend(data, pos, op, verdict)
                         return
-                assert op is not None
-                if verdict is None and not self.session_mode and op.name == "LISTEN":
+                else:  # no layer looks at operations: build none
+                    op = verdict = None
+                    verb = "" if self.session_mode else \
+                        verb_of(data[pos + 5:end - 1].decode("utf-8", "replace"))
+                if verdict is None and verb == "LISTEN" and not self.session_mode:
                     verdict = self._listen_refused()
                 if verdict is not None:
                     self._flush(data, run, pos)
@@ -367,10 +373,14 @@ class ClientConnection(asyncio.Protocol):
                         self._flush(data, run, pos)
                         run = pos
                         self._reapply(srv)
-                elif op.name in ("SET", "RESET", "DISCARD", "DEALLOCATE"):
-                    self._server_state_changed(srv, op.name)
+                elif verb in ("SET", "RESET", "DISCARD", "DEALLOCATE"):
+                    self._server_state_changed(srv, verb)
                 self.syncs_sent += 1
-                self.ops.append((op, True, self.syncs_sent))
+                self.session.operations += 1  # type: ignore[union-attr]
+                if op is not None:
+                    self.ops.append((op, True, self.syncs_sent))
+                else:
+                    self.fd.n_ok += 1
                 pos = end
                 continue
 
@@ -416,7 +426,7 @@ class ClientConnection(asyncio.Protocol):
                 if resumed is not None:
                     op, verdict = resumed
                     resumed = None
-                else:
+                elif self.fd.observe:
                     op = self._execute_op(data, pos, end)
                     verdict = self._admit(op)
                     if verdict is not None and not isinstance(verdict, (Reject, bytes)):
@@ -443,15 +453,21 @@ class ClientConnection(asyncio.Protocol):
                     self._suspend(data, pos, op, None)
                     return
             if t == 69:
-                self.ops.append((op, False, self.syncs_sent + 1))  # type: ignore[arg-type]
+                self.session.operations += 1  # type: ignore[union-attr]
+                if op is not None:
+                    self.ops.append((op, False, self.syncs_sent + 1))
+                else:
+                    self.fd.n_ok += 1
             elif t == 70:  # FunctionCall: answered with ReadyForQuery like a Query
                 self.syncs_sent += 1
                 pos = end
                 continue
             elif t == 80:  # Parse
-                run = self._parse(data, pos, end, run, srv)
+                if not self.session_mode or self.fd.observe:  # else: nothing to track
+                    run = self._parse(data, pos, end, run, srv)
             elif t == 66:  # Bind
-                run = self._bind(data, pos, end, run, srv)
+                if not self.session_mode or self.fd.observe:
+                    run = self._bind(data, pos, end, run, srv)
             elif (t == 68 or t == 67) and not self.session_mode and data[pos + 5] == 83 \
                     and end - pos > 7:  # Describe / Close of a named statement
                 run = self._describe_close(t, data, pos, end, run, srv)
@@ -484,10 +500,8 @@ class ClientConnection(asyncio.Protocol):
 
     # -- operations --------------------------------------------------------------------------
     def _new_op(self, verb: str, text: str | None, size: int) -> Operation:
-        session = self.session
-        op = Operation(session, "query", verb, text, size)  # type: ignore[arg-type]
+        op = Operation(self.session, "query", verb, text, size)  # type: ignore[arg-type]
         op.canceller = self.canceller
-        session.operations += 1  # type: ignore[union-attr]
         return op
 
     def _execute_op(self, data: bytes, pos: int, end: int) -> Operation:
@@ -525,30 +539,35 @@ class ClientConnection(asyncio.Protocol):
         if verb in ("DISCARD", "DEALLOCATE"):
             srv.forget_prepared()
 
-    def _refuse_query(self, op: Operation, verdict: Reject | bytes) -> None:
+    def _refused(self, op: Operation | None, verdict: Reject | bytes) -> bytes:
+        """Record a refusal on ``op`` (or in the counters when no op was built); the
+        ErrorResponse to send."""
         if isinstance(verdict, Reject):
-            op.rejection = op.rejection or verdict
             payload = reject_error(verdict)
+            if op is None:
+                self.fd.n_rejected += 1
+                return payload
+            op.rejection = op.rejection or verdict
         else:
             payload = verdict
+            if op is None:
+                self.fd.n_error += 1
+                return payload
             op.error = pg.error_fields(verdict[5:]).get("C", "08006")
         self._finish(op)
+        return payload
+
+    def _refuse_query(self, op: Operation | None, verdict: Reject | bytes) -> None:
+        payload = self._refused(op, verdict)
         if self.z_recv < self.syncs_sent:
             self._queue_inject(self.syncs_sent, False, payload, True)
         else:
             srv = self.server
             self._write(payload + pg.ready_for_query(srv.status if srv is not None else b"I"))
 
-    def _refuse_execute(self, op: Operation, verdict: Reject | bytes) -> None:
-        if isinstance(verdict, Reject):
-            op.rejection = op.rejection or verdict
-            payload = reject_error(verdict)
-        else:
-            payload = verdict
-            op.error = pg.error_fields(verdict[5:]).get("C", "08006")
-        self._finish(op)
+    def _refuse_execute(self, op: Operation | None, verdict: Reject | bytes) -> None:
+        self.discard_error = self._refused(op, verdict)
         self.discarding = True
-        self.discard_error = payload
 
     def _finish(self, op: Operation) -> None:
         op.ended = _monotonic()
@@ -629,7 +648,7 @@ class ClientConnection(asyncio.Protocol):
 
     # -- server checkout / release -------------------------------------------------------------
     def _checkout(self) -> ServerConnection | None:
-        srv = self.pool.take()  # type: ignore[union-attr]
+        srv = self.pool.take(self.last_server)  # type: ignore[union-attr]
         if srv is not None:
             self._attach(srv)
         return srv
@@ -683,6 +702,7 @@ class ClientConnection(asyncio.Protocol):
         srv = self.server
         assert srv is not None
         self.server = None
+        self.last_server = srv
         srv.client = None
         if srv.reading_paused:
             srv.resume()
@@ -758,16 +778,22 @@ class ClientConnection(asyncio.Protocol):
         snul = data.index(0, pnul + 1, end)
         name = data[pnul + 1:snul]
         stmt = self.stmts.get(name)
-        self.bind_size = end - pos
-        if stmt is not None:
-            self.portals[data[pos + 5:pnul]] = stmt
+        if self.fd.observe:  # the Execute that follows reports the statement's text
+            self.bind_size = end - pos
+            if stmt is not None:
+                self.portals[data[pos + 5:pnul]] = stmt
         if self.session_mode or not name or stmt is None:
             return run
-        sname, _ = self._server_name(srv, stmt, data, run, pos)
-        portal = data[pos + 5:pnul + 1]
+        sname = srv.by_key.get(stmt.key)
+        if sname is None:
+            sname, _ = self._server_name(srv, stmt, data, run, pos)
+        else:
+            srv.prepared.move_to_end(sname)
+            self._flush(data, run, pos)
         rest = data[snul:end]  # NUL of the statement name, then formats and parameters
-        self._to_server(b"B" + pg.pack_i32(4 + len(portal) + len(sname) + len(rest))
-                        + portal + sname + rest)
+        self.out.append(b"".join((  # type: ignore[union-attr]
+            b"B", pg.pack_i32(4 + pnul + 1 - pos - 5 + len(sname) + len(rest)),
+            data[pos + 5:pnul + 1], sname, rest)))
         return end
 
     def _describe_close(self, t: int, data: bytes, pos: int, end: int, run: int,
@@ -910,6 +936,11 @@ class ClientConnection(asyncio.Protocol):
             if not is_query:
                 ops.popleft()
                 self._finish(op)
+        elif not self.fd.observe and self.batch_error is None:
+            # No operation objects: move the batch's operation from "ok" to "error".
+            fd = self.fd
+            fd.n_ok -= 1
+            fd.n_error += 1
         self.batch_error = code
         fifo = self.parse_fifo
         if fifo:  # the server skips the rest of this batch: those Parses never happen

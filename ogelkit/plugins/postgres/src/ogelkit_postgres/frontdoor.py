@@ -44,12 +44,19 @@ class PostgresFrontDoor(FrontDoor):
         self._ops_error = m.operations.labels("postgres", "error")
         self._ops_rejected = m.operations.labels("postgres", "rejected")
         self._checkout = {b.name: m.checkout_seconds.labels(b.name) for b in backends}
+        self.observe = True
         self.n_ok = self.n_error = self.n_rejected = 0
         self._pub_ok = self._pub_error = self._pub_rejected = 0
 
     # -- lifecycle -------------------------------------------------------------------------
     async def start(self) -> list[tuple[str, int]]:
         self.loop = asyncio.get_running_loop()
+        chain = self.context.chain
+        # Operations are built only when some layer looks at them (as the Redis front door
+        # does): without such layers a statement costs no per-statement objects.
+        self.observe = chain is not None and any(
+            "on_operation" in layer.phases or "on_complete" in layer.phases
+            for layer in chain.layers)
         listen = self.context.config.listen
         if listen.tls_cert:
             self.ssl_context = make_ssl_context(listen.tls_cert, listen.tls_key)
@@ -134,7 +141,7 @@ class PostgresFrontDoor(FrontDoor):
                                      (self._ops_error, self.n_error, "_pub_error"),
                                      (self._ops_rejected, self.n_rejected, "_pub_rejected")):
             delta = value - getattr(self, attr)
-            if delta:
+            if delta > 0:  # "ok" can step back when an error arrives for a counted op
                 counter.inc(delta)
                 setattr(self, attr, value)
 

@@ -56,8 +56,18 @@ class Pool:
         self.limit = self.cfg.pool_size if cap is None else max(1, min(self.cfg.pool_size, cap))
 
     # -- checkout --------------------------------------------------------------------------
-    def take(self) -> ServerConnection | None:
+    def take(self, prefer: ServerConnection | None = None) -> ServerConnection | None:
+        """An idle connection, ``prefer`` (the client's previous one) when it is idle: a
+        client that keeps its server keeps the same sockets, buffers and backend hot."""
         idle = self.idle
+        if prefer is not None and idle and idle[-1] is not prefer and not prefer.closed:
+            try:
+                idle.remove(prefer)
+            except ValueError:
+                pass
+            else:
+                self.used = True
+                return prefer
         while idle:
             srv = idle.pop()
             if not srv.closed:
@@ -140,7 +150,8 @@ class Pool:
         now = time.monotonic()
         self.last_active = now
         if (self.closed or self.asleep or srv.status != b"I"
-                or now - srv.created > self.cfg.server_lifetime or self.size > self.limit):
+                or now - srv.created > self.cfg.server_lifetime
+                or len(self.members) > self.limit):
             srv.close()
             return
         waiters = self.waiters
