@@ -59,6 +59,7 @@ class _ProbePlugin:
 
 LAYERS = '[[layers]]\ntype = "session"\n\n[[layers]]\ntype = "pgprobe"\n'
 T = Tenant(unique("pgpo"), tier="pro")
+MOVER = Tenant(unique("pgpm"), tier="free")  # changes tier in one test
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +67,7 @@ def gw():
     # (ogelkit.plugins cannot be imported by name here: pytest's importlib mode names this
     # file ogelkit.plugins.postgres.tests..., which shadows it.)
     plugins = isolated_plugins(("pgprobe", _ProbePlugin()), entry_points=True)
-    with pg_gateway([T], backend_options="pool_size = 10", extra=LAYERS,
+    with pg_gateway([T, MOVER], backend_options="pool_size = 10", extra=LAYERS,
                     plugins=plugins) as gw:
         yield gw
 
@@ -377,3 +378,41 @@ def test_concurrent_threads_mixed_workload(gw):
     for th in threads:
         th.join(60)
     assert failures == []
+
+
+@pytest.mark.parametrize("mode", ["transaction", "session"])
+def test_tier_change_reaches_open_sessions_at_their_next_checkout(gw, mode):
+    """The session layer recomputes session.settings on a tier change; the pool applies
+    them before the client's next statement (transaction mode: next transaction; session
+    mode: next statement outside a transaction)."""
+    if mode == "session":
+        t = Tenant(unique("pgsm"), tier="free")
+        ctx = pg_gateway([t], mode="session", extra='[[layers]]\ntype = "session"\n')
+    else:
+        t, ctx = MOVER, None
+    with (ctx if ctx is not None else _same(gw)) as g, \
+            psycopg.connect(g.conninfo(t, sslmode="disable"), autocommit=True) as conn:
+        assert conn.execute("SHOW work_mem").fetchone() == ("16MB",)
+        store = g.context.store
+        g.call(store.update_tenant(t.slug, tier="starter"))
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            got = conn.execute("SHOW work_mem").fetchone()
+            if got == ("64MB",):
+                break
+            time.sleep(0.2)
+        assert got == ("64MB",)
+        assert conn.execute("SHOW statement_timeout").fetchone() == ("30s",)
+        assert conn.execute("SELECT current_setting('application_name')").fetchone() == \
+            (f"o7s:starter:{t.slug}",)
+
+
+class _same:
+    def __init__(self, value):
+        self.value = value
+
+    def __enter__(self):
+        return self.value
+
+    def __exit__(self, *exc):
+        return False

@@ -4,6 +4,7 @@ gateway replicas through Redis."""
 from __future__ import annotations
 
 import asyncio
+import signal
 import socket
 import threading
 import time
@@ -12,8 +13,9 @@ import psycopg
 import pytest
 from ogelkit_postgres import protocol as pg
 from ogelkit_postgres.backend import parse_dsn
-from ogelkit_postgres.testing import RawClient, Tenant, pg_gateway, unique
+from ogelkit_postgres.testing import PREFIX, RawClient, Tenant, gateway_config, pg_gateway, unique
 
+from ogelkit.testing import GatewayProcess
 from ogelkit.testing.services import pg_dsn, redis_url
 
 
@@ -160,3 +162,55 @@ def test_cancel_reaches_the_replica_holding_the_client(tmp_path):
             assert client.until(b"Z")[-1] == (b"Z", b"I")
         finally:
             client.close()
+
+
+def test_sigterm_drains_idle_clients_and_lets_transactions_finish(tmp_path):
+    """A real ``ogelkit run``: SIGTERM closes idle clients at once (57P01) and lets a client
+    in a transaction finish it before it is closed; then the process exits cleanly."""
+    t = Tenant(unique("pgdr"))
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    control = f"sqlite:///{tmp_path}/control.db"
+    config = gateway_config([t], control_url=control).replace("postgres = 0", f"postgres = {port}")
+    proc = GatewayProcess(config, workdir=str(tmp_path)).start()
+    info = (f"host=127.0.0.1 port={port} user={t.slug} password={t.password} dbname=main "
+            "sslmode=disable")
+    try:
+        idle = psycopg.connect(info, autocommit=True)
+        busy = psycopg.connect(info)
+        busy.execute("CREATE TABLE drained (a int)")  # a transaction is open
+        proc.signal(signal.SIGTERM)
+        time.sleep(0.5)
+        with pytest.raises(psycopg.OperationalError, match="shutting down"):
+            idle.execute("SELECT 1")
+        busy.execute("INSERT INTO drained VALUES (1)")  # still served while draining
+        busy.commit()
+        with pytest.raises(psycopg.OperationalError):
+            for _ in range(20):
+                busy.execute("SELECT 1")
+                busy.commit()
+                time.sleep(0.1)
+        assert proc.wait(15) == 0
+        idle.close()
+        busy.close()
+    finally:
+        proc.kill()
+        asyncio.run(_deprovision(t))
+
+
+async def _deprovision(t: Tenant) -> None:
+    from ogelkit_postgres.backend import PostgresBackend
+    from ogelkit_postgres.options import PostgresOptions
+
+    from ogelkit.control.records import DatabaseRecord, TenantRecord
+    from ogelkit.testing import test_context
+    async with test_context() as ctx:
+        backend = PostgresBackend(PostgresOptions(dsn=pg_dsn(), name_prefix=PREFIX), name="pg",
+                                  context=ctx)
+        await backend.open()
+        try:
+            await backend.deprovision(TenantRecord(t.slug, t.tier),
+                                      DatabaseRecord(t.slug, "main", "postgres", "pg", {}))
+        finally:
+            await backend.close()

@@ -366,13 +366,8 @@ class ClientConnection(asyncio.Protocol):
                         self._suspend(data, pos, op, None)
                         return
                 if self.session_mode:
-                    if (self.session.settings is not self.settings_src  # type: ignore[union-attr]
-                            and self.z_recv == self.syncs_sent and not self.unsynced):
-                        # The tier changed during the session; our SET must be answered
-                        # first, so only when nothing else is in flight.
-                        self._flush(data, run, pos)
-                        run = pos
-                        self._reapply(srv)
+                    if self.session.settings is not self.settings_src:  # type: ignore[union-attr]
+                        run = self._reapply(srv, data, run, pos)
                 elif verb in ("SET", "RESET", "DISCARD", "DEALLOCATE"):
                     self._server_state_changed(srv, verb)
                 self.syncs_sent += 1
@@ -452,6 +447,8 @@ class ClientConnection(asyncio.Protocol):
                 if srv is None:
                     self._suspend(data, pos, op, None)
                     return
+            elif self.session_mode and self.session.settings is not self.settings_src:  # type: ignore[union-attr]
+                run = self._reapply(srv, data, run, pos)
             if t == 69:
                 self.session.operations += 1  # type: ignore[union-attr]
                 if op is not None:
@@ -673,7 +670,17 @@ class ClientConnection(asyncio.Protocol):
                 "DEALLOCATE " + pg.quote_ident(n.decode()) for n in names)))
             self.swallow_z += 1
 
-    def _reapply(self, srv: ServerConnection) -> None:
+    def _reapply(self, srv: ServerConnection, data: bytes, run: int, pos: int) -> int:
+        """Session mode: the tier changed during the session. Our SET must be answered
+        before anything else, so it goes out only when nothing is in flight (the next
+        statement outside a pipeline); returns the new start of the unforwarded bytes."""
+        if self.z_recv != self.syncs_sent or self.unsynced:
+            return run
+        self._flush(data, run, pos)
+        self._apply_now(srv)
+        return pos
+
+    def _apply_now(self, srv: ServerConnection) -> None:
         settings = self.session.settings  # type: ignore[union-attr]
         self.settings_src = settings
         desired = {**self.startup_settings, **settings}
