@@ -1,11 +1,11 @@
 import pytest
+from ogelkit_layer_denylist import DenylistLayer, DenylistOptions
 
 from ogelkit.chain import Chain
 from ogelkit.model import Reject
 from ogelkit.plugins import load_plugins
 from ogelkit.testing import make_operation, make_session
 from ogelkit.testing.contracts import LayerContract
-from ogelkit_layer_denylist import DenylistLayer, DenylistOptions
 
 
 def test_discovered_through_its_entry_point():
