@@ -278,8 +278,8 @@ async def _login(conn: ClientConnection) -> None:
     except Reject as rej:
         refuse(conn, rej)
 
-    # SCRAM-SHA-256 against the control plane's verifier (a stable fake one for unknown
-    # tenants, so a stranger cannot tell a wrong password from a tenant that does not exist).
+    # SCRAM-SHA-256 against the control plane's verifier; an unknown tenant goes through the
+    # same exchange with a stable fake verifier, so the flow and timing do not tell.
     scram = ScramServer(ctx.directory.verifier_for(slug, entry))
     conn.transport.write(pg.auth_sasl([MECHANISM]))  # type: ignore[union-attr]
     body = await read_typed(conn, pg.T.PASSWORD)
@@ -299,6 +299,10 @@ async def _login(conn: ClientConnection) -> None:
     try:
         final = scram.final(body)
     except (ScramError, UnicodeDecodeError):
+        if entry is None:
+            # 3D000 for an unknown tenant (the issue's contract), worded exactly like a
+            # database a known tenant does not have: the text never names a tenant.
+            refuse(conn, Reject(Reason.UNKNOWN, f'database "{database}" does not exist'))
         refuse(conn, Reject(Reason.AUTH, f'password authentication failed for user "{user}"'),
                "auth_failed")
     assert entry is not None  # a fake verifier never accepts a proof
