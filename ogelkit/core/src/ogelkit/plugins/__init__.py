@@ -2,6 +2,10 @@
 
 Nothing happens at import time; ``load_plugins()`` is a factory. A plugin that fails to import
 is recorded with its name, distribution and version and the others still load.
+
+A package rather than a module so it has a ``__path__``: pytest's importlib mode derives test
+module names such as ``ogelkit.plugins.postgres.tests.test_login`` from the repository layout
+and would otherwise replace a plain ``ogelkit.plugins`` module with a namespace package.
 """
 
 from __future__ import annotations
