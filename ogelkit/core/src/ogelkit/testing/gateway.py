@@ -113,7 +113,10 @@ def gateway_thread(config: Config | str, *, plugins: Plugins | None = None,
     try:
         yield RunningGateway(gateway, box["addresses"])
     finally:
-        box["loop"].call_soon_threadsafe(gateway.request_stop)
+        try:
+            box["loop"].call_soon_threadsafe(gateway.request_stop)
+        except RuntimeError:  # the loop already ended (the test stopped the gateway itself)
+            pass
         thread.join(timeout + cfg.gateway.drain_timeout)
 
 
