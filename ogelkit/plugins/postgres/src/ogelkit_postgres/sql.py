@@ -51,8 +51,8 @@ EXPLAINABLE = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE", "MERGE", "WITH"
 
 _TOKENS = re.compile(r"""
     (?P<comment>--[^\n]*|/\*.*?\*/)
-  | (?P<dollar>\$(?P<tag>[A-Za-z_][A-Za-z_0-9]*)?\$.*?\$(?P=tag)?\$)
-  | (?P<string>[EeBbXxNn]?'(?:[^']|'')*')
+  | (?P<dollar>\$(?P<tag>[A-Za-z_][A-Za-z_0-9]*)?\$.*?\$(?(tag)(?P=tag))\$)
+  | (?P<string>[Ee]'(?:[^'\\]|\\.|'')*'|[BbXxNn]?'(?:[^']|'')*')
   | (?P<ident>"(?:[^"]|"")*"|[A-Za-z_][A-Za-z_0-9$]*)
   | (?P<param>\$\d+)
   | (?P<number>(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)
@@ -61,6 +61,23 @@ _TOKENS = re.compile(r"""
 
 _LIST = re.compile(r"\(\s*\?(?:\s*,\s*\?)+\s*\)")
 
+# The fast path. In an ASCII statement without quotes (' or "), comments (-- or /*) and
+# dollar-quote openers ($$, $tag$), the tokenizer above can only find identifiers, $n
+# parameters, numbers and white space, and only numbers change. A number starts (1) at a
+# digit whose previous character cannot end an identifier or a $n parameter (the tokenizer
+# consumes both greedily, digits included), or (2) at a dot followed by digits, wherever
+# it is (in "a1.5" or "1.2.3" the dot starts a new number). Every other digit lies inside
+# an identifier, a parameter or a number already matched. Both branches begin with one
+# character class, so re scans for it instead of trying every position.
+# tests/test_sql.py checks that this path and the tokenizer agree.
+_FAST_NUMBER = re.compile(r"""
+    [0-9.]
+    (?: (?<=[0-9]) (?<![A-Za-z_0-9$][0-9]) [0-9]* \.? [0-9]*   # (1) digits[.digits]
+      | (?<=\.) [0-9]+ )                                      # (2) .digits
+    (?:[eE][+-]?[0-9]+)?
+""", re.X)
+_DOLLAR_QUOTE = re.compile(r"\$(?:[A-Za-z_][A-Za-z_0-9]*)?\$")
+
 
 def normalize(text: str) -> str:
     """Literals -> ``?``, comments dropped, whitespace collapsed, lists of literals folded.
@@ -68,6 +85,21 @@ def normalize(text: str) -> str:
     >>> normalize("SELECT * FROM t WHERE a = 42 AND b IN ('x', 'y')  -- hi")
     'SELECT * FROM t WHERE a = ? AND b IN (?)'
     """
+    fast = _normalize_fast(text)
+    return fast if fast is not None else _normalize_tokens(text)
+
+
+def _normalize_fast(text: str) -> str | None:
+    """``normalize`` for statements with no quote, comment or dollar quote (about 4x faster:
+    pgbench and ORMs that inline numbers); None when the statement has any of them."""
+    if (not text.isascii() or "'" in text or '"' in text or "--" in text or "/*" in text
+            or ("$" in text and _DOLLAR_QUOTE.search(text) is not None)):
+        return None
+    return _tidy(_FAST_NUMBER.sub("?", text))
+
+
+def _normalize_tokens(text: str) -> str:
+    """``normalize`` by tokenizing: the reference for any statement."""
     out: list[str] = []
     pos = 0
     for m in _TOKENS.finditer(text):
@@ -84,5 +116,11 @@ def normalize(text: str) -> str:
             out.append(m.group())
         pos = m.end()
     out.append(text[pos:])
-    joined = " ".join("".join(out).split())
-    return _LIST.sub("(?)", joined).rstrip(" ;")
+    return _tidy("".join(out))
+
+
+def _tidy(text: str) -> str:
+    joined = " ".join(text.split())
+    if "(" in joined:
+        joined = _LIST.sub("(?)", joined)
+    return joined.rstrip(" ;")
