@@ -8,7 +8,7 @@ UV_VERSION=0.13.9
 if ! command -v uv >/dev/null 2>&1 || [ "$(uv --version | cut -d' ' -f2)" != "$UV_VERSION" ]; then
   python3 -m pip install --quiet --disable-pip-version-check "uv==$UV_VERSION"
 fi
-# uv.lock pins every third-party version; uv keeps those pins and only resolves what the
-# lock does not know yet (a plugin added since the lock was written).
-uv sync --all-packages --quiet
+# --locked: install exactly uv.lock's versions, and fail (rather than silently re-resolve)
+# when a pyproject.toml changed without `uv lock`.
+uv sync --all-packages --locked --quiet
 echo "workspace installed in $(pwd)/.venv (activate: source .venv/bin/activate)"
