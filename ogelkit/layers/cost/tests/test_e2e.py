@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import urllib.request
 
 import asyncpg
 import psycopg
@@ -28,15 +27,6 @@ def _only_these_plugins(monkeypatch):
 
 def _layer(gw: PgGateway):
     return next(layer for layer in gw.context.layers if layer.type_name == "cost")
-
-
-def _metric(gw: PgGateway, name: str, **labels: str) -> float:
-    url = f"http://127.0.0.1:{gw.running.port('http')}/metrics"
-    text = urllib.request.urlopen(url, timeout=10).read().decode()
-    for line in text.splitlines():
-        if line.startswith(f"{name}{{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            return float(line.rsplit(" ", 1)[1])
-    raise AssertionError(f"no {name} {labels} in /metrics")
 
 
 def _setup(gw: PgGateway, t: Tenant) -> None:
@@ -81,9 +71,9 @@ def test_cross_join_over_a_large_table_is_refused_on_free_and_runs_on_pro():
         # psycopg, pro: runs
         with psycopg.connect(gw.conninfo(pro), autocommit=True) as conn:
             assert conn.execute(CROSS_JOIN).fetchone() == (2_000_000,)
-        assert _metric(gw, "ogelkit_layer_decisions_total", layer="cost", decision="rejected",
+        assert gw.running.metric("ogelkit_layer_decisions_total", layer="cost", decision="rejected",
                        reason="cost", tier="free") == 2
-        assert _metric(gw, "ogelkit_layer_decisions_total", layer="cost", decision="allowed",
+        assert gw.running.metric("ogelkit_layer_decisions_total", layer="cost", decision="allowed",
                        reason="ok", tier="pro") >= 2
 
 
@@ -121,5 +111,5 @@ def test_warn_mode_runs_the_statement_and_counts_it():
         _setup(gw, t)
         with psycopg.connect(gw.conninfo(t), autocommit=True) as conn:
             assert conn.execute(CROSS_JOIN).fetchone() == (2_000_000,)
-        assert _metric(gw, "ogelkit_layer_decisions_total", layer="cost", decision="warned",
+        assert gw.running.metric("ogelkit_layer_decisions_total", layer="cost", decision="warned",
                        reason="cost", tier="free") == 1

@@ -11,14 +11,13 @@ import subprocess
 import sys
 import threading
 import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 
 import asyncpg
 import psycopg
 import pytest
-from ogelkit_postgres.testing import PgGateway, Tenant, pg_gateway, unique
+from ogelkit_postgres.testing import Tenant, pg_gateway, unique
 
 from ogelkit.testing import GatewayProcess, test_secret_key
 from ogelkit.testing.redis_server import PrivateRedis, free_port
@@ -43,16 +42,6 @@ def _connect_error(gw_port: int, tenant: Tenant, database: str = "main") -> asyn
         await conn.close()
         raise AssertionError("connection was admitted")
     return asyncio.run(go())
-
-
-def _metric(gw: PgGateway, name: str, **labels: str) -> float:
-    url = f"http://127.0.0.1:{gw.running.port('http')}/metrics"
-    text = urllib.request.urlopen(url, timeout=10).read().decode()
-    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
-    for line in text.splitlines():
-        if line.startswith(f"{name}{{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            return float(line.rsplit(" ", 1)[1])
-    raise AssertionError(f"no {name}{{{want}}} in /metrics")
 
 
 def test_sixth_connection_of_a_free_tenant_gets_53300():
@@ -137,9 +126,9 @@ def test_redis_stopped_mid_run_fails_open_logged_and_counted(caplog):
                     assert c.execute("SELECT 1").fetchone() == (1,)
                 # the cap still holds, counted by this replica alone
                 assert _connect_error(gw.port, t).sqlstate == "53300"
-                assert _metric(gw, "ogelkit_state_unavailable_total", layer="gatekeeper",
+                assert gw.running.metric("ogelkit_state_unavailable_total", layer="gatekeeper",
                                policy="open") == 4
-                assert _metric(gw, "ogelkit_layer_decisions_total", layer="gatekeeper",
+                assert gw.running.metric("ogelkit_layer_decisions_total", layer="gatekeeper",
                                decision="allowed", reason="state_down", tier="free") == 3
             finally:
                 for c in first + during:

@@ -1,25 +1,9 @@
-"""Fixtures of the ratelimit tests: a unique Redis key prefix on the shared test Redis."""
-
-from __future__ import annotations
-
-import uuid
-from collections.abc import Iterator
+"""Fixtures of the ratelimit tests."""
 
 import pytest
-import redis
-
-from ogelkit.testing import services
 
 
 @pytest.fixture
-def key_prefix() -> Iterator[str]:
-    """A key prefix no other test uses; its keys are deleted afterwards."""
-    prefix = f"o7s-test-rl-{uuid.uuid4().hex[:10]}:"
-    yield prefix
-    client = redis.Redis.from_url(services.redis_url())
-    try:
-        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
-        if keys:
-            client.delete(*keys)
-    finally:
-        client.close()
+def key_prefix(redis_key_prefix: str) -> str:
+    """A Redis key prefix no other test uses (ogelkit.testing's redis_key_prefix)."""
+    return redis_key_prefix

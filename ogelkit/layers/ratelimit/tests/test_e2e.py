@@ -9,14 +9,13 @@ import os
 import subprocess
 import sys
 import time
-import urllib.request
 import uuid
 from collections.abc import Iterator
 
 import asyncpg
 import psycopg
 import pytest
-from ogelkit_postgres.testing import PgGateway, Tenant, pg_gateway, unique
+from ogelkit_postgres.testing import Tenant, pg_gateway, unique
 
 from ogelkit.testing import GatewayProcess, test_secret_key
 from ogelkit.testing.redis_server import PrivateRedis, free_port
@@ -29,15 +28,6 @@ LAYER = '[[layers]]\ntype = "ratelimit"\n'
 @pytest.fixture(autouse=True)
 def _only_these_plugins(monkeypatch):
     monkeypatch.setenv("OGELKIT_LOAD_PLUGINS", PLUGINS)
-
-
-def _metric(gw: PgGateway, name: str, **labels: str) -> float:
-    url = f"http://127.0.0.1:{gw.running.port('http')}/metrics"
-    text = urllib.request.urlopen(url, timeout=10).read().decode()
-    for line in text.splitlines():
-        if line.startswith(f"{name}{{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            return float(line.rsplit(" ", 1)[1])
-    raise AssertionError(f"no {name} {labels} in /metrics")
 
 
 async def _burst(kw: dict, n: int) -> tuple[list[bool], list[asyncpg.PostgresError]]:
@@ -86,7 +76,7 @@ def test_burst_of_100_from_a_free_tenant_sees_20_pass_and_the_rest_limited():
             assert info.value.sqlstate == "53400"
             time.sleep(0.25)
             assert conn.execute("SELECT 7").fetchone() == (7,)
-        assert _metric(gw, "ogelkit_layer_decisions_total", layer="ratelimit",
+        assert gw.running.metric("ogelkit_layer_decisions_total", layer="ratelimit",
                        decision="rejected", reason="rate", tier="free") >= 79
 
 
@@ -125,7 +115,7 @@ def test_delay_mode_holds_queries_back_instead_of_refusing():
                 await conn.close()
         elapsed = asyncio.run(go())
         assert 0.85 <= elapsed < 1.6  # 20 at once, then one per 100 ms
-        assert _metric(gw, "ogelkit_layer_decisions_total", layer="ratelimit",
+        assert gw.running.metric("ogelkit_layer_decisions_total", layer="ratelimit",
                        decision="delayed", reason="rate", tier="free") >= 9
 
 
@@ -146,7 +136,7 @@ def test_redis_stopped_mid_run_fails_open_to_the_local_bucket(caplog):
                 except psycopg.Error as exc:
                     assert exc.sqlstate == "53400"  # the local bucket still limits
             assert ok == 20
-            assert _metric(gw, "ogelkit_state_unavailable_total", layer="ratelimit",
+            assert gw.running.metric("ogelkit_state_unavailable_total", layer="ratelimit",
                            policy="open") == 30
             outage = [r for r in caplog.records if "shared state unavailable" in r.getMessage()]
             assert len(outage) == 1

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import urllib.request
 
 import asyncpg
 import psycopg
@@ -23,15 +22,6 @@ FAST = LAYER + '[tiers.starter]\nstatement_timeout = "1s"\n'
 @pytest.fixture(autouse=True)
 def _only_these_plugins(monkeypatch):
     monkeypatch.setenv("OGELKIT_LOAD_PLUGINS", PLUGINS)
-
-
-def _metric(gw: PgGateway, name: str, **labels: str) -> float:
-    url = f"http://127.0.0.1:{gw.running.port('http')}/metrics"
-    text = urllib.request.urlopen(url, timeout=10).read().decode()
-    for line in text.splitlines():
-        if line.startswith(f"{name}{{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            return float(line.rsplit(" ", 1)[1])
-    raise AssertionError(f"no {name} {labels} in /metrics")
 
 
 def _sleeping_upstream(gw: PgGateway, t: Tenant) -> int:
@@ -81,7 +71,7 @@ def test_pg_sleep_15_on_free_gets_57014_after_10_seconds():
         assert diag.message_detail == "statement timeout 10s on tier free."
         assert diag.message_hint == "Upgrade to starter for a 30s statement timeout."
         assert _sleeping_upstream(gw, t) == 0  # cancelled upstream, not just answered
-        assert _metric(gw, "ogelkit_layer_decisions_total", layer="timeout", decision="rejected",
+        assert gw.running.metric("ogelkit_layer_decisions_total", layer="timeout", decision="rejected",
                        reason="timeout", tier="free") == 2
 
 

@@ -56,6 +56,23 @@ class RunningGateway:
     def url(self, path: str = "/") -> str:
         return f"http://127.0.0.1:{self.port('http')}{path}"
 
+    def metric(self, name: str, **labels: str) -> float:
+        """One sample of the gateway's /metrics, e.g. ``metric("ogelkit_layer_decisions_total",
+        layer="ratelimit", decision="rejected")``; AssertionError when there is none."""
+        return metric_value(self.url("/metrics"), name, **labels)
+
+
+def metric_value(url: str, name: str, **labels: str) -> float:
+    """Read one sample from a Prometheus text endpoint (labels not named are ignored)."""
+    import urllib.request
+
+    text = urllib.request.urlopen(url, timeout=10).read().decode()
+    for line in text.splitlines():
+        if line.startswith(f"{name}{{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    raise AssertionError(f"no {name}{{{want}}} in {url}")
+
 
 @asynccontextmanager
 async def running_gateway(config: Config | str, *, plugins: Plugins | None = None,

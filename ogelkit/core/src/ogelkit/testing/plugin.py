@@ -8,11 +8,14 @@ Fixtures:
 ``load_test_config``  ``load_test_config(text)`` -> validated ``Config`` or ``ConfigErrors``
                       with ``.messages``, using the fixture's plugin set.
 ``anyio_backend``     "asyncio" (the gateway runs on asyncio/uvloop).
+``redis_key_prefix``  a key prefix no other test uses on the shared test Redis; its keys are
+                      deleted afterwards.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -63,3 +66,20 @@ def load_test_config(_ogelkit_registry: _Registry) -> Callable[[str], Config]:
     def load(text: str, env: dict[str, str] | None = None) -> Config:
         return parse_config(text, _ogelkit_registry.plugins, env=env or {}, file="config.toml")
     return load
+
+
+@pytest.fixture
+def redis_key_prefix() -> Iterator[str]:
+    import redis
+
+    from ogelkit.testing import services
+
+    prefix = f"o7s-test-{uuid.uuid4().hex[:12]}:"
+    yield prefix
+    client = redis.Redis.from_url(services.redis_url())
+    try:
+        keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+        if keys:
+            client.delete(*keys)
+    finally:
+        client.close()
