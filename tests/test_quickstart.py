@@ -89,3 +89,23 @@ def test_quickstart_config_serves_every_protocol(gateway):
     assert by_db["main"]["operations"] >= 2
     assert by_db["cache"]["operations"] >= 2
     assert by_db["docs"]["operations"] >= 2
+
+
+@pytest.mark.parametrize(("example", "env"), [
+    ("local.toml", {"OGELKIT_SECRET_KEY": test_secret_key()}),
+    ("railway.toml", {"OGELKIT_SECRET_KEY": test_secret_key(), "OGELKIT_ADMIN_TOKEN": "t",
+                      "DATABASE_URL": "postgresql://u:p@db.railway.internal:5432/railway",
+                      "REDIS_URL": "redis://default:p@redis.railway.internal:6379",
+                      "MONGO_URL": "mongodb://mongo:p@mongo.railway.internal:27017"}),
+])
+def test_example_configs_are_valid(example, env):
+    clean = {k: v for k, v in os.environ.items() if not k.startswith(("OGELKIT_", "DATABASE_URL",
+                                                                      "REDIS_URL", "MONGO_URL"))}
+    result = subprocess.run([sys.executable, "-m", "ogelkit", "check",
+                             str(ROOT / "examples" / example)], capture_output=True, text=True,
+                            env={**clean, **env})
+    assert result.returncode == 0, result.stderr
+    missing = subprocess.run([sys.executable, "-m", "ogelkit", "check",
+                              str(ROOT / "examples" / example)], capture_output=True, text=True,
+                             env=clean)
+    assert missing.returncode == 2 and "OGELKIT_SECRET_KEY" in missing.stderr
