@@ -20,6 +20,14 @@ if TYPE_CHECKING:
 log = logging.getLogger("ogelkit.chain")
 
 
+def _after(hooks: tuple, fn: object) -> int:
+    """Index of the hook after ``fn`` (found by identity; only on the asynchronous path)."""
+    for i, hook in enumerate(hooks):
+        if hook is fn:
+            return i + 1
+    raise ValueError(fn)
+
+
 class Chain:
     __slots__ = (
         "_auth", "_complete", "_connect", "_disconnect", "_operation", "_tier_change", "layers",
@@ -85,14 +93,14 @@ class Chain:
         ``op.rejection`` set; the caller answers the client and still calls ``complete``.
         """
         hooks = self._operation
-        for i in range(len(hooks)):
-            try:
-                pending = hooks[i](op)
-            except Reject as rej:
-                op.rejection = rej
-                raise
-            if pending is not None:
-                return self._admit_rest(op, pending, i + 1)
+        try:  # one handler for the whole loop: a try block costs nothing until it catches
+            for fn in hooks:
+                pending = fn(op)
+                if pending is not None:
+                    return self._admit_rest(op, pending, _after(hooks, fn))
+        except Reject as rej:
+            op.rejection = rej
+            raise
         return None
 
     async def _admit_rest(self, op: Operation, pending: Awaitable[None], start: int) -> None:

@@ -12,31 +12,32 @@ from collections.abc import Hashable
 
 
 class CostCache:
-    __slots__ = ("_entries", "size")
+    __slots__ = ("entries", "size")
 
     def __init__(self, size: int):
         self.size = size
-        self._entries: OrderedDict[Hashable, tuple[float | None, float]] = OrderedDict()
+        # (cost, expires) by key; the layer reads it directly on its hit path.
+        self.entries: OrderedDict[Hashable, tuple[float | None, float]] = OrderedDict()
 
     def get(self, key: Hashable, now: float) -> tuple[float | None, float] | None:
         """``(cost, expires)`` when cached and fresh (cost None = the backend could not say)."""
-        entry = self._entries.get(key)
+        entry = self.entries.get(key)
         if entry is None:
             return None
         if entry[1] <= now:
-            del self._entries[key]
+            del self.entries[key]
             return None
         return entry
 
     def put(self, key: Hashable, cost: float | None, expires: float) -> None:
-        entries = self._entries
+        entries = self.entries
         entries.pop(key, None)
         while len(entries) >= self.size:
             entries.popitem(last=False)
         entries[key] = (cost, expires)
 
     def __len__(self) -> int:
-        return len(self._entries)
+        return len(self.entries)
 
     def clear(self) -> None:
-        self._entries.clear()
+        self.entries.clear()

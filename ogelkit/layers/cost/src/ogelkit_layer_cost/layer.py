@@ -25,7 +25,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Hashable
 from typing import Any
 
-from ogelkit import Capability, Layer, Operation, Reason, Reject
+from ogelkit import Capability, Layer, Operation, Reason, Reject, Session
 from ogelkit.metrics import Decisions
 from ogelkit.tiers import Tier
 from ogelkit_layer_cost.cache import CostCache
@@ -64,6 +64,19 @@ class _TierInfo:
         self.rejected = decisions.child("rejected", Reason.COST, name)
 
 
+class _Scope:
+    """One session's view of the layer (``session.state[layer name]``)."""
+
+    __slots__ = ("backend", "database", "info", "slug", "tier")
+
+    def __init__(self, session: Session):
+        self.tier = session.tier
+        self.backend = session.backend
+        self.slug = session.tenant_slug
+        self.database = session.database
+        self.info: _TierInfo | None = None
+
+
 class Cost(Layer):
     type_name = "cost"
     Config = CostOptions
@@ -72,6 +85,7 @@ class Cost(Layer):
         super().__init__(config, name=name, context=context)
         self.config: CostOptions = config
         self.cache = CostCache(config.cache_size)
+        self._entries = self.cache.entries  # read directly on the hit path
         # (tenant, database, kind, name, text) -> cache key or _NO_KEY; FIFO-bounded. An
         # OrderedDict: popping the oldest of a plain dict skips every deleted slot before it.
         self._aliases: OrderedDict[tuple, Any] = OrderedDict()
@@ -99,22 +113,14 @@ class Cost(Layer):
     # -- the decision ------------------------------------------------------------------------
     def on_operation(self, op: Operation) -> Awaitable[None] | None:
         session = op.session
-        backend = session.backend
-        tier = session.tier
-        if backend is None or tier is None:
-            return None
-        info = self._tiers.get(tier.name)
-        if info is None or info.tier is not tier:
-            info = self._tiers[tier.name] = _TierInfo(tier, self._decisions)
-        if info.ceiling is None and not self.config.estimate_unlimited:
-            return None
-        capable = self._capable.get(backend)
-        if capable is None:
-            capable = self._capable[backend] = Capability.ESTIMATE_COST in backend.capabilities
-        if not capable:
+        scope = session.state.get(self.name)
+        if scope is None or scope.tier is not session.tier or scope.backend is not session.backend:
+            scope = self._scope(session)
+        info = scope.info
+        if info is None:  # nothing to estimate for this session
             return None
         text = op.text
-        alias = (session.tenant_slug, session.database, op.kind, op.name, text)
+        alias = (scope.slug, scope.database, op.kind, op.name, text)
         cache_key = self._aliases.get(alias)
         self._window += 1
         if self._window >= ALIAS_WINDOW:
@@ -122,8 +128,8 @@ class Cost(Layer):
         if cache_key is not None:
             self._window_hits += 1
         else:
-            key = backend.cost_key(op)
-            cache_key = _NO_KEY if key is None else (session.tenant_slug, session.database, key)
+            key = scope.backend.cost_key(op)  # type: ignore[union-attr]
+            cache_key = _NO_KEY if key is None else (scope.slug, scope.database, key)
             if self._remember and text is not None and len(text) <= ALIAS_MAX_TEXT:
                 aliases = self._aliases
                 if len(aliases) >= self.config.cache_size:
@@ -131,13 +137,40 @@ class Cost(Layer):
                 aliases[alias] = cache_key
         if cache_key is _NO_KEY:  # SET, BEGIN, COMMIT, utility statements: nothing to plan
             return None
-        entry = self.cache.get(cache_key, time.monotonic())
+        # op.started is "now" to within the chain's own run time: no clock read per hit.
+        entry = self._entries.get(cache_key)
+        if entry is None or entry[1] <= op.started:
+            entry = self.cache.get(cache_key, op.started)  # drops an expired entry
         if entry is not None:
             self.hits += 1
-            self._decide(op, entry[0], info)
+            cost = entry[0]
+            ceiling = info.ceiling
+            if cost is not None and (ceiling is None or cost <= ceiling):
+                op.cost = cost
+                info.allowed.inc()  # the common verdict, inline
+                return None
+            self._decide(op, cost, info)
             return None
         self.misses += 1
         return self._wait_for_estimate(op, cache_key, info)
+
+    def _scope(self, session: Session) -> _Scope:
+        """What every operation of ``session`` shares, computed again when its tier (or
+        backend) object changes; ``info`` None: nothing to estimate."""
+        scope = _Scope(session)
+        backend, tier = session.backend, session.tier
+        if backend is not None and tier is not None:
+            info = self._tiers.get(tier.name)
+            if info is None or info.tier is not tier:
+                info = self._tiers[tier.name] = _TierInfo(tier, self._decisions)
+            capable = self._capable.get(backend)
+            if capable is None:
+                capable = self._capable[backend] = \
+                    Capability.ESTIMATE_COST in backend.capabilities
+            if capable and (info.ceiling is not None or self.config.estimate_unlimited):
+                scope.info = info
+        session.state[self.name] = scope
+        return scope
 
     def _end_window(self) -> None:
         if self._remember:

@@ -19,7 +19,7 @@ from ogelkit import Layer, Operation, Reason, Reject, Session
 from ogelkit.metrics import Decisions
 from ogelkit.state import OutagePolicy
 from ogelkit.tiers import Tier
-from ogelkit_layer_ratelimit.gcra import LocalBuckets
+from ogelkit_layer_ratelimit.gcra import _EPSILON, LocalBuckets
 from ogelkit_layer_ratelimit.options import RatelimitOptions
 from ogelkit_layer_ratelimit.redis_bucket import STATE_ERRORS, RedisBuckets
 
@@ -85,6 +85,18 @@ class _TierInfo:
         self.rejected_down = decisions.child("rejected", Reason.UNAVAILABLE, name)
 
 
+class _Scope:
+    """One session's view of the layer (``session.state[layer name]``)."""
+
+    __slots__ = ("info", "key", "tenant", "tier")
+
+    def __init__(self, session: Session):
+        self.tier = session.tier
+        self.tenant = session.tenant
+        self.info: _TierInfo | None = None
+        self.key = ""
+
+
 class Ratelimit(Layer):
     type_name = "ratelimit"
     Config = RatelimitOptions
@@ -93,6 +105,7 @@ class Ratelimit(Layer):
         super().__init__(config, name=name, context=context)
         self.config: RatelimitOptions = config
         self._local = LocalBuckets()
+        self._tats = self._local.tat  # read directly on the admit-now path (same dict)
         self._tiers: dict[str, _TierInfo] = {}
         self._decisions = Decisions(context.metrics, name)
         self._policy = OutagePolicy(name, config.state_down, context.metrics)
@@ -132,20 +145,31 @@ class Ratelimit(Layer):
     # -- the decision ------------------------------------------------------------------------
     def on_operation(self, op: Operation) -> Awaitable[None] | None:
         session = op.session
-        tier = session.tier
-        tenant = session.tenant
-        if tier is None or tenant is None:
+        scope = session.state.get(self.name)
+        if scope is None or scope.tier is not session.tier or scope.tenant is not session.tenant:
+            scope = self._scope(session)
+        info = scope.info
+        if info is None:
             return None
-        info = self._tiers.get(tier.name)
-        if info is None or info.tier is not tier:
-            info = self._tier_info(tier)
         if info.rate is None:
             info.allowed.inc()
             return None
-        key = f"{tenant.slug}/{session.database}" if self._per_db else tenant.slug
+        key = scope.key
         redis = self._redis
         if redis is None:
-            wait = self._local_wait(info, key, session, info.allowed)
+            # GCRA admit-now, inline (LocalBuckets.take's first branch): the common case
+            # costs no call; anything else goes through take() with the same clock reading.
+            now = time.monotonic()
+            tats = self._tats
+            tat = tats.get(key, now)
+            if tat < now:
+                tat = now
+            new = tat + info.interval
+            if new - now - info.tolerance <= _EPSILON:
+                tats[key] = new
+                info.allowed.inc()
+                return None
+            wait = self._local_wait(info, key, session, info.allowed, now)
             return None if wait == 0.0 else _delay(wait)
         credit = self._credits.get(key)
         if credit is not None and credit[0] >= 1 and credit[1] > time.monotonic():
@@ -160,9 +184,25 @@ class Ratelimit(Layer):
         return redis.submit(key, info.interval_us, info.tolerance_us, (info, key, session),
                             info.prefetch)
 
-    def _local_wait(self, info: _TierInfo, key: str, session: Session, allowed: Any) -> float:
+    def _scope(self, session: Session) -> _Scope:
+        """What every operation of ``session`` shares (its tier's parameters and its bucket
+        key), kept in ``session.state`` and computed again when the tier (or tenant record)
+        object changes."""
+        scope = _Scope(session)
+        tier, tenant = session.tier, session.tenant
+        if tier is not None and tenant is not None:
+            info = self._tiers.get(tier.name)
+            if info is None or info.tier is not tier:
+                info = self._tier_info(tier)
+            scope.info = info
+            scope.key = f"{tenant.slug}/{session.database}" if self._per_db else tenant.slug
+        session.state[self.name] = scope
+        return scope
+
+    def _local_wait(self, info: _TierInfo, key: str, session: Session, allowed: Any,
+                    now: float | None = None) -> float:
         wait = self._local.take(key, info.interval, info.tolerance, self._max_delay,
-                                time.monotonic())
+                                time.monotonic() if now is None else now)
         if wait == 0.0:
             allowed.inc()
             return 0.0

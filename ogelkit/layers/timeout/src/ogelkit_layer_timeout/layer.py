@@ -17,7 +17,7 @@ import logging
 from collections import deque
 from typing import Any
 
-from ogelkit import Layer, Operation, Reason, Reject
+from ogelkit import Layer, Operation, Reason, Reject, Session
 from ogelkit.metrics import Decisions
 from ogelkit.tiers import Tier
 from ogelkit.units import format_duration
@@ -47,13 +47,16 @@ class _TierInfo:
 
 
 class _Watch:
-    """One session's running operations, oldest first, and its single timer."""
+    """One session's running operations, oldest first, and its single timer; also the
+    session's tier and its deadline parameters (``info`` None: no deadline)."""
 
-    __slots__ = ("handle", "pending")
+    __slots__ = ("handle", "info", "pending", "tier")
 
     def __init__(self) -> None:
         self.handle: asyncio.TimerHandle | None = None
         self.pending: deque[tuple[float, Operation, _TierInfo]] = deque()
+        self.tier: Tier | None = None
+        self.info: _TierInfo | None = None
 
 
 class Timeout(Layer):
@@ -80,25 +83,37 @@ class Timeout(Layer):
         self._watches.clear()
 
     def on_operation(self, op: Operation) -> None:
-        tier = op.session.tier
-        if tier is None:
+        session = op.session
+        watch = session.state.get(self.name)
+        if watch is None or watch.tier is not session.tier:
+            watch = self._watch(session)
+        info = watch.info
+        if info is None:
             return None
-        info = self._tiers.get(tier.name)
-        if info is None or info.tier is not tier:
-            info = self._tier_info(tier)
-        if info.deadline is None:
-            return None
-        state = op.session.state
-        watch = state.get(self.name)
-        if watch is None:
-            watch = state[self.name] = _Watch()
-            self._watches.add(watch)
         loop = self._loop or asyncio.get_running_loop()
-        due = loop.time() + info.deadline
+        due = loop.time() + info.deadline  # type: ignore[operator]
         watch.pending.append((due, op, info))
         if watch.handle is None:
             watch.handle = loop.call_at(due, self._check, watch)
         return None
+
+    def _watch(self, session: Session) -> _Watch:
+        """The session's watch, with its tier's deadline parameters (re)computed."""
+        state = session.state
+        watch = state.get(self.name)
+        if watch is None:
+            watch = state[self.name] = _Watch()
+            self._watches.add(watch)
+        tier = watch.tier = session.tier
+        info = None
+        if tier is not None:
+            info = self._tiers.get(tier.name)
+            if info is None or info.tier is not tier:
+                info = self._tier_info(tier)
+            if info.deadline is None:
+                info = None
+        watch.info = info
+        return watch
 
     def on_complete(self, op: Operation) -> None:
         watch = op.session.state.get(self.name)
@@ -113,7 +128,7 @@ class Timeout(Layer):
                 pending.remove(entry)
                 return
 
-    def on_disconnect(self, session) -> None:
+    def on_disconnect(self, session: Session) -> None:
         watch = session.state.pop(self.name, None)
         if watch is not None:
             if watch.handle is not None:

@@ -888,10 +888,12 @@ class ClientConnection(asyncio.Protocol):
             if t == 67:  # CommandComplete: "SELECT 5", "INSERT 0 5", "COPY 3" ...
                 if ops:
                     op, is_query, _ = ops[0]
-                    sp = data.rfind(b" ", pos + 5, end - 1)
-                    if sp > 0 and 48 <= data[sp + 1] <= 57:
-                        count_ = int(data[sp + 1:end - 1])
-                        first = data[pos + 5]
+                    tag = data[pos + 5:end - 1]
+                    parsed = _tags.get(tag)
+                    if parsed is None:
+                        parsed = _command_tag(tag)
+                    count_, first = parsed
+                    if count_ is not None:
                         if first == 83 or first == 70 or (first == 67 and not self.copy_in):
                             op.rows = count_ if op.rows is None else op.rows + count_
                         else:  # INSERT UPDATE DELETE MERGE COPY-in
@@ -1190,6 +1192,21 @@ class ClientConnection(asyncio.Protocol):
         return {"client": self.peer, "tenant": s.tenant_slug if s else None,
                 "database": s.database if s else None, "server": self.server is not None,
                 "idle": self.is_idle()}
+
+
+#: CommandComplete tag -> (row count or None, first byte): an application's statements
+#: repeat a few tags ("SELECT 1", "UPDATE 1"), so most are parsed once.
+_tags: dict[bytes, tuple[int | None, int]] = {}
+
+
+def _command_tag(tag: bytes) -> tuple[int | None, int]:
+    sp = tag.rfind(b" ")
+    count_ = int(tag[sp + 1:]) if 0 <= sp < len(tag) - 1 and 48 <= tag[sp + 1] <= 57 else None
+    parsed = (count_, tag[0] if tag else 0)
+    if len(_tags) >= 1024:
+        _tags.clear()
+    _tags[tag] = parsed
+    return parsed
 
 
 #: Backend message types the relay looks into (all others pass by length only).
