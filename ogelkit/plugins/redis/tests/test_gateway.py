@@ -146,6 +146,58 @@ def test_pipeline_of_10000_commands(gw: Gw):
                                                          for i in range(0, 10_000, 1000)]
 
 
+def _resp(*args: str) -> bytes:
+    return b"*%d\r\n" % len(args) + b"".join(
+        b"$%d\r\n%s\r\n" % (len(a.encode()), a.encode()) for a in args)
+
+
+def test_one_chunk_mixing_every_kind_of_reply_keeps_order(gw: Gw):
+    """Pass-through replies (sent on as runs), replies the gateway writes itself (held behind
+    them), transformed replies and errors, all in one pipelined chunk."""
+    t = gw.a
+    cmds = [("AUTH", t.slug, t.password), ("DEL", "mx1", "mxl"), ("SET", "mx1", "a"),
+            ("GET", "mx1"), ("PING",), ("GET", "mx1"), ("INCR", "mx1"), ("ECHO", "e"),
+            ("SELECT", "0"), ("RPUSH", "mxl", "v1", "v2"), ("LMPOP", "1", "mxl", "LEFT"),
+            ("GET", "mx1"), ("PING", "p"), ("GET", "nokey"), ("STRLEN", "mx1"),
+            ("SCAN", "0", "MATCH", "mxl", "COUNT", "1000"), ("GET", "mx1"), ("QUIT",)]
+    out = _raw(gw, b"".join(_resp(*c) for c in cmds))
+    assert out == (b"+OK\r\n:0\r\n+OK\r\n$1\r\na\r\n+PONG\r\n$1\r\na\r\n"
+                   b"-ERR value is not an integer or out of range\r\n$1\r\ne\r\n+OK\r\n"
+                   b":2\r\n*2\r\n$3\r\nmxl\r\n*1\r\n$2\r\nv1\r\n$1\r\na\r\n$1\r\np\r\n"
+                   b"$-1\r\n:1\r\n*2\r\n$1\r\n0\r\n*1\r\n$3\r\nmxl\r\n$1\r\na\r\n+OK\r\n")
+
+
+def test_concurrent_pipelines_on_one_shared_connection_get_their_own_replies(gw: Gw):
+    errors: list[BaseException] = []
+
+    def worker(i: int) -> None:
+        try:
+            c = gw.client(gw.a)
+            c.delete(f"cp{i}")
+            for _ in range(5):
+                p = c.pipeline(transaction=False)
+                for j in range(200):
+                    p.incr(f"cp{i}")
+                    if j % 50 == 0:
+                        p.echo(f"w{i}")
+                        p.get(f"cp{i}")
+                out = p.execute()
+                assert [x for x in out if x == f"w{i}".encode()] == [f"w{i}".encode()] * 4
+                ints = [x for x in out if isinstance(x, int)]
+                assert ints == sorted(ints) and len(ints) == 200
+            assert c.get(f"cp{i}") == b"1000"
+            c.close()
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(60)
+    assert not errors, errors[0]
+
+
 def test_ten_megabyte_value(gw: Gw):
     a = gw.client(gw.a)
     value = bytes(range(256)) * (10 * 1024 * 1024 // 256)

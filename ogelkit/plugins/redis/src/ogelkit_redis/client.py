@@ -31,6 +31,7 @@ from ogelkit_redis.resp import (
     FastProtocolError,
     ProtocolError,
     encode_command,
+    encode_tuple,
     new_reader,
     parse_command,
 )
@@ -203,17 +204,17 @@ class RedisClient(asyncio.Protocol):
             # complete multibulk requests. Anything else (a partial request, an inline one,
             # garbage) goes to the Python parser below, which also enforces the size limits.
             reader.feed(data)
+            gets = reader.gets
             cmds = []
             try:
-                while True:
-                    argv = reader.gets()
-                    if argv is False:
-                        break
+                argv = gets()
+                while argv is not False:
                     cmds.append(argv)
+                    argv = gets()
                 # hiredis consumes the elements of a partial request too, so "no data left"
                 # is not enough: the chunk must also end with the last complete request.
-                complete = (not reader.has_data() and bool(cmds)
-                            and data.endswith(encode_command(cmds[-1])))
+                complete = (bool(cmds) and not reader.has_data()
+                            and data.endswith(encode_tuple(tuple(cmds[-1]))))
             except (FastProtocolError, TypeError):
                 complete = False
             if complete:
@@ -251,23 +252,63 @@ class RedisClient(asyncio.Protocol):
                 return
 
     def _run_parsed(self, cmds: list) -> None:
-        execute = self._execute
-        for i, argv in enumerate(cmds):
-            if self.closing:
-                return
-            if not argv:
-                continue
-            try:
-                ok = execute(argv, None, 0, 0)
-            except (TypeError, AttributeError):  # not an array of bulk strings
-                self._protocol_error("expected '$', got something else")
-                return
-            if not ok:
-                rest = [encode_command(a) for a in cmds[i + 1:] if a]
-                if rest:
-                    self._chunks.insert(0, b"".join(rest))
-                    self._have += len(self._chunks[0])
-                return
+        # The commonest request, a one-key command on the shared connection with nothing
+        # else going on, is prefixed and queued right here; every other request takes
+        # ``_execute``, after which the conditions are checked again (it may change them).
+        fast, up, commands, prefix, quota_ok = self._fast_state()
+        sent = 0  # queued here, not yet counted
+        i, n = 0, len(cmds)
+        try:
+            while i < n:
+                argv = cmds[i]
+                i += 1
+                if not argv:
+                    continue
+                if fast:
+                    cmd = commands.get(argv[0])
+                    if cmd is not None:
+                        k = cmd.one_key
+                        if k and len(argv) > k and (quota_ok or not cmd.denyoom) \
+                                and not up.paused:
+                            argv[k] = prefix + argv[k]
+                            up.send(encode_tuple(tuple(argv)), self)
+                            sent += 1
+                            continue
+                if sent:
+                    self._count_sent(up, sent)
+                    sent = 0
+                if not self._execute(argv, None, 0, 0):
+                    rest = [encode_command(a) for a in cmds[i:] if a]
+                    if rest:
+                        self._chunks.insert(0, b"".join(rest))
+                        self._have += len(self._chunks[0])
+                    return
+                if self.closing:
+                    return
+                fast, up, commands, prefix, quota_ok = self._fast_state()
+        except (TypeError, AttributeError):  # not an array of bulk strings
+            if sent:
+                self._count_sent(up, sent)
+            self._protocol_error("expected '$', got something else")
+            return
+        if sent:
+            self._count_sent(up, sent)
+
+    def _fast_state(self) -> tuple[bool, Any, Any, bytes, bool]:
+        """Whether one-key commands may skip ``_execute``/``_send`` (see ``_run_parsed``),
+        and what they need."""
+        up = self._shared
+        if (up is None or up.closed or not self.authed or self.dedicated is not None
+                or self.observe or self.skip_next or self.reply_off
+                or (up is not self.upstream and self.recv != self.sent)):
+            return False, None, None, b"", False
+        return True, up, self.table.commands, self.ns.prefix, self.tdb.over_quota is None
+
+    def _count_sent(self, up: Upstream, sent: int) -> None:
+        self.upstream = up
+        self.sent += sent
+        self.session.operations += sent
+        self.door.ops += sent
 
     def _resume(self) -> None:
         """Continue with buffered input after a stall or a task."""
@@ -381,6 +422,22 @@ class RedisClient(asyncio.Protocol):
             self._release_held()
         if self.dedicated is not None or self._stalled is not None:
             self._after_reply()
+
+    def deliver_run(self, raw: bytes, count: int, errors: int) -> None:
+        """``count`` pass-through replies in a row, ``errors`` of them errors, for a client
+        with no dedicated connection and no stall (``Upstream.data_received``)."""
+        self.recv += count
+        if errors:
+            self.door.op_errors += errors
+        if self.transport is not None:
+            self.session.bytes_out += len(raw)
+            out = self._out
+            if out is not None:
+                out.append(raw)
+            else:
+                self.transport.write(raw)
+        if self.held:
+            self._release_held()
 
     def deliver_pending(self, w: Pending, raw: bytes, *, failed: bool = False) -> None:
         op = w.op

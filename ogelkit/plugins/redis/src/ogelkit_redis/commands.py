@@ -192,6 +192,7 @@ class Command:
         "kind",
         "last",
         "name",
+        "one_key",
         "op_name",
         "reason",
         "specs",
@@ -225,6 +226,9 @@ class Command:
             s = self.specs[0]
             self.first, self.last, self.step = s.pos, s.pos + s.lastkey, s.keystep
         self.kind, self.reason = self._classify(parent)
+        # The key's index for plain commands with exactly one key at a fixed position (GET,
+        # SET, LPUSH ...), which the client prefixes without looking further; 0 otherwise.
+        self.one_key = self.first if self.kind == "keys" and self.first == self.last else 0
 
     def _classify(self, parent: Command | None) -> tuple[str, str]:
         name = self.full_name

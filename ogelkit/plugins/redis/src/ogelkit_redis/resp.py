@@ -159,11 +159,12 @@ except ImportError:  # pragma: no cover - hiredis is a dependency; this keeps it
     _hiredis = None
 
 if _hiredis is not None:
-    _pack = _hiredis.pack_command
+    #: ``encode_command`` for a tuple, without a Python call in between (hot path).
+    encode_tuple = _hiredis.pack_command
 
     def encode_command(argv: list[bytes] | tuple[bytes, ...]) -> bytes:
         """``*N`` multibulk encoding of an argument list."""
-        return _pack(tuple(argv))
+        return encode_tuple(tuple(argv))
 
     def new_reader():
         """A hiredis reader for complete multibulk requests (see ``RedisClient._process``)."""
@@ -171,7 +172,7 @@ if _hiredis is not None:
 
     FastProtocolError: type[Exception] = _hiredis.ProtocolError
 else:  # pragma: no cover
-    encode_command = _encode_command
+    encode_command = encode_tuple = _encode_command
 
     def new_reader():
         return None

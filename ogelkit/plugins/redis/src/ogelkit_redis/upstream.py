@@ -144,11 +144,17 @@ class Upstream(asyncio.Protocol):
             data = b"".join(self._chunks)
             self._chunks = []
         waiters = self.waiters
+        popleft = waiters.popleft
         pos = 0
         n = len(data)
-        # Replies for one client that arrive together leave in one write: a client collects
-        # its output while it is ``cur`` and flushes when another client's reply comes.
-        cur = None
+        # Consecutive pass-through replies for one client leave as one slice of ``data`` in
+        # one write (a *run*: ``data[start:pos]``, ``count`` replies): no per-reply slice or
+        # call. A client that also gets replies through a ``Pending`` collects its output
+        # (``collect_out``) until another client's turn (``flush_out``).
+        cur = None  # the client being served
+        start = -1  # where cur's open run starts; -1: no open run
+        count = errors = 0
+        collecting = False
         pubsub = self.pubsub_client
         find = data.find
         while pos < n:
@@ -161,7 +167,7 @@ class Upstream(asyncio.Protocol):
                 end = eol + 4 + size if size >= 0 else eol + 2
                 if end > n:
                     break
-            elif t == 43 or t == 58:  # '+' ':'
+            elif t == 43 or t == 58 or t == 45:  # '+' ':' '-'
                 eol = find(b"\r\n", pos)
                 if eol < 0:
                     break
@@ -170,58 +176,101 @@ class Upstream(asyncio.Protocol):
                 end = resp.reply_end(data, pos)
                 if end < 0:
                     break
-            raw = data[pos:end]
-            pos = end
-            first = raw[0]
-            if pubsub is not None and (first == 62 or (first == 42 and self._is_event(raw))):
+            if pubsub is not None and (t == 62 or (t == 42 and self._is_event(data[pos:end]))):
                 if cur is not None:
-                    cur.flush_out()
-                    cur = None
-                pubsub.deliver_push(raw)
+                    self._finish(cur, data, start, pos, count, errors, collecting)
+                    cur, start, collecting = None, -1, False
+                pubsub.deliver_push(data[pos:end])
+                pos = end
                 continue
             if not waiters:
-                if first == 62:  # stray RESP3 push (no subscriber any more): ignore
+                if cur is not None:
+                    self._finish(cur, data, start, pos, count, errors, collecting)
+                    cur, start, collecting = None, -1, False
+                if t == 62:  # stray RESP3 push (no subscriber any more): ignore
+                    pos = end
                     continue
                 if pubsub is not None:  # e.g. an error about a SUBSCRIBE
-                    if cur is not None:
-                        cur.flush_out()
-                        cur = None
-                    pubsub.deliver_push(raw)
+                    pubsub.deliver_push(data[pos:end])
+                    pos = end
                     continue
                 log.error("reply without a waiter from upstream; closing the connection")
-                if cur is not None:
-                    cur.flush_out()
                 self.close()
                 return
-            w = waiters.popleft()
-            if type(w) is Pending:
-                if w.done is not None:
-                    w.done(raw)
-                    continue
-                client = w.client
-                if client is None:
-                    continue
-                if client is not cur:
-                    if cur is not None:
-                        cur.flush_out()
-                    cur = client
-                    client.collect_out()
-                client.deliver_pending(w, raw)
+            w = popleft()
+            if w is cur and start >= 0:  # one more reply of the open run
+                count += 1
+                if t == 45:
+                    errors += 1
+                pos = end
                 continue
-            if w is not cur:
-                if cur is not None:
+            if type(w) is not Pending:  # a client: pass-through
+                if w is not cur:
+                    if cur is not None:
+                        if start >= 0:
+                            cur.deliver_run(data[start:pos], count, errors)
+                        if collecting:
+                            cur.flush_out()
+                            collecting = False
+                    cur = w
+                if w.held or w.dedicated is not None or w._stalled is not None:
+                    # Gateway replies to slot in, or state to update after each reply.
+                    if not collecting:
+                        w.collect_out()
+                        collecting = True
+                    w.deliver(data[pos:end])
+                    start = -1
+                else:
+                    start = pos
+                    count = 1
+                    errors = 1 if t == 45 else 0
+                pos = end
+                continue
+            raw = data[pos:end]
+            if start >= 0:  # the open run ends here
+                if w.client is cur:
+                    if not collecting:
+                        cur.collect_out()
+                        collecting = True
+                    cur.deliver_run(data[start:pos], count, errors)
+                else:
+                    self._finish(cur, data, start, pos, count, errors, collecting)
+                    cur, collecting = None, False
+                start = -1
+            pos = end
+            if w.done is not None:
+                w.done(raw)
+                continue
+            client = w.client
+            if client is None:
+                continue
+            if client is not cur:
+                if cur is not None and collecting:
                     cur.flush_out()
-                cur = w
-                w.collect_out()
-            w.deliver(raw)
+                cur = client
+                client.collect_out()
+                collecting = True
+            client.deliver_pending(w, raw)
         if cur is not None:
-            cur.flush_out()
+            if start >= 0:
+                cur.deliver_run(data[start:pos], count, errors)
+            if collecting:
+                cur.flush_out()
         if pos < n:
             rest = data[pos:]
             self._chunks = [rest]
             self._have = len(rest)
             need = -resp.reply_end(rest, 0)
             self._need = need if need > 0 else self._have + 1
+
+    @staticmethod
+    def _finish(cur: RedisClient, data: bytes, start: int, pos: int, count: int, errors: int,
+                collecting: bool) -> None:
+        """Hand ``cur`` its open run (if any) and flush what it collected."""
+        if start >= 0:
+            cur.deliver_run(data[start:pos], count, errors)
+        if collecting:
+            cur.flush_out()
 
     @staticmethod
     def _is_event(raw: bytes) -> bool:
