@@ -181,14 +181,33 @@ def _backend_reply() -> bytes:
             + pg.message(b"C", b"SELECT 1\0") + pg.ready_for_query(b"I"))
 
 
-def _time_relay(conn, queries: list[bytes], reply: bytes) -> float:
-    """µs per transaction: client Query in, server reply out, all in Python."""
+def _prepared_messages():
+    """pgbench -M prepared: Parse once, then Bind + Execute + Sync per transaction; and
+    PostgreSQL's replies to both."""
+    from ogelkit_postgres import protocol as pg
+    i, h = pg._i.pack, pg._h.pack
+    text = b"SELECT abalance FROM pgbench_accounts WHERE aid = $1;"
+    parse = pg.message(b"P", b"P0_1\0" + text + b"\0" + h(1) + i(23)) + pg.SYNC
+    parse_reply = pg.message(b"1") + pg.ready_for_query(b"I")
+
+    def tx(value: int) -> bytes:
+        v = str(value).encode()
+        return (pg.message(b"B", b"\0P0_1\0" + h(0) + h(1) + i(len(v)) + v + h(0))
+                + pg.message(b"E", b"\0" + i(0)) + pg.SYNC)
+
+    reply = (pg.message(b"2") + pg.message(b"D", h(1) + i(4) + b"-123")
+             + pg.message(b"C", b"SELECT 1\0") + pg.ready_for_query(b"I"))
+    return parse, parse_reply, tx, reply
+
+
+def _time_relay(conn, requests: list[bytes], reply: bytes) -> float:
+    """µs per transaction: the client's request in, the server's reply out, all in Python."""
     data_received, server_data = conn.data_received, conn.server_data
     t0 = time.perf_counter_ns()
-    for q in queries:
+    for q in requests:
         data_received(q)
         server_data(reply)
-    return (time.perf_counter_ns() - t0) / len(queries) / 1000
+    return (time.perf_counter_ns() - t0) / len(requests) / 1000
 
 
 async def relay_mode(args) -> None:
@@ -203,32 +222,47 @@ async def relay_mode(args) -> None:
     from ogelkit.chain import Chain
     from ogelkit.model import Operation
     plugins = load_plugins()
-    async with running_gateway(_config(plugins, True), plugins=plugins) as gw:
+    config = _config(plugins, True).replace('pool_mode = "session"',
+                                            f'pool_mode = "{args.pool_mode}"')
+    async with running_gateway(config, plugins=plugins) as gw:
         port = gw.port("postgres")
         conn = await asyncpg.connect(host="127.0.0.1", port=port, user=lb.TENANT,
-                                     password=lb.PASSWORD, database="main", ssl=False)
+                                     password=lb.PASSWORD, database="main", ssl=False,
+                                     statement_cache_size=0)
         try:
             await conn.fetchval("SELECT 1")
             session = await _session_of(gw)
             fd = next(f for f in gw.gateway.frontdoors if f.protocol == "postgres")
             client = next(c for c in fd.clients if c.session is session)
             chain = gw.context.chain
-            op = Operation(session, "query", "SELECT",
-                           "SELECT abalance FROM pgbench_accounts WHERE aid = 1;", 60)
-            pending = chain.admit(op)  # fill the cost cache
-            if pending is not None:
-                await pending
-            op.ended = time.monotonic()
-            chain.complete(op)
-            srv = client.server
-            assert srv is not None, "session mode keeps the server attached"
+            for text in ("SELECT abalance FROM pgbench_accounts WHERE aid = 1;",
+                         "SELECT abalance FROM pgbench_accounts WHERE aid = $1;"):
+                op = Operation(session, "query", "SELECT", text, 60)
+                pending = chain.admit(op)  # fill the cost cache
+                if pending is not None:
+                    await pending
+                op.ended = time.monotonic()
+                chain.complete(op)
+            # Session mode keeps the server attached; transaction mode gets the same one
+            # back at every checkout (the client's last server, the pool's only one).
+            srv = client.server or client.last_server
+            assert srv is not None
             saved = client.transport, srv.transport
-            reply = _backend_reply()
             n = args.ops
             observe = fd.observe
             rows = []
             try:
                 client.transport = srv.transport = _NullTransport()
+                if args.protocol == "prepared":
+                    parse, parse_reply, tx, reply = _prepared_messages()
+                    client.data_received(parse)
+                    client.server_data(parse_reply)
+                else:
+                    reply = _backend_reply()
+
+                    def tx(value: int) -> bytes:
+                        return pg.query(f"SELECT abalance FROM pgbench_accounts "
+                                        f"WHERE aid = {value};")
                 for label, on, ch in (
                         (f"{len(chain)} layers (operations observed)", True, chain),
                         ("operations built, empty chain", True, Chain([])),
@@ -237,12 +271,11 @@ async def relay_mode(args) -> None:
                     client.chain = ch
                     best = float("inf")
                     for r in range(args.repeat):
-                        queries = [pg.query(f"SELECT abalance FROM pgbench_accounts "
-                                            f"WHERE aid = {i + r * n};") for i in range(n)]
+                        requests = [tx(i + r * n) for i in range(n)]
                         if args.no_gc:
                             gc.disable()
                         try:
-                            best = min(best, _time_relay(client, queries, reply))
+                            best = min(best, _time_relay(client, requests, reply))
                         finally:
                             gc.enable()
                     rows.append((label, best))
@@ -250,6 +283,7 @@ async def relay_mode(args) -> None:
                 fd.observe = observe
                 client.chain = chain
                 client.transport, srv.transport = saved
+            print(f"# pool_mode {args.pool_mode}, pgbench -S -M {args.protocol}")
             print(f"{'relay Python work per transaction (sockets excluded)':60} {'µs/tx':>8}")
             for label, value in rows:
                 print(f"{label:60} {value:8.2f}")
@@ -305,6 +339,8 @@ def main() -> None:
     rl.add_argument("--ops", type=int, default=20_000)
     rl.add_argument("--repeat", type=int, default=5)
     rl.add_argument("--no-gc", action="store_true", help="disable the GC while timing")
+    rl.add_argument("--pool-mode", default="session", choices=("session", "transaction"))
+    rl.add_argument("--protocol", default="simple", choices=("simple", "prepared"))
     pr = sub.add_parser("profile", help="cProfile of the event loop under pgbench")
     pr.add_argument("--no-layers", action="store_true")
     pr.add_argument("--seconds", type=int, default=5)

@@ -52,6 +52,7 @@ WAITING = 1  # an operation waits for the chain or for a server connection
 SERVER_FULL = 2  # the server's write buffer is full
 
 _unpack_len = pg.unpack_len
+_pack_i32 = pg.pack_i32
 _monotonic = time.monotonic
 
 # Parameters the server reports (GUC_REPORT) that belong to the client: in transaction mode
@@ -281,199 +282,196 @@ class ClientConnection(asyncio.Protocol):
         out: list[bytes] = []
         self.out = out
         try:
-            self._scan(data, pos, run, resumed)
+            n = len(data)
+            srv = self.server
+            max_msg = self.max_msg
+            while n - pos >= 5:
+                t = data[pos]
+                ln = _unpack_len(data, pos + 1)[0]
+                if ln < 4 or ln > max_msg:
+                    self._flush(data, run, pos)
+                    self._too_big(t, ln)
+                    return
+                end = pos + 1 + ln
+                if t == 100:  # CopyData: stream it, whatever its size
+                    if end > n:
+                        if self.discarding or srv is None:
+                            # Outside COPY the server ignores CopyData; so do we.
+                            self._flush(data, run, pos)
+                            self.cdrop = end - n
+                            return
+                        self._flush(data, run, n)
+                        self.cskip = end - n
+                        return
+                    if srv is None or self.discarding:
+                        self._flush(data, run, pos)
+                        run = end
+                    pos = end
+                    continue
+                if end > n:
+                    break
+                if self.discarding and t != 83:
+                    # After a refused Execute, drop everything up to Sync (as the server would).
+                    self._flush(data, run, pos)
+                    pos = run = end
+                    if t == 88:
+                        self.close()
+                        return
+                    continue
+
+                if t == 81:  # Query
+                    if resumed is not None:
+                        op, verdict = resumed
+                        resumed = None
+                        verb = op.name if op is not None else \
+                            verb_of(data[pos + 5:end - 1].decode("utf-8", "replace"))
+                    elif self.fd.observe:
+                        text = data[pos + 5:end - 1].decode("utf-8", "replace")
+                        verb = verb_of(text)
+                        op = Operation(self.session, "query", verb, text, ln + 1)  # type: ignore[arg-type]
+                        op.canceller = self.canceller
+                        try:
+                            verdict = self.chain.admit(op)
+                        except Reject as rej:
+                            verdict = rej
+                        except Exception as exc:
+                            verdict = self._layer_failed(op, exc)
+                        if verdict is not None and not isinstance(verdict, (Reject, bytes)):
+                            self._flush(data, run, pos)
+                            self._suspend(data, pos, op, verdict)
+                            return
+                    else:  # no layer looks at operations: build none
+                        op = verdict = None
+                        verb = "" if self.session_mode else \
+                            verb_of(data[pos + 5:end - 1].decode("utf-8", "replace"))
+                    if verdict is None and verb == "LISTEN" and not self.session_mode:
+                        verdict = self._listen_refused()
+                    if verdict is not None:
+                        self._flush(data, run, pos)
+                        pos = run = end
+                        self._refuse_query(op, verdict)
+                        continue
+                    if srv is None:
+                        srv = self._checkout()
+                        if srv is None:
+                            self._suspend(data, pos, op, None)
+                            return
+                    if self.session_mode:
+                        if self.session.settings is not self.settings_src:  # type: ignore[union-attr]
+                            run = self._reapply(srv, data, run, pos)
+                    elif verb in ("SET", "RESET", "DISCARD", "DEALLOCATE"):
+                        self._server_state_changed(srv, verb)
+                    self.syncs_sent += 1
+                    self.session.operations += 1  # type: ignore[union-attr]
+                    if op is not None:
+                        self.ops.append((op, True, self.syncs_sent))
+                    else:
+                        self.fd.n_ok += 1
+                    pos = end
+                    continue
+
+                if t == 83:  # Sync
+                    if srv is None:
+                        # Nothing of this batch reached a server: answer for it.
+                        self._flush(data, run, pos)
+                        pos = run = end
+                        error, self.discard_error, self.discarding = self.discard_error, None, False
+                        self.unsynced = False
+                        self._write((error or b"") + pg.ready_for_query(b"I"))
+                        continue
+                    if self.discarding:
+                        self.discarding = False
+                        error, self.discard_error = self.discard_error, None
+                        if error is not None:
+                            self._queue_inject(self.syncs_sent + 1, True, error, False)
+                    self.syncs_sent += 1
+                    self.unsynced = False
+                    pos = end
+                    continue
+
+                if t == 88:  # Terminate
+                    self._flush(data, run, pos)
+                    self.close()
+                    return
+
+                if t not in _EXTENDED:
+                    if t == 99 or t == 102:  # CopyDone / CopyFail
+                        if srv is None:  # no COPY in progress: ignored, as the server would
+                            self._flush(data, run, pos)
+                            run = end
+                        pos = end
+                        continue
+                    self._flush(data, run, pos)
+                    self.fatal(PROTOCOL_VIOLATION, f"invalid frontend message type {t}")
+                    return
+
+                # Extended protocol (and FunctionCall): needs a server connection.
+                op = None
+                verdict = None
+                if t == 69:  # Execute
+                    if resumed is not None:
+                        op, verdict = resumed
+                        resumed = None
+                    elif self.fd.observe:
+                        op = self._execute_op(data, pos, end)
+                        verdict = self._admit(op)
+                        if verdict is not None and not isinstance(verdict, (Reject, bytes)):
+                            self._flush(data, run, pos)
+                            self._suspend(data, pos, op, verdict)
+                            return
+                    if verdict is not None:
+                        self._flush(data, run, pos)
+                        pos = run = end
+                        self._refuse_execute(op, verdict)
+                        continue
+                elif resumed is not None:
+                    _, verdict = resumed
+                    resumed = None
+                    if verdict is not None:  # no server could be had for this batch
+                        self._flush(data, run, pos)
+                        self.discarding = True
+                        self.discard_error = verdict if isinstance(verdict, bytes) else \
+                            reject_error(verdict)
+                        continue  # the loop drops this message and the rest up to Sync
+                if srv is None:
+                    srv = self._checkout()
+                    if srv is None:
+                        self._suspend(data, pos, op, None)
+                        return
+                elif self.session_mode and self.session.settings is not self.settings_src:  # type: ignore[union-attr]
+                    run = self._reapply(srv, data, run, pos)
+                if t == 69:
+                    self.session.operations += 1  # type: ignore[union-attr]
+                    if op is not None:
+                        self.ops.append((op, False, self.syncs_sent + 1))
+                    else:
+                        self.fd.n_ok += 1
+                elif t == 70:  # FunctionCall: answered with ReadyForQuery like a Query
+                    self.syncs_sent += 1
+                    pos = end
+                    continue
+                elif t == 80:  # Parse
+                    if not self.session_mode or self.fd.observe:  # else: nothing to track
+                        run = self._parse(data, pos, end, run, srv)
+                elif t == 66:  # Bind
+                    if not self.session_mode or self.fd.observe:
+                        run = self._bind(data, pos, end, run, srv)
+                elif (t == 68 or t == 67) and not self.session_mode and data[pos + 5] == 83 \
+                        and end - pos > 7:  # Describe / Close of a named statement
+                    run = self._describe_close(t, data, pos, end, run, srv)
+                if t != 72:  # Flush leaves the batch as it is
+                    self.unsynced = True
+                pos = end
+            if run < pos:  # _flush, inline: the common end of a chunk
+                out.append(data if run == 0 and pos == n else data[run:pos])
+            if pos < n:
+                self.rbuf = data[pos:]
         finally:
             self.out = None
             if out:
                 srv = self.server
                 if srv is not None:
                     srv.transport.write(out[0] if len(out) == 1 else b"".join(out))  # type: ignore[union-attr]
-
-    def _scan(self, data: bytes, pos: int, run: int,
-              resumed: tuple[Operation | None, Reject | bytes | None] | None) -> None:
-        n = len(data)
-        srv = self.server
-        max_msg = self.max_msg
-        while n - pos >= 5:
-            t = data[pos]
-            ln = _unpack_len(data, pos + 1)[0]
-            if ln < 4 or ln > max_msg:
-                self._flush(data, run, pos)
-                self._too_big(t, ln)
-                return
-            end = pos + 1 + ln
-            if t == 100:  # CopyData: stream it, whatever its size
-                if end > n:
-                    if self.discarding or srv is None:
-                        # Outside COPY the server ignores CopyData; so do we.
-                        self._flush(data, run, pos)
-                        self.cdrop = end - n
-                        return
-                    self._flush(data, run, n)
-                    self.cskip = end - n
-                    return
-                if srv is None or self.discarding:
-                    self._flush(data, run, pos)
-                    run = end
-                pos = end
-                continue
-            if end > n:
-                break
-            if self.discarding and t != 83:
-                # After a refused Execute, drop everything up to Sync (as the server would).
-                self._flush(data, run, pos)
-                pos = run = end
-                if t == 88:
-                    self.close()
-                    return
-                continue
-
-            if t == 81:  # Query
-                if resumed is not None:
-                    op, verdict = resumed
-                    resumed = None
-                    verb = op.name if op is not None else \
-                        verb_of(data[pos + 5:end - 1].decode("utf-8", "replace"))
-                elif self.fd.observe:
-                    text = data[pos + 5:end - 1].decode("utf-8", "replace")
-                    verb = verb_of(text)
-                    op = Operation(self.session, "query", verb, text, ln + 1)  # type: ignore[arg-type]
-                    op.canceller = self.canceller
-                    try:
-                        verdict = self.chain.admit(op)
-                    except Reject as rej:
-                        verdict = rej
-                    except Exception as exc:
-                        verdict = self._layer_failed(op, exc)
-                    if verdict is not None and not isinstance(verdict, (Reject, bytes)):
-                        self._flush(data, run, pos)
-                        self._suspend(data, pos, op, verdict)
-                        return
-                else:  # no layer looks at operations: build none
-                    op = verdict = None
-                    verb = "" if self.session_mode else \
-                        verb_of(data[pos + 5:end - 1].decode("utf-8", "replace"))
-                if verdict is None and verb == "LISTEN" and not self.session_mode:
-                    verdict = self._listen_refused()
-                if verdict is not None:
-                    self._flush(data, run, pos)
-                    pos = run = end
-                    self._refuse_query(op, verdict)
-                    continue
-                if srv is None:
-                    srv = self._checkout()
-                    if srv is None:
-                        self._suspend(data, pos, op, None)
-                        return
-                if self.session_mode:
-                    if self.session.settings is not self.settings_src:  # type: ignore[union-attr]
-                        run = self._reapply(srv, data, run, pos)
-                elif verb in ("SET", "RESET", "DISCARD", "DEALLOCATE"):
-                    self._server_state_changed(srv, verb)
-                self.syncs_sent += 1
-                self.session.operations += 1  # type: ignore[union-attr]
-                if op is not None:
-                    self.ops.append((op, True, self.syncs_sent))
-                else:
-                    self.fd.n_ok += 1
-                pos = end
-                continue
-
-            if t == 83:  # Sync
-                if srv is None:
-                    # Nothing of this batch reached a server: answer for it.
-                    self._flush(data, run, pos)
-                    pos = run = end
-                    error, self.discard_error, self.discarding = self.discard_error, None, False
-                    self.unsynced = False
-                    self._write((error or b"") + pg.ready_for_query(b"I"))
-                    continue
-                if self.discarding:
-                    self.discarding = False
-                    error, self.discard_error = self.discard_error, None
-                    if error is not None:
-                        self._queue_inject(self.syncs_sent + 1, True, error, False)
-                self.syncs_sent += 1
-                self.unsynced = False
-                pos = end
-                continue
-
-            if t == 88:  # Terminate
-                self._flush(data, run, pos)
-                self.close()
-                return
-
-            if t not in _EXTENDED:
-                if t == 99 or t == 102:  # CopyDone / CopyFail
-                    if srv is None:  # no COPY in progress: ignored, as the server would
-                        self._flush(data, run, pos)
-                        run = end
-                    pos = end
-                    continue
-                self._flush(data, run, pos)
-                self.fatal(PROTOCOL_VIOLATION, f"invalid frontend message type {t}")
-                return
-
-            # Extended protocol (and FunctionCall): needs a server connection.
-            op = None
-            verdict = None
-            if t == 69:  # Execute
-                if resumed is not None:
-                    op, verdict = resumed
-                    resumed = None
-                elif self.fd.observe:
-                    op = self._execute_op(data, pos, end)
-                    verdict = self._admit(op)
-                    if verdict is not None and not isinstance(verdict, (Reject, bytes)):
-                        self._flush(data, run, pos)
-                        self._suspend(data, pos, op, verdict)
-                        return
-                if verdict is not None:
-                    self._flush(data, run, pos)
-                    pos = run = end
-                    self._refuse_execute(op, verdict)
-                    continue
-            elif resumed is not None:
-                _, verdict = resumed
-                resumed = None
-                if verdict is not None:  # no server could be had for this batch
-                    self._flush(data, run, pos)
-                    self.discarding = True
-                    self.discard_error = verdict if isinstance(verdict, bytes) else \
-                        reject_error(verdict)
-                    continue  # the loop drops this message and the rest up to Sync
-            if srv is None:
-                srv = self._checkout()
-                if srv is None:
-                    self._suspend(data, pos, op, None)
-                    return
-            elif self.session_mode and self.session.settings is not self.settings_src:  # type: ignore[union-attr]
-                run = self._reapply(srv, data, run, pos)
-            if t == 69:
-                self.session.operations += 1  # type: ignore[union-attr]
-                if op is not None:
-                    self.ops.append((op, False, self.syncs_sent + 1))
-                else:
-                    self.fd.n_ok += 1
-            elif t == 70:  # FunctionCall: answered with ReadyForQuery like a Query
-                self.syncs_sent += 1
-                pos = end
-                continue
-            elif t == 80:  # Parse
-                if not self.session_mode or self.fd.observe:  # else: nothing to track
-                    run = self._parse(data, pos, end, run, srv)
-            elif t == 66:  # Bind
-                if not self.session_mode or self.fd.observe:
-                    run = self._bind(data, pos, end, run, srv)
-            elif (t == 68 or t == 67) and not self.session_mode and data[pos + 5] == 83 \
-                    and end - pos > 7:  # Describe / Close of a named statement
-                run = self._describe_close(t, data, pos, end, run, srv)
-            if t != 72:  # Flush leaves the batch as it is
-                self.unsynced = True
-            pos = end
-        self._flush(data, run, pos)
-        if pos < n:
-            self.rbuf = data[pos:]
 
     def _flush(self, data: bytes, run: int, upto: int) -> None:
         if run < upto:
@@ -792,15 +790,17 @@ class ClientConnection(asyncio.Protocol):
         if self.session_mode or not name or stmt is None:
             return run
         sname = srv.by_key.get(stmt.key)
+        out: list[bytes] = self.out  # type: ignore[assignment]
         if sname is None:
             sname, _ = self._server_name(srv, stmt, data, run, pos)
         else:
             srv.prepared.move_to_end(sname)
-            self._flush(data, run, pos)
-        rest = data[snul:end]  # NUL of the statement name, then formats and parameters
-        self.out.append(b"".join((  # type: ignore[union-attr]
-            b"B", pg.pack_i32(4 + pnul + 1 - pos - 5 + len(sname) + len(rest)),
-            data[pos + 5:pnul + 1], sname, rest)))
+            if run < pos:  # _flush, inline
+                out.append(data[run:pos])
+        # The Bind with the server's statement name, as pieces: the chunk's one write joins
+        # them (no join of its own). After the name: its NUL, formats and parameters.
+        out += (b"B", _pack_i32(end - snul + pnul - pos + len(sname)), data[pos + 5:pnul + 1],
+                sname, data[snul:end])
         return end
 
     def _describe_close(self, t: int, data: bytes, pos: int, end: int, run: int,

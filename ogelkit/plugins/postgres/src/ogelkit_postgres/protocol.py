@@ -27,10 +27,8 @@ _iii = struct.Struct("!iii")
 #: ``unpack_len(buf, pos)[0]``: the int32 length that follows a type byte at ``pos - 1``.
 unpack_len = _I.unpack_from
 unpack_i32 = _i.unpack_from
-
-
-def pack_i32(value: int) -> bytes:
-    return _i.pack(value)
+#: ``pack_i32(value)``: a signed int32, network order (the struct method itself: no call).
+pack_i32 = _i.pack
 
 
 def message(kind: bytes, body: bytes = b"") -> bytes:
