@@ -72,6 +72,10 @@ def test_operations_reach_the_layers():
             out = p.execute(raise_on_error=False)
             assert out[:3] == [True, b"1", 1] and isinstance(out[3], redis.ResponseError)
             assert out[4] == b"1"
+            p = c.pipeline(transaction=False)  # one Operation per command, no more, no less
+            for _ in range(50):
+                p.incr("many")  # INCRBY
+            assert p.execute() == list(range(1, 51))
             with pytest.raises(redis.ResponseError) as info:
                 c.execute_command("FLUSHALL")
             t0 = time.monotonic()
@@ -87,6 +91,7 @@ def test_operations_reach_the_layers():
         assert ("FLUSHALL", "rejected", None) in SEEN
         assert ("BLPOP", "rejected", None) in SEEN
         assert names.count("GET") >= 4
+        assert names.count("INCRBY") == 51 and SEEN.count(("INCRBY", "ok", None)) == 51
         assert (tenants[0].slug, True) in SESSIONS
         assert any(not authed for _, authed in SESSIONS)  # the failed AUTH's session
     finally:

@@ -21,9 +21,10 @@ import logging
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
+from time import monotonic as _monotonic
 from typing import TYPE_CHECKING, Any
 
-from ogelkit.model import Operation, Reason, Reject, Session
+from ogelkit.model import Reason, Reject, Session
 from ogelkit_redis import resp
 from ogelkit_redis.commands import Command
 from ogelkit_redis.namespace import Namespace, first_word
@@ -35,7 +36,7 @@ from ogelkit_redis.resp import (
     new_reader,
     parse_command,
 )
-from ogelkit_redis.upstream import Pending, Upstream
+from ogelkit_redis.upstream import Pending, RedisOperation, Upstream
 
 if TYPE_CHECKING:
     from ogelkit_redis.backend import RedisBackend, TenantDb
@@ -48,12 +49,6 @@ PREAUTH_MAX_ARGS = 16
 MAX_PENDING_INPUT = 8 * 1024 * 1024  # input buffered while stalled before we stop reading
 NOAUTH = b"-NOAUTH Authentication required.\r\n"
 WRONGPASS = b"-WRONGPASS invalid username-password pair or user is disabled.\r\n"
-
-
-class RedisOperation(Operation):
-    """An Operation that keeps the command's arguments (for the backend's cost estimate)."""
-
-    __slots__ = ("argv", "command")
 
 
 def reject_error(rej: Reject) -> bytes:
@@ -253,9 +248,10 @@ class RedisClient(asyncio.Protocol):
 
     def _run_parsed(self, cmds: list) -> None:
         # The commonest request, a one-key command on the shared connection with nothing
-        # else going on, is prefixed and queued right here; every other request takes
-        # ``_execute``, after which the conditions are checked again (it may change them).
-        fast, up, commands, prefix, quota_ok = self._fast_state()
+        # else going on, is prefixed and queued right here (through the layers' admission
+        # when they look at operations); every other request takes ``_execute``, after which
+        # the conditions are checked again (it may change them).
+        fast, observe, up, commands, prefix, quota_ok = self._fast_state()
         sent = 0  # queued here, not yet counted
         i, n = 0, len(cmds)
         try:
@@ -271,21 +267,26 @@ class RedisClient(asyncio.Protocol):
                         if k and len(argv) > k and (quota_ok or not cmd.denyoom) \
                                 and not up.paused:
                             argv[k] = prefix + argv[k]
-                            up.send(encode_tuple(tuple(argv)), self)
-                            sent += 1
-                            continue
+                            if not observe:
+                                up.send(encode_tuple(tuple(argv)), self)
+                                sent += 1
+                                continue
+                            self.upstream = up
+                            self.session.operations += 1
+                            self.door.ops += 1
+                            if self._admit(cmd, argv, encode_tuple(tuple(argv)), None, up, None):
+                                continue
+                            self._stash(cmds, i)  # admission went asynchronous
+                            return
                 if sent:
                     self._count_sent(up, sent)
                     sent = 0
                 if not self._execute(argv, None, 0, 0):
-                    rest = [encode_command(a) for a in cmds[i:] if a]
-                    if rest:
-                        self._chunks.insert(0, b"".join(rest))
-                        self._have += len(self._chunks[0])
+                    self._stash(cmds, i)
                     return
                 if self.closing:
                     return
-                fast, up, commands, prefix, quota_ok = self._fast_state()
+                fast, observe, up, commands, prefix, quota_ok = self._fast_state()
         except (TypeError, AttributeError):  # not an array of bulk strings
             if sent:
                 self._count_sent(up, sent)
@@ -294,15 +295,23 @@ class RedisClient(asyncio.Protocol):
         if sent:
             self._count_sent(up, sent)
 
-    def _fast_state(self) -> tuple[bool, Any, Any, bytes, bool]:
+    def _stash(self, cmds: list, i: int) -> None:
+        """Keep the requests from ``cmds[i]`` on for when the client's input resumes."""
+        rest = [encode_command(a) for a in cmds[i:] if a]
+        if rest:
+            self._chunks.insert(0, b"".join(rest))
+            self._have += len(self._chunks[0])
+
+    def _fast_state(self) -> tuple[bool, bool, Any, Any, bytes, bool]:
         """Whether one-key commands may skip ``_execute``/``_send`` (see ``_run_parsed``),
         and what they need."""
         up = self._shared
         if (up is None or up.closed or not self.authed or self.dedicated is not None
-                or self.observe or self.skip_next or self.reply_off
+                or self.skip_next or self.reply_off
                 or (up is not self.upstream and self.recv != self.sent)):
-            return False, None, None, b"", False
-        return True, up, self.table.commands, self.ns.prefix, self.tdb.over_quota is None
+            return False, False, None, None, b"", False
+        return (True, self.observe, up, self.table.commands, self.ns.prefix,
+                self.tdb.over_quota is None)
 
     def _count_sent(self, up: Upstream, sent: int) -> None:
         self.upstream = up
@@ -440,7 +449,7 @@ class RedisClient(asyncio.Protocol):
             self._release_held()
 
     def deliver_pending(self, w: Pending, raw: bytes, *, failed: bool = False) -> None:
-        op = w.op
+        """An upstream reply to transform, silence (CLIENT REPLY) or follow up (``post``)."""
         if w.transform is _silence:
             raw = b""
         elif w.transform is not None and not failed and raw[0] != 45:
@@ -451,20 +460,52 @@ class RedisClient(asyncio.Protocol):
                 raw = resp.error("ERR the gateway could not read the upstream reply")
         if raw[:1] == b"-":
             self.door.op_errors += 1
-        if op is not None:
-            if op.rejection is not None:  # cancelled (timeout layer): already answered
-                raw = b""
-            op.ended = time.monotonic()
-            op.bytes_out = len(raw)
-            if raw[:1] == b"-":
-                op.error = first_word(raw)
-            self.chain.complete(op)
         post = w.post
         self.recv += 1
         if raw:
             self._write(raw)
         if self.held:
             self._release_held()
+        if post is not None:
+            post(self)
+        if self.dedicated is not None or self._stalled is not None:
+            self._after_reply()
+
+    def deliver_op(self, op: RedisOperation, raw: bytes, *, failed: bool = False) -> None:
+        """The upstream reply to an operation the layers look at: like ``deliver_pending``,
+        and the operation completes (log phase)."""
+        transform = op.transform
+        if transform is not None:
+            if transform is _silence:
+                raw = b""
+            elif not failed and raw[0] != 45:
+                try:
+                    raw = transform(raw)
+                except Exception:
+                    log.exception("reply transformation failed")
+                    raw = resp.error("ERR the gateway could not read the upstream reply")
+        error = raw[:1] == b"-"
+        if error:
+            self.door.op_errors += 1
+        if op.rejection is not None:  # cancelled (timeout layer): already answered
+            raw = b""
+            error = False
+        op.ended = _monotonic()
+        op.bytes_out = len(raw)
+        if error:
+            op.error = first_word(raw)
+        self.chain.complete(op)
+        self.recv += 1
+        if raw and self.transport is not None:  # _write, inline
+            self.session.bytes_out += len(raw)
+            out = self._out
+            if out is not None:
+                out.append(raw)
+            else:
+                self.transport.write(raw)
+        if self.held:
+            self._release_held()
+        post = op.post
         if post is not None:
             post(self)
         if self.dedicated is not None or self._stalled is not None:
@@ -638,6 +679,7 @@ class RedisClient(asyncio.Protocol):
             return
         op = RedisOperation(self.session, "command", name, None, sum(len(a) for a in argv))
         op.argv = argv
+        op.queued = False
         op.rejection = rej
         op.ended = op.started
         self.chain.complete(op)
@@ -697,60 +739,70 @@ class RedisClient(asyncio.Protocol):
     def _admit(self, cmd: Command, argv: list[bytes], out: bytes,
                transform: Callable[[bytes], bytes] | None, up: Upstream,
                post: Callable[[RedisClient], None] | None) -> bool:
+        """Layer admission, then the command goes upstream with its operation as the reply
+        waiter (one object per command)."""
         op = RedisOperation(self.session, "command", cmd.op_name, None, len(out))
         op.argv = argv
         op.command = cmd
+        op.client = self
+        op.transform = transform
+        op.post = post
+        op.up = up
+        op.queued = False
         try:
             pending = self.chain.admit(op)
         except Reject as rej:
-            op.ended = time.monotonic()
-            self.chain.complete(op)
-            self.door.op_rejected += 1
-            self.door.ops -= 1
-            if self.in_multi:
-                self.multi_error = True
-            self.reply(reject_error(rej))
+            self._admission_refused(op, rej)
             return True
         if pending is not None:
-            return self._spawn(self._admit_later(op, pending, out, transform, up, post))
-        self._queue(op, out, transform, up, post)
-        return True
-
-    async def _admit_later(self, op: RedisOperation, pending: Awaitable[None], out: bytes,
-                           transform: Callable[[bytes], bytes] | None, up: Upstream,
-                           post: Callable[[RedisClient], None] | None) -> None:
-        try:
-            await pending
-        except Reject as rej:
-            op.ended = time.monotonic()
-            self.chain.complete(op)
-            self.door.op_rejected += 1
-            self.door.ops -= 1
-            if self.in_multi:
-                self.multi_error = True
-            self.reply(reject_error(rej))
-            return
-        if up.closed:
-            op.ended = time.monotonic()
-            op.error = "ERR"
-            self.chain.complete(op)
-            self.reply(resp.error("ERR upstream Redis connection lost"))
-            return
-        self._queue(op, out, transform, up, post)
-
-    def _queue(self, op: RedisOperation, out: bytes, transform: Callable[[bytes], bytes] | None,
-               up: Upstream, post: Callable[[RedisClient], None] | None) -> None:
-        w = Pending(self, transform, op, post=post)
+            return self._spawn(self._admit_later(op, pending, out))
+        # _queue, inline (every observed command passes here)
         if self.skip_next or self.reply_off:
             self.skip_next = False
-            w.transform = _silence
-        w.up = up
-        op.canceller = w  # Pending.__call__ answers the client and stops a blocking command
+            op.transform = _silence
+        op.queued = True
         if up.paused:
             up.paused_clients.append(self)
             self._pause_reading()
         self.sent += 1
-        up.send(out, w)
+        up.send(out, op)
+        return True
+
+    def _admission_refused(self, op: RedisOperation, rej: Reject) -> None:
+        op.ended = _monotonic()
+        self.chain.complete(op)
+        self.door.op_rejected += 1
+        self.door.ops -= 1
+        if self.in_multi:
+            self.multi_error = True
+        self.reply(reject_error(rej))
+
+    async def _admit_later(self, op: RedisOperation, pending: Awaitable[None],
+                           out: bytes) -> None:
+        try:
+            await pending
+        except Reject as rej:
+            self._admission_refused(op, rej)
+            return
+        if op.up.closed:
+            op.ended = _monotonic()
+            op.error = "ERR"
+            self.chain.complete(op)
+            self.reply(resp.error("ERR upstream Redis connection lost"))
+            return
+        self._queue(op, out)
+
+    def _queue(self, op: RedisOperation, out: bytes) -> None:
+        if self.skip_next or self.reply_off:  # CLIENT REPLY SKIP/OFF when it was sent
+            self.skip_next = False
+            op.transform = _silence
+        op.queued = True  # cancellable from now on (RedisOperation.cancel)
+        up = op.up
+        if up.paused:
+            up.paused_clients.append(self)
+            self._pause_reading()
+        self.sent += 1
+        up.send(out, op)
 
     def reply_now_or_later(self, data: bytes) -> None:
         """Write a timeout answer at once when the timed-out command is the oldest one owed;
@@ -768,6 +820,7 @@ class RedisClient(asyncio.Protocol):
                             sum(len(a) for a in argv))
         op.argv = argv
         op.command = cmd
+        op.queued = False  # answered by the gateway: nothing to cancel upstream
         try:
             pending = self.chain.admit(op)
             if pending is not None:

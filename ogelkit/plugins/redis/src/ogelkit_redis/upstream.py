@@ -9,8 +9,9 @@ answers batches instead of single commands.
 A *dedicated* connection serves one client while it is in a stateful mode (MULTI/WATCH,
 pub/sub, a blocking command) and goes back to an idle list afterwards.
 
-Waiters are either a client object (plain pass-through: ``client.deliver(raw)``) or a
-``Pending`` (reply transformation, layer operation, internal handshake).
+Waiters are either a client object (plain pass-through: ``client.deliver(raw)``), a
+``RedisOperation`` (a command the layers look at: ``client.deliver_op``) or a ``Pending``
+(reply transformation, internal handshake: ``client.deliver_pending``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from ogelkit.model import Operation, Reject
 from ogelkit_redis import resp
 
 if TYPE_CHECKING:
@@ -40,27 +42,38 @@ class UpstreamError(Exception):
 class Pending:
     """A waiter with more to do than pass the reply through."""
 
-    __slots__ = ("client", "done", "op", "post", "transform", "up")
+    __slots__ = ("client", "done", "post", "transform")
 
     def __init__(self, client: RedisClient | None, transform: Callable[[bytes], bytes] | None = None,
-                 op: Any = None, done: Callable[[bytes], None] | None = None,
+                 done: Callable[[bytes], None] | None = None,
                  post: Callable[[Any], None] | None = None):
         self.client = client
         self.transform = transform
-        self.op = op
         self.done = done  # internal waiters (handshake): called with the raw reply
         self.post = post  # called with the client after the reply is delivered
-        self.up: Upstream | None = None  # set when the op may be cancelled
 
-    def __call__(self, reason: Any) -> None:
-        """``op.canceller``: answer the client with ``reason`` (a Reject) now, and stop the
-        command if it runs on a connection of its own (a blocking command)."""
+
+class RedisOperation(Operation):
+    """A command some layer looks at. It is its own reply waiter (what ``Pending`` carries,
+    for one object per command) and cancels itself: ``cancel`` is overridden instead of
+    setting ``canceller``, which would be a reference cycle per command (the cyclic garbage
+    collector, not reference counting, would then free every operation)."""
+
+    __slots__ = ("argv", "client", "command", "post", "queued", "transform", "up")
+    done = None  # never an internal waiter
+
+    def cancel(self, reason: Reject) -> bool:
+        """Answer the client with ``reason`` now (the reply, when it comes, is dropped) and
+        stop the command if it runs on a connection of its own (a blocking command).
+        False before the command went upstream or after its reply."""
+        if not self.queued or self.ended is not None:
+            return False
         from ogelkit_redis.client import reject_error
-        op = self.op
-        op.rejection = reason
+        self.rejection = reason
         self.client.reply_now_or_later(reject_error(reason))
-        if self.up is not None and self.up.dedicated:
+        if self.up.dedicated:
             self.up.abort()
+        return True
 
 
 class Upstream(asyncio.Protocol):
@@ -108,7 +121,10 @@ class Upstream(asyncio.Protocol):
                            "have run")
         for w in waiters:
             try:
-                if type(w) is Pending:
+                tw = type(w)
+                if tw is RedisOperation:
+                    w.client.deliver_op(w, error, failed=True)
+                elif tw is Pending:
                     if w.done is not None:
                         continue
                     if w.client is not None:
@@ -204,7 +220,8 @@ class Upstream(asyncio.Protocol):
                     errors += 1
                 pos = end
                 continue
-            if type(w) is not Pending:  # a client: pass-through
+            tw = type(w)
+            if tw is not RedisOperation and tw is not Pending:  # a client: pass-through
                 if w is not cur:
                     if cur is not None:
                         if start >= 0:
@@ -250,7 +267,10 @@ class Upstream(asyncio.Protocol):
                 cur = client
                 client.collect_out()
                 collecting = True
-            client.deliver_pending(w, raw)
+            if tw is RedisOperation:
+                client.deliver_op(w, raw)
+            else:
+                client.deliver_pending(w, raw)
         if cur is not None:
             if start >= 0:
                 cur.deliver_run(data[start:pos], count, errors)
