@@ -252,7 +252,7 @@ class RedisClient(asyncio.Protocol):
         # when they look at operations); every other request takes ``_execute``, after which
         # the conditions are checked again (it may change them).
         fast, observe, up, commands, prefix, quota_ok = self._fast_state()
-        sent = 0  # queued here, not yet counted
+        outs: list[bytes] = []  # pass-through commands to send together
         i, n = 0, len(cmds)
         try:
             while i < n:
@@ -264,12 +264,10 @@ class RedisClient(asyncio.Protocol):
                     cmd = commands.get(argv[0])
                     if cmd is not None:
                         k = cmd.one_key
-                        if k and len(argv) > k and (quota_ok or not cmd.denyoom) \
-                                and not up.paused:
+                        if k and len(argv) > k and (quota_ok or not cmd.denyoom):
                             argv[k] = prefix + argv[k]
                             if not observe:
-                                up.send(encode_tuple(tuple(argv)), self)
-                                sent += 1
+                                outs.append(encode_tuple(tuple(argv)))
                                 continue
                             self.upstream = up
                             self.session.operations += 1
@@ -278,9 +276,9 @@ class RedisClient(asyncio.Protocol):
                                 continue
                             self._stash(cmds, i)  # admission went asynchronous
                             return
-                if sent:
-                    self._count_sent(up, sent)
-                    sent = 0
+                if outs:
+                    self._send_run(up, outs)
+                    outs = []
                 if not self._execute(argv, None, 0, 0):
                     self._stash(cmds, i)
                     return
@@ -288,12 +286,12 @@ class RedisClient(asyncio.Protocol):
                     return
                 fast, observe, up, commands, prefix, quota_ok = self._fast_state()
         except (TypeError, AttributeError):  # not an array of bulk strings
-            if sent:
-                self._count_sent(up, sent)
+            if outs:
+                self._send_run(up, outs)
             self._protocol_error("expected '$', got something else")
             return
-        if sent:
-            self._count_sent(up, sent)
+        if outs:
+            self._send_run(up, outs)
 
     def _stash(self, cmds: list, i: int) -> None:
         """Keep the requests from ``cmds[i]`` on for when the client's input resumes."""
@@ -313,11 +311,16 @@ class RedisClient(asyncio.Protocol):
         return (True, self.observe, up, self.table.commands, self.ns.prefix,
                 self.tdb.over_quota is None)
 
-    def _count_sent(self, up: Upstream, sent: int) -> None:
+    def _send_run(self, up: Upstream, outs: list[bytes]) -> None:
+        k = len(outs)
         self.upstream = up
-        self.sent += sent
-        self.session.operations += sent
-        self.door.ops += sent
+        self.sent += k
+        self.session.operations += k
+        self.door.ops += k
+        if up.paused:
+            up.paused_clients.append(self)
+            self._pause_reading()
+        up.send_run(outs, self)
 
     def _resume(self) -> None:
         """Continue with buffered input after a stall or a task."""

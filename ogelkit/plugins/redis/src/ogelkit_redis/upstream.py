@@ -20,6 +20,7 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable
+from itertools import repeat
 from typing import TYPE_CHECKING, Any
 
 from ogelkit.model import Operation, Reject
@@ -315,6 +316,29 @@ class Upstream(asyncio.Protocol):
             self.transport.write(data)
             return
         self.waiters.append(waiter)
+        self._out.append(data)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self.loop.call_soon(self._flush)
+
+    def send_run(self, outs: list[bytes], client: RedisClient) -> None:
+        """``send`` for several pass-through commands of one client in a row (one parsed
+        chunk): one write or queue entry for all of them, one waiter per command."""
+        k = len(outs)
+        data = outs[0] if k == 1 else b"".join(outs)
+        waiters = self.waiters
+        if (not waiters and not self._out and self.transport is not None
+                and (self.index < 0 or self.attached[self.index] <= 1)):
+            if k == 1:
+                waiters.append(client)
+            else:
+                waiters.extend(repeat(client, k))
+            self.transport.write(data)
+            return
+        if k == 1:
+            waiters.append(client)
+        else:
+            waiters.extend(repeat(client, k))
         self._out.append(data)
         if not self._flush_scheduled:
             self._flush_scheduled = True
