@@ -65,7 +65,13 @@ command = st.one_of(
 transaction = st.tuples(st.just("TX"), st.lists(command.filter(
     lambda c: c[0] not in ("KEYS", "SCANALL", "DBSIZE", "FLUSHDB", "RANDOMKEY", "WATCHED")),
     min_size=1, max_size=4))
-steps = st.lists(st.tuples(st.integers(0, 1), st.one_of(command, command, command, transaction)),
+# A pipeline (one write, replies read together): pass-through, transformed, held (PING,
+# ECHO: answered by the gateway) and blocking replies must come back in order.
+pipeline = st.tuples(st.just("PIPE"), st.lists(st.one_of(
+    command.filter(lambda c: c[0] not in ("SCANALL", "RANDOMKEY", "WATCHED")),
+    st.tuples(st.just("PING")), st.tuples(st.just("ECHO"), val)), min_size=2, max_size=12))
+steps = st.lists(st.tuples(st.integers(0, 1), st.one_of(command, command, command, transaction,
+                                                          pipeline)),
                  min_size=1, max_size=25)
 
 
@@ -80,6 +86,15 @@ def run(client: redis.Redis, cmd: tuple) -> object:
             return ("tx", [("err", str(x)) if isinstance(x, Exception) else
                            ("ok", sorted(x) if inner[0] in UNORDERED and isinstance(x, list) else x)
                            for x, inner in zip(out, cmd[1], strict=True)])
+        if name == "PIPE":
+            p = client.pipeline(transaction=False)
+            for inner in cmd[1]:
+                p.execute_command(*inner)
+            out = p.execute(raise_on_error=False)
+            return ("pipe", [("err", str(x)) if isinstance(x, Exception) else
+                             ("ok", sorted(x) if inner[0] in UNORDERED and isinstance(x, list)
+                              else x)
+                             for x, inner in zip(out, cmd[1], strict=True)])
         if name == "RANDOMKEY":  # random, but from the tenant's own keys
             key_ = client.randomkey()
             return ("ok", key_ is None, key_ is None or key_ in client.keys("*"))
