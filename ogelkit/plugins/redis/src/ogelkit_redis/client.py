@@ -249,49 +249,62 @@ class RedisClient(asyncio.Protocol):
     def _run_parsed(self, cmds: list) -> None:
         # The commonest request, a one-key command on the shared connection with nothing
         # else going on, is prefixed and queued right here (through the layers' admission
-        # when they look at operations); every other request takes ``_execute``, after which
-        # the conditions are checked again (it may change them).
-        fast, observe, up, commands, prefix, quota_ok = self._fast_state()
-        outs: list[bytes] = []  # pass-through commands to send together
+        # when they look at operations), the pass-through ones of a chunk in one write.
+        # Every other request takes ``_execute``, after which the conditions are checked
+        # again (it may change them).
         i, n = 0, len(cmds)
+        outs: list[bytes] = []  # pass-through commands to send together
+        up = None
         try:
             while i < n:
+                up = self._shared
+                if (up is not None and not up.closed and self.authed and self.dedicated is None
+                        and not self.skip_next and not self.reply_off
+                        and (up is self.upstream or self.recv == self.sent)):
+                    observe = self.observe
+                    commands = self.table.commands
+                    prefix = self.ns.prefix
+                    quota_ok = self.tdb.over_quota is None
+                    while i < n:
+                        argv = cmds[i]
+                        if not argv:
+                            i += 1
+                            continue
+                        cmd = commands.get(argv[0])
+                        if cmd is None:
+                            break
+                        k = cmd.one_key
+                        if not k or len(argv) <= k or not (quota_ok or not cmd.denyoom):
+                            break
+                        i += 1
+                        argv[k] = prefix + argv[k]
+                        if not observe:
+                            outs.append(encode_tuple(tuple(argv)))
+                            continue
+                        self.upstream = up
+                        self.session.operations += 1
+                        self.door.ops += 1
+                        if not self._admit(cmd, argv, encode_tuple(tuple(argv)), None, up, None):
+                            self._stash(cmds, i)  # admission went asynchronous
+                            return
+                    if outs:
+                        self._send_run(up, outs)
+                        outs = []
+                    if i >= n:
+                        return
                 argv = cmds[i]
                 i += 1
                 if not argv:
                     continue
-                if fast:
-                    cmd = commands.get(argv[0])
-                    if cmd is not None:
-                        k = cmd.one_key
-                        if k and len(argv) > k and (quota_ok or not cmd.denyoom):
-                            argv[k] = prefix + argv[k]
-                            if not observe:
-                                outs.append(encode_tuple(tuple(argv)))
-                                continue
-                            self.upstream = up
-                            self.session.operations += 1
-                            self.door.ops += 1
-                            if self._admit(cmd, argv, encode_tuple(tuple(argv)), None, up, None):
-                                continue
-                            self._stash(cmds, i)  # admission went asynchronous
-                            return
-                if outs:
-                    self._send_run(up, outs)
-                    outs = []
                 if not self._execute(argv, None, 0, 0):
                     self._stash(cmds, i)
                     return
                 if self.closing:
                     return
-                fast, observe, up, commands, prefix, quota_ok = self._fast_state()
         except (TypeError, AttributeError):  # not an array of bulk strings
             if outs:
                 self._send_run(up, outs)
             self._protocol_error("expected '$', got something else")
-            return
-        if outs:
-            self._send_run(up, outs)
 
     def _stash(self, cmds: list, i: int) -> None:
         """Keep the requests from ``cmds[i]`` on for when the client's input resumes."""
@@ -299,17 +312,6 @@ class RedisClient(asyncio.Protocol):
         if rest:
             self._chunks.insert(0, b"".join(rest))
             self._have += len(self._chunks[0])
-
-    def _fast_state(self) -> tuple[bool, bool, Any, Any, bytes, bool]:
-        """Whether one-key commands may skip ``_execute``/``_send`` (see ``_run_parsed``),
-        and what they need."""
-        up = self._shared
-        if (up is None or up.closed or not self.authed or self.dedicated is not None
-                or self.skip_next or self.reply_off
-                or (up is not self.upstream and self.recv != self.sent)):
-            return False, False, None, None, b"", False
-        return (True, self.observe, up, self.table.commands, self.ns.prefix,
-                self.tdb.over_quota is None)
 
     def _send_run(self, up: Upstream, outs: list[bytes]) -> None:
         k = len(outs)
