@@ -8,6 +8,7 @@ wait. Then layers close (the usage layer flushes), backends close, the store clo
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -173,6 +174,11 @@ class Gateway:
                     tg.start_soon(self._watch_signals)
 
                 _call_hook(self.plugins.hook.ogelkit_startup, context=ctx)
+                # Everything built so far (config, plugins, pools) lives as long as the
+                # process: move it out of the collector's generations so GC passes on the
+                # request path only scan request garbage.
+                gc.collect()
+                gc.freeze()
                 metrics.ready.set(1)
                 log.info("ready", extra={"addresses": {k: [f"{h}:{p}" for h, p in v]
                                                        for k, v in self.addresses.items()},
