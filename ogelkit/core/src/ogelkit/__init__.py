@@ -14,6 +14,7 @@ from importlib.metadata import PackageNotFoundError, version
 import pluggy
 
 from ogelkit.backend import Backend, Capability, FrontDoor
+from ogelkit.config import validators
 from ogelkit.config.schema import Duration, Size, option
 from ogelkit.layer import Layer, NoOptions
 from ogelkit.model import Operation, Reason, Reject, Session
@@ -42,4 +43,5 @@ __all__ = [
     "__version__",
     "hookimpl",
     "option",
+    "validators",
 ]

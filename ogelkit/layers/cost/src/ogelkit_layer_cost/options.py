@@ -6,12 +6,7 @@ from typing import Literal
 
 import attrs
 
-from ogelkit import Duration, option
-
-
-def _positive(_inst: object, attribute: attrs.Attribute, value: float) -> None:
-    if value <= 0:
-        raise ValueError(f"{attribute.name} must be greater than 0")
+from ogelkit import Duration, option, validators
 
 
 @attrs.define(kw_only=True)
@@ -22,16 +17,16 @@ class CostOptions:
             'cost_ceiling; "warn" admits it and only counts it (decision "warned"), to see '
             'what a ceiling would refuse before enforcing it.')
     cache_size: int = option(
-        10_000, validator=_positive,
+        10_000, validator=validators.positive,
         doc="Most cached estimates (one per tenant database and normalised statement); the "
             "oldest entry goes first when it is full. About 200 bytes each.")
     cache_ttl: Duration = option(
-        300.0, validator=_positive,
+        300.0, validator=validators.positive,
         doc="How long an estimate is reused before the backend is asked again, so plans "
             "that change as tables grow are picked up. Estimates the backend could not "
             "make are retried after 10 s at most.")
     estimate_timeout: Duration = option(
-        2.0, validator=_positive,
+        2.0, validator=validators.positive,
         doc="Longest an operation waits for a first estimate of its statement; after it "
             "the operation passes as \"unknown\" (the estimate is still cached when it "
             "arrives).")

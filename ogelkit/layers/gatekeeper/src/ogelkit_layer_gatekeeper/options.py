@@ -6,17 +6,7 @@ from typing import Literal
 
 import attrs
 
-from ogelkit import Duration, option
-
-
-def _positive(_inst: object, attribute: attrs.Attribute, value: float) -> None:
-    if value <= 0:
-        raise ValueError(f"{attribute.name} must be greater than 0")
-
-
-def _not_negative(_inst: object, attribute: attrs.Attribute, value: int) -> None:
-    if value < 0:
-        raise ValueError(f"{attribute.name} cannot be negative")
+from ogelkit import Duration, option, validators
 
 
 @attrs.define(kw_only=True)
@@ -31,17 +21,17 @@ class GatekeeperOptions:
             '"tier" uses the tier\'s connection_queue (0 s on free and starter, 5 s on pro, '
             '30 s on enterprise by default), a duration overrides it for every tier.')
     queue_limit: int = option(
-        100, validator=_not_negative,
+        100, validator=validators.not_negative,
         doc="Most clients of one tenant (or tenant database) waiting at once on this "
             "replica; further clients are refused at once, so a reconnect storm cannot pile "
             "up waiting connections.")
     lease_ttl: Duration = option(
-        15.0, validator=_positive,
+        15.0, validator=validators.positive,
         doc="Shared state only: how long a connection's lease in Redis lives without a "
             "refresh. Each replica refreshes its leases every lease_ttl/3, so the slots of "
             "a replica that died are free again within lease_ttl.")
     queue_poll: Duration = option(
-        0.1, validator=_positive,
+        0.1, validator=validators.positive,
         doc="Shared state only: how often a queued client retries for a slot that a client "
             "of another replica freed (slots freed on the same replica wake it at once).")
     state_down: Literal["open", "closed"] = option(

@@ -6,27 +6,7 @@ from typing import Literal
 
 import attrs
 
-from ogelkit import Duration, option
-
-
-def _positive(_inst: object, attribute: attrs.Attribute, value: float) -> None:
-    if value <= 0:
-        raise ValueError(f"{attribute.name} must be greater than 0")
-
-
-def _at_least_one(_inst: object, attribute: attrs.Attribute, value: float) -> None:
-    if value < 1:
-        raise ValueError(f"{attribute.name} must be at least 1")
-
-
-def _not_negative(_inst: object, attribute: attrs.Attribute, value: float) -> None:
-    if value < 0:
-        raise ValueError(f"{attribute.name} cannot be negative")
-
-
-def _ratio(_inst: object, attribute: attrs.Attribute, value: float) -> None:
-    if not 0 < value <= 1:
-        raise ValueError(f"{attribute.name} must be in (0, 1]")
+from ogelkit import Duration, option, validators
 
 
 def _targets_ok(_inst: object, attribute: attrs.Attribute, value: dict[str, float]) -> None:
@@ -44,43 +24,43 @@ def _default_targets() -> dict[str, float]:
 class IntelligenceOptions:
     # -- auth-failure bans -------------------------------------------------------------------
     auth_failures: int = option(
-        10, validator=_at_least_one,
+        10, validator=validators.at_least_one,
         doc="Failed logins for one tenant from one client address within auth_window that "
             "ban that tenant and address.")
     auth_window: Duration = option(
-        150.0, validator=_positive, doc="Sliding window in which auth_failures are counted.")
+        150.0, validator=validators.positive, doc="Sliding window in which auth_failures are counted.")
     ban: Duration = option(
-        120.0, validator=_positive,
+        120.0, validator=validators.positive,
         doc='First ban of a (tenant, address): logins are refused with reason "banned" '
             "before the password is even checked.")
     ban_factor: float = option(
-        2.0, validator=_at_least_one,
+        2.0, validator=validators.at_least_one,
         doc="Each further ban of the same (tenant, address) within ban_memory lasts "
             "ban_factor times longer than the one before.")
-    max_ban: Duration = option(3600.0, validator=_positive, doc="Longest ban.")
+    max_ban: Duration = option(3600.0, validator=validators.positive, doc="Longest ban.")
     ban_memory: Duration = option(
-        86400.0, validator=_positive,
+        86400.0, validator=validators.positive,
         doc="How long a (tenant, address) keeps its escalation level after its last ban "
             "ended; after that the next ban is a first one again.")
     # -- retry storms ------------------------------------------------------------------------
     storm_threshold: float = option(
-        50.0, validator=_positive,
+        50.0, validator=validators.positive,
         doc="Refusals per second of one tenant (by any other layer or the core, averaged "
             "over storm_window) that make a retry storm.")
     storm_window: Duration = option(
-        10.0, validator=_at_least_one,
+        10.0, validator=validators.at_least_one,
         doc="Window over which storm_threshold is averaged (whole seconds).")
     backoff: Duration = option(
-        1.0, validator=_positive,
+        1.0, validator=validators.positive,
         doc='First back-off of a storming tenant: its new connections and operations are '
             'refused with reason "banned" and a retry-after.')
     backoff_factor: float = option(
-        2.0, validator=_at_least_one,
+        2.0, validator=validators.at_least_one,
         doc="Each further storm of the tenant within backoff_memory backs off backoff_factor "
             "times longer.")
-    max_backoff: Duration = option(60.0, validator=_positive, doc="Longest back-off.")
+    max_backoff: Duration = option(60.0, validator=validators.positive, doc="Longest back-off.")
     backoff_memory: Duration = option(
-        600.0, validator=_positive,
+        600.0, validator=validators.positive,
         doc="How long a tenant keeps its back-off level after its last back-off ended.")
     # -- calibration -------------------------------------------------------------------------
     latency_targets: dict[str, Duration] = option(
@@ -88,22 +68,22 @@ class IntelligenceOptions:
         doc="p99 latency target per tier for cost calibration (tiers not listed get no "
             "suggested ceiling).")
     calibration_samples: int = option(
-        1000, validator=_at_least_one,
+        1000, validator=validators.at_least_one,
         doc="(cost, duration) pairs kept per backend, most recent first, for calibration.")
     calibration_min_samples: int = option(
-        50, validator=_at_least_one,
+        50, validator=validators.at_least_one,
         doc="Pairs a backend needs before a cost ceiling is suggested for it.")
     report_interval: Duration = option(
-        60.0, validator=_not_negative,
+        60.0, validator=validators.not_negative,
         doc="How often the calibration report is written to the control plane (read by "
             "`ogelkit intelligence calibration` and `ogelkit tenants advise`); 0 = never.")
     # -- advice ------------------------------------------------------------------------------
     advise_min_refusals: int = option(
-        10, validator=_at_least_one,
+        10, validator=validators.at_least_one,
         doc="Refusals of one kind (connection cap, rate, cost, timeouts) over the advice "
             "period that make `ogelkit tenants advise` recommend a tier allowing more.")
     advise_storage_ratio: float = option(
-        0.8, validator=_ratio,
+        0.8, validator=validators.ratio,
         doc="Share of the tier's storage quota in use from which a bigger tier is advised.")
     # -- shared state ------------------------------------------------------------------------
     shared: bool = option(
@@ -112,7 +92,7 @@ class IntelligenceOptions:
             "so every replica enforces them. Without [state] (or false) everything stays "
             "in this process.")
     sync_interval: Duration = option(
-        1.0, validator=_positive,
+        1.0, validator=validators.positive,
         doc="How often a replica reads the shared ban list (a ban decided elsewhere applies "
             "here within this time; a ban decided here applies at once).")
     state_down: Literal["open", "closed"] = option(

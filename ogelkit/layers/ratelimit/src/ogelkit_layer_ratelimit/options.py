@@ -6,12 +6,7 @@ from typing import Literal
 
 import attrs
 
-from ogelkit import Duration, option
-
-
-def _positive(_inst: object, attribute: attrs.Attribute, value: float) -> None:
-    if value <= 0:
-        raise ValueError(f"{attribute.name} must be greater than 0")
+from ogelkit import Duration, option, validators
 
 
 @attrs.define(kw_only=True)
@@ -23,7 +18,7 @@ class RatelimitOptions:
             'refuses only beyond that. Reject by default: a gateway that holds requests '
             'ties up client connections and hides the limit from the application.')
     max_delay: Duration = option(
-        1.0, validator=_positive,
+        1.0, validator=validators.positive,
         doc="Delay mode only: the longest an operation is held back; one that would have "
             "to wait longer is refused.")
     scope: Literal["tenant", "database"] = option(
@@ -36,7 +31,7 @@ class RatelimitOptions:
             'replica then admits up to the full rate), "closed" refuses every limited '
             'operation. Open by default: a Redis outage must not stop every tenant\'s queries.')
     state_retry: Duration = option(
-        1.0, validator=_positive,
+        1.0, validator=validators.positive,
         doc="After a failed Redis call, how long to decide by the state_down policy before "
             "trying Redis again, so a dead Redis does not cost a failed call per operation.")
     prefetch: Duration = option(

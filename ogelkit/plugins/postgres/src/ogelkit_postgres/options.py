@@ -6,7 +6,7 @@ from typing import Literal
 
 import attrs
 
-from ogelkit import Duration, Size, option
+from ogelkit import Duration, Size, option, validators
 
 
 @attrs.define(kw_only=True)
@@ -22,8 +22,9 @@ class PostgresOptions:
         "transaction", doc='"transaction": a server connection serves a client for one '
                            'transaction and goes back to the pool at ReadyForQuery idle; '
                            '"session": it stays with the client until it disconnects.')
-    pool_size: int = option(10, doc="Most server connections per tenant database (also capped "
-                                    "by the tier's connection limit).")
+    pool_size: int = option(10, validator=validators.at_least_one,
+                            doc="Most server connections per tenant database (also capped by "
+                                "the tier's connection limit).")
     min_pool_size: int = option(0, doc="Server connections kept open per tenant database once "
                                        "it has been used.")
     connect_timeout: Duration = option(5.0, doc="Deadline for opening and authenticating one "
@@ -38,9 +39,10 @@ class PostgresOptions:
     max_message_size: Size = option(64 * 1024 * 1024, doc="Largest client message accepted; "
                                                           "a bigger one is answered with "
                                                           "08P01 and that client is closed.")
-    max_prepared_statements: int = option(200, doc="Named prepared statements kept per server "
-                                                   "connection in transaction mode (least "
-                                                   "recently used ones are deallocated).")
+    max_prepared_statements: int = option(200, validator=validators.at_least_one,
+                                          doc="Named prepared statements kept per server "
+                                              "connection in transaction mode (least recently "
+                                              "used ones are deallocated).")
     login_timeout: Duration = option(30.0, doc="A client must finish TLS, startup and SCRAM "
                                                "within this time.")
     name_prefix: str = option("o7s_", doc="Prefix of the roles and databases that provisioning "
@@ -56,12 +58,8 @@ class PostgresOptions:
                                                  "client is connected.")
 
     def __attrs_post_init__(self) -> None:
-        if self.pool_size < 1:
-            raise ValueError("pool_size must be at least 1")
         if not 0 <= self.min_pool_size <= self.pool_size:
             raise ValueError("min_pool_size must be between 0 and pool_size")
-        if self.max_prepared_statements < 1:
-            raise ValueError("max_prepared_statements must be at least 1")
         if not self.name_prefix or not all(c.isalnum() or c == "_" for c in self.name_prefix) \
                 or not self.name_prefix[0].isalpha() or self.name_prefix.lower() != self.name_prefix:
             raise ValueError("name_prefix must be lower-case letters, digits and '_', starting "

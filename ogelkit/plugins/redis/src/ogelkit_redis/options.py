@@ -18,8 +18,9 @@ class RedisOptions:
             "used for provisioning (ACL users), the command table, key-pattern commands and "
             "quota sampling. Tenant data lives in this logical database.")
     upstream_connections: int = ogelkit.option(
-        2, doc="Shared upstream connections per tenant database (and protocol version) that "
-               "the tenant's clients are pipelined onto.")
+        2, validator=ogelkit.validators.at_least_one,
+        doc="Shared upstream connections per tenant database (and protocol version) that "
+            "the tenant's clients are pipelined onto.")
     max_clients_dedicated: int | None = ogelkit.option(
         64, doc="Dedicated upstream connections per tenant database at once (MULTI/WATCH, "
                 "pub/sub, blocking commands); beyond it such commands get an error.")
@@ -46,8 +47,6 @@ class RedisOptions:
         500, doc="Keys per SCAN/UNLINK batch when a tenant database is deleted or FLUSHDB runs.")
 
     def __attrs_post_init__(self) -> None:
-        if self.upstream_connections < 1:
-            raise ValueError("upstream_connections must be at least 1")
         if "{tenant}" not in self.prefix_format or "{db}" not in self.prefix_format:
             raise ValueError("prefix_format must contain {tenant} and {db}")
         if "{tenant}" not in self.acl_user_format or "{db}" not in self.acl_user_format:
