@@ -15,8 +15,9 @@ from ogelkit.testing import config_errors, isolated_plugins, minimal_config, tes
 @attrs.define(kw_only=True)
 class DemoOptions:
     dsn: str = ogelkit.option(doc="Where the demo server is.")
-    port: int = ogelkit.option(5432, doc="A port.")
-    timeout: ogelkit.Duration = ogelkit.option(5.0, doc="A timeout.")
+    port: int = ogelkit.option(5432, validator=ogelkit.validators.positive, doc="A port.")
+    timeout: ogelkit.Duration = ogelkit.option(5.0, validator=ogelkit.validators.positive,
+                                               doc="A timeout.")
     pool: int | None = ogelkit.option(10, doc="A pool size.")
 
 
@@ -111,6 +112,22 @@ backend = "mian"
             in joined)
     assert 'tenants.acme.databases.main.backend: no backend named "mian"' in joined
     assert 'Did you mean "main"?' in joined
+
+
+def test_every_option_validator_error_is_reported_at_its_own_path(plugins):
+    """attrs stops at the first failing validator; the loader reports each one."""
+    errors = config_errors(minimal_config('''
+[backends.main]
+type = "demo"
+dsn = "x"
+port = 0
+timeout = "0s"
+'''), plugins)
+    assert errors == [
+        "config.toml: backends.main.port: port must be greater than 0 (found the integer 0)",
+        'config.toml: backends.main.timeout: timeout must be greater than 0 (found the string '
+        '"0s")',
+    ], errors
 
 
 def test_unknown_types_and_not_installed(plugins):

@@ -264,3 +264,4 @@ def test_bad_options_are_reported():
     errors = ErrorCollector("config.toml")
     structure(GatekeeperOptions, {"lease_ttl": 0}, "layers[0]", errors)
     assert "lease_ttl must be greater than 0" in str(errors.errors[0])
+    assert errors.errors[0].path == "layers[0].lease_ttl"

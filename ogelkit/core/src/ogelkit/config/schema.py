@@ -128,6 +128,9 @@ def structure(cls: type, data: Any, path: str, errors: ErrorCollector,
             value = convert(hints[name], data[name], _join(path, name), errors)
             if value is _INVALID:
                 invalid = True  # already reported (here or by interpolation)
+            elif f.validator is not None and not _validate(f, value, data[name],
+                                                          _join(path, name), errors):
+                invalid = True
             else:
                 kwargs[f.alias or name] = value
         elif f.default is attrs.NOTHING:
@@ -139,6 +142,18 @@ def structure(cls: type, data: Any, path: str, errors: ErrorCollector,
     except (TypeError, ValueError) as exc:
         errors.add(path, str(exc))
         return None
+
+
+def _validate(f: attrs.Attribute, value: Any, raw: Any, path: str,
+              errors: ErrorCollector) -> bool:
+    """Run one option's attrs validator on its own, so that every bad option of a table is
+    reported at its own path (attrs, building the instance, stops at the first)."""
+    try:
+        f.validator(None, f, value)  # type: ignore[misc]
+    except (TypeError, ValueError) as exc:
+        errors.add(path, str(exc), found=describe_value(raw))
+        return False
+    return True
 
 
 def convert(tp: Any, value: Any, path: str, errors: ErrorCollector) -> Any:
