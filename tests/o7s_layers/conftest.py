@@ -26,7 +26,7 @@ import pytest
 
 from ogelkit.testing import GatewayProcess, gateway_thread, test_secret_key
 from ogelkit.testing.redis_server import free_port
-from ogelkit.testing.services import pg_dsn
+from ogelkit.testing.services import pg_dsn, scratch_pg_database
 
 PLUGINS = "postgres,session,usage,intelligence"
 NAME_PREFIX = "o7sl_"  # upstream roles/databases of these tests
@@ -209,13 +209,5 @@ def control_url(request, workdir):
     if request.param == "sqlite":
         yield f"sqlite:///{workdir}/control.db"
         return
-    import psycopg
-
-    name = f"o7sl_cp_{secrets.token_hex(5)}"
-    with psycopg.connect(pg_dsn(), autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"{pg_dsn().rsplit('/', 1)[0]}/{name}"
-    finally:
-        with psycopg.connect(pg_dsn(), autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with scratch_pg_database("o7sl_cp") as url:
+        yield url

@@ -1,9 +1,6 @@
-import uuid
-
-import asyncpg
 import pytest
 
-from ogelkit.testing.services import pg_dsn
+from ogelkit.testing.services import scratch_pg_database
 
 
 @pytest.fixture
@@ -11,24 +8,11 @@ def anyio_backend():
     return "asyncio"
 
 
-async def _admin(sql: str) -> None:
-    conn = await asyncpg.connect(pg_dsn())
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
-
-
 @pytest.fixture
-async def pg_control_url():
+def pg_control_url():
     """A throwaway PostgreSQL database on the test server for a control plane."""
-    name = f"ogelkit_cp_{uuid.uuid4().hex[:10]}"
-    await _admin(f'CREATE DATABASE "{name}"')
-    base = pg_dsn().rsplit("/", 1)[0]
-    try:
-        yield f"{base}/{name}"
-    finally:
-        await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with scratch_pg_database() as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

@@ -21,7 +21,7 @@ from ogelkit_postgres.testing import Tenant, pg_gateway, unique
 
 from ogelkit.testing import GatewayProcess, test_secret_key
 from ogelkit.testing.redis_server import PrivateRedis, free_port
-from ogelkit.testing.services import pg_dsn, redis_url
+from ogelkit.testing.services import pg_dsn, redis_url, scratch_pg_database
 
 PLUGINS = "postgres,gatekeeper"
 LAYER = '[[layers]]\ntype = "gatekeeper"\n'
@@ -187,27 +187,22 @@ backend = "pg"
 
 @contextlib.contextmanager
 def two_gateways(tenant: Tenant) -> Iterator[tuple[GatewayProcess, int, GatewayProcess, int]]:
-    control_db = f"ogelkit_cp_{uuid.uuid4().hex[:10]}"
     prefix = f"o7s-test-gk-{uuid.uuid4().hex[:8]}:"
-    with psycopg.connect(pg_dsn(), autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{control_db}"')
-    control_url = pg_dsn().rsplit("/", 1)[0] + f"/{control_db}"
-    env = {"OGELKIT_LOAD_PLUGINS": PLUGINS}
-    port_a, port_b = free_port(), free_port()
-    a = GatewayProcess(_config(port_a, control_url, redis_url(), tenant, prefix), env=env)
-    b = GatewayProcess(_config(port_b, control_url, redis_url(), tenant, prefix), env=env)
-    try:
-        a.start(wait_ready=60)  # provisions the tenant's database
-        b.start(wait_ready=60)  # finds it in the shared control plane
-        yield a, port_a, b, port_b
-    finally:
-        a.kill()
-        b.kill()
-        subprocess.run([sys.executable, "-m", "ogelkit", "tenants", "delete", tenant.slug, "--yes"],
-                       env={**os.environ, **env, "OGELKIT_CONFIG": str(b.config_path)},
-                       capture_output=True, timeout=120)
-        with psycopg.connect(pg_dsn(), autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{control_db}" WITH (FORCE)')
+    with scratch_pg_database() as control_url:
+        env = {"OGELKIT_LOAD_PLUGINS": PLUGINS}
+        port_a, port_b = free_port(), free_port()
+        a = GatewayProcess(_config(port_a, control_url, redis_url(), tenant, prefix), env=env)
+        b = GatewayProcess(_config(port_b, control_url, redis_url(), tenant, prefix), env=env)
+        try:
+            a.start(wait_ready=60)  # provisions the tenant's database
+            b.start(wait_ready=60)  # finds it in the shared control plane
+            yield a, port_a, b, port_b
+        finally:
+            a.kill()
+            b.kill()
+            subprocess.run([sys.executable, "-m", "ogelkit", "tenants", "delete", tenant.slug, "--yes"],
+                           env={**os.environ, **env, "OGELKIT_CONFIG": str(b.config_path)},
+                           capture_output=True, timeout=120)
 
 
 def _conninfo(port: int, t: Tenant) -> str:

@@ -19,7 +19,7 @@ from ogelkit_postgres.testing import Tenant, pg_gateway, unique
 
 from ogelkit.testing import GatewayProcess, test_secret_key
 from ogelkit.testing.redis_server import PrivateRedis, free_port
-from ogelkit.testing.services import pg_dsn, redis_url
+from ogelkit.testing.services import pg_dsn, redis_url, scratch_pg_database
 
 PLUGINS = "postgres,ratelimit"
 LAYER = '[[layers]]\ntype = "ratelimit"\n'
@@ -200,27 +200,22 @@ backend = "pg"
 
 @contextlib.contextmanager
 def two_gateways(tenant: Tenant, rate: int, burst: int) -> Iterator[tuple[int, int]]:
-    control_db = f"ogelkit_cp_{uuid.uuid4().hex[:10]}"
     prefix = f"o7s-test-rl-{uuid.uuid4().hex[:8]}:"
-    with psycopg.connect(pg_dsn(), autocommit=True) as admin:
-        admin.execute(f'CREATE DATABASE "{control_db}"')
-    control_url = pg_dsn().rsplit("/", 1)[0] + f"/{control_db}"
-    env = {"OGELKIT_LOAD_PLUGINS": PLUGINS}
-    ports = [free_port(), free_port()]
-    procs = [GatewayProcess(_config(p, control_url, tenant, prefix, rate, burst), env=env)
-             for p in ports]
-    try:
-        for proc in procs:  # one after the other: the first provisions the database
-            proc.start(wait_ready=60)
-        yield ports[0], ports[1]
-    finally:
-        for proc in procs:
-            proc.kill()
-        subprocess.run([sys.executable, "-m", "ogelkit", "tenants", "delete", tenant.slug, "--yes"],
-                       env={**os.environ, **env, "OGELKIT_CONFIG": str(procs[0].config_path)},
-                       capture_output=True, timeout=120)
-        with psycopg.connect(pg_dsn(), autocommit=True) as admin:
-            admin.execute(f'DROP DATABASE IF EXISTS "{control_db}" WITH (FORCE)')
+    with scratch_pg_database() as control_url:
+        env = {"OGELKIT_LOAD_PLUGINS": PLUGINS}
+        ports = [free_port(), free_port()]
+        procs = [GatewayProcess(_config(p, control_url, tenant, prefix, rate, burst), env=env)
+                 for p in ports]
+        try:
+            for proc in procs:  # one after the other: the first provisions the database
+                proc.start(wait_ready=60)
+            yield ports[0], ports[1]
+        finally:
+            for proc in procs:
+                proc.kill()
+            subprocess.run([sys.executable, "-m", "ogelkit", "tenants", "delete", tenant.slug, "--yes"],
+                           env={**os.environ, **env, "OGELKIT_CONFIG": str(procs[0].config_path)},
+                           capture_output=True, timeout=120)
 
 
 def test_two_gateways_together_admit_the_configured_rate_within_5_percent():

@@ -1,34 +1,20 @@
-import uuid
 from contextlib import asynccontextmanager
 
-import asyncpg
 import pytest
 from ogelkit_layer_usage import plugin as usage_plugin
 
 from ogelkit.testing import isolated_plugins, minimal_config, test_context
-from ogelkit.testing.services import pg_dsn
-
-
-async def _admin(sql: str) -> None:
-    conn = await asyncpg.connect(pg_dsn())
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
+from ogelkit.testing.services import scratch_pg_database
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
-async def control_url(request, tmp_path):
+def control_url(request, tmp_path):
     """Both control plane engines; PostgreSQL gets a throwaway database on the test server."""
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path}/control.db"
         return
-    name = f"ogelkit_usage_{uuid.uuid4().hex[:10]}"
-    await _admin(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"{pg_dsn().rsplit('/', 1)[0]}/{name}"
-    finally:
-        await _admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with scratch_pg_database("ogelkit_usage") as url:
+        yield url
 
 
 @asynccontextmanager
