@@ -1,0 +1,1 @@
+"""ogelkit-convex: the Convex backend for ogelkit."""

@@ -1,0 +1,3 @@
+"""Entry point ``convex = "ogelkit_convex.plugin"``: registers the convex backend (work in progress)."""
+
+from __future__ import annotations

@@ -1,0 +1,1 @@
+"""ogelkit-neon: the Neon backend for ogelkit."""

@@ -1,0 +1,3 @@
+"""Entry point ``neon = "ogelkit_neon.plugin"``: registers the neon backend (work in progress)."""
+
+from __future__ import annotations
