@@ -13,9 +13,10 @@ from importlib.metadata import PackageNotFoundError, version
 
 import pluggy
 
-from ogelkit.backend import Backend, Capability, FrontDoor
+from ogelkit.backend import Backend, Capability
 from ogelkit.config import validators
 from ogelkit.config.schema import Duration, Size, option
+from ogelkit.frontdoor import FrontDoor
 from ogelkit.layer import Layer, NoOptions
 from ogelkit.model import Operation, Reason, Reject, Session
 from ogelkit.tiers import Tier

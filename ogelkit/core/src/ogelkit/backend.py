@@ -15,11 +15,11 @@ from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ogelkit.component import Component, overridden
+from ogelkit.frontdoor import FrontDoor
 
 if TYPE_CHECKING:
-    from ogelkit.context import GatewayContext
     from ogelkit.control.records import DatabaseRecord, TenantRecord
-    from ogelkit.model import Operation, Reject, Session
+    from ogelkit.model import Operation, Session
     from ogelkit.tiers import Tier
 
 
@@ -37,6 +37,7 @@ class Backend(Component):
     """Base class for database backends. ``type_name`` is also the database *kind*."""
 
     protocol: ClassVar[str] = ""  # front door protocol, e.g. "postgres" for postgres and neon
+    #: Deprecated: register the door with ``register.frontdoor(cls)`` instead.
     frontdoor: ClassVar[type[FrontDoor] | None] = None
     capabilities: ClassVar[frozenset[str]] = frozenset()
 
@@ -107,34 +108,3 @@ class Backend(Component):
 
     async def wake(self, db: DatabaseRecord) -> None:
         """Get an asleep database ready again (lifecycle: waking)."""
-
-
-class FrontDoor:
-    """Base class for protocol servers. One instance per protocol per gateway."""
-
-    protocol: ClassVar[str] = ""
-    default_port: ClassVar[int] = 0
-
-    def __init__(self, context: GatewayContext, *, host: str, port: int,
-                 backends: list[Backend]):
-        self.context = context
-        self.host = host
-        self.port = port
-        self.backends = backends
-
-    async def start(self) -> list[tuple[str, int]]:
-        """Bind and start accepting; return the bound addresses. Raise ``OSError`` on failure."""
-        raise NotImplementedError
-
-    async def stop_accepting(self) -> None:
-        """Stop accepting new clients (first step of a drain)."""
-
-    async def drain(self) -> None:
-        """Close clients as they become idle; return when none is left."""
-
-    async def close(self, reason: Reject) -> None:
-        """Close every remaining client now, telling it ``reason``."""
-
-    def stats(self) -> dict[str, Any]:
-        """Counts for the admin API and readiness (clients, pools ...)."""
-        return {}

@@ -146,6 +146,11 @@ class Directory:
             self._password_ok[key] = time.monotonic()
         return ok
 
+    async def check_password_against(self, verifier: Verifier, password: str) -> bool:
+        """The same key derivation as ``check_password``, against any verifier (the fake
+        one of an unknown tenant), so a plain-password answer takes the same time."""
+        return await anyio.to_thread.run_sync(verify_password, verifier, password)
+
     # -- change propagation ----------------------------------------------------------------
     async def poll_changes(self) -> None:
         """Apply tenant changes made elsewhere (CLI, admin API, other replicas)."""

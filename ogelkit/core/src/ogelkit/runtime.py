@@ -19,13 +19,14 @@ from typing import Any
 import anyio
 from anyio.abc import TaskStatus
 
-from ogelkit.backend import Backend, FrontDoor
+from ogelkit.backend import Backend
 from ogelkit.chain import Chain
 from ogelkit.config import Config
 from ogelkit.context import GatewayContext
 from ogelkit.control.records import DatabaseRecord
 from ogelkit.control.store import Store, open_store
 from ogelkit.directory import Directory
+from ogelkit.frontdoor import FrontDoor, bind_host
 from ogelkit.http import HttpServer, Router
 from ogelkit.layer import Layer
 from ogelkit.metrics import Metrics
@@ -41,12 +42,6 @@ CLOSE_TIMEOUT = 10.0
 
 class StartupError(Exception):
     """The gateway could not start (bind failure, unreachable store ...)."""
-
-
-def bind_host(host: str) -> str | None:
-    """``"::"``/``""`` mean every interface of both families (Railway's private network is
-    IPv6, its public proxy IPv4); anything else is used as given."""
-    return None if host in ("::", "", "*") else host
 
 
 class Gateway:
@@ -105,7 +100,7 @@ class Gateway:
         for backend in ctx.backends.values():
             by_protocol.setdefault(backend.protocol, []).append(backend)
         for protocol, backends in by_protocol.items():
-            cls = type(backends[0]).frontdoor
+            cls = self.plugins.frontdoor_for(protocol)
             if cls is None:
                 continue
             port = self.config.listen.port_for(protocol, cls.default_port)

@@ -22,6 +22,7 @@ import pluggy
 
 from ogelkit import hookspecs
 from ogelkit.backend import Backend
+from ogelkit.frontdoor import FrontDoor
 from ogelkit.layer import Layer
 
 ENTRY_POINT_GROUP = "ogelkit"
@@ -81,6 +82,7 @@ class Registrar:
     def __init__(self) -> None:
         self.backends: dict[str, type[Backend]] = {}
         self.layers: dict[str, type[Layer]] = {}
+        self.frontdoors: dict[str, type[FrontDoor]] = {}
         self.errors: list[str] = []
         self._owner: PluginInfo | None = None
 
@@ -109,6 +111,24 @@ class Registrar:
     def layer(self, cls: type[Layer]) -> None:
         self._register("layer", self.layers, cls, Layer)
 
+    def frontdoor(self, cls: type[FrontDoor]) -> None:
+        """The server side of wire protocol ``cls.protocol``; it serves every configured
+        backend whose ``protocol`` names it."""
+        if not (isinstance(cls, type) and issubclass(cls, FrontDoor)):
+            self.errors.append(f"frontdoor registration {cls!r} is not a subclass of ogelkit.FrontDoor")
+            return
+        if not cls.protocol:
+            self.errors.append(f"frontdoor class {cls.__module__}.{cls.__qualname__} has no protocol")
+            return
+        other = self.frontdoors.get(cls.protocol)
+        if other is not None and other is not cls:
+            self.errors.append(
+                f'frontdoor for protocol "{cls.protocol}" is registered twice: by '
+                f"{_distribution_of(other)} ({other.__qualname__}) and {_distribution_of(cls)} "
+                f"({cls.__qualname__})")
+            return
+        self.frontdoors[cls.protocol] = cls
+
 
 @attrs.define
 class Plugins:
@@ -119,6 +139,18 @@ class Plugins:
     backends: dict[str, type[Backend]]
     layers: dict[str, type[Layer]]
     errors: list[str]  # registration / validation problems (fatal for `run`)
+    frontdoors: dict[str, type[FrontDoor]] = attrs.field(factory=dict)  # by protocol
+
+    def frontdoor_for(self, protocol: str) -> type[FrontDoor] | None:
+        """The registered door of ``protocol`` (or, for plugins written before 0.2, the
+        deprecated ``Backend.frontdoor`` of a backend that speaks it)."""
+        cls = self.frontdoors.get(protocol)
+        if cls is not None:
+            return cls
+        for backend in self.backends.values():
+            if backend.protocol == protocol and backend.frontdoor is not None:
+                return backend.frontdoor
+        return None
 
     @property
     def hook(self):
@@ -240,7 +272,7 @@ def load_plugins(
                 errors.append(f"{label} failed in {hook_name}: {exc!r}")
         registrar._owner = None
     errors.extend(registrar.errors)
-    return Plugins(pm, infos, registrar.backends, registrar.layers, errors)
+    return Plugins(pm, infos, registrar.backends, registrar.layers, errors, registrar.frontdoors)
 
 
 def plugin_failure_lines(plugins: Plugins) -> list[str]:
