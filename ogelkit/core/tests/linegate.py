@@ -4,7 +4,8 @@ Protocol (one command per line):
     AUTH <tenant> <password> <database>   -> "OK" or "ERR <reason> <message>"
     PING                                  -> "PONG"
     SLEEP <seconds>                       -> "SLEPT" after the delay (an operation)
-It follows docs/dev/frontdoors.md step by step, so it also shows the core path works.
+It is the smallest door on the core machinery (``ogelkit.frontdoor``), so it also shows the
+core path works, and it runs ``FrontDoorContract``.
 The backend's readiness check probes a real TCP server (``probe_host``/``probe_port``).
 """
 
@@ -17,8 +18,8 @@ import anyio
 import attrs
 
 import ogelkit
+from ogelkit.frontdoor import Login, peer_address
 from ogelkit.model import Operation, Reason, Reject, Session
-from ogelkit.runtime import bind_host
 
 
 @attrs.define(kw_only=True)
@@ -28,38 +29,53 @@ class LineOptions:
 
 
 class LineConnection(asyncio.Protocol):
+    """One client. The protocol-independent steps are ``ogelkit.frontdoor.Login``'s; this
+    class owns only the framing, the reply format and the relay."""
+
     def __init__(self, door: LineFrontDoor):
         self.door = door
         self.ctx = door.context
         self.buf = b""
         self.session: Session | None = None
+        self.login_steps: Login | None = None
         self.busy = False
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport):
         self.transport = transport
-        peer = transport.get_extra_info("peername") or ("?", 0)
-        self.session = Session("line", f"{peer[0]}:{peer[1]}")
+        self.session = Session("line", peer_address(transport))
+        self.login_steps = self.door.login(self.session)
         self.door.clients.add(self)
 
     def data_received(self, data: bytes) -> None:
         self.buf += data
         while b"\n" in self.buf:
             line, self.buf = self.buf.split(b"\n", 1)
-            asyncio.get_running_loop().create_task(self.handle(line.decode().split()))
+            self.door.spawn(self.handle(line.decode(errors="replace").split()))
 
     def reply(self, text: str) -> None:
         if self.transport is not None and not self.transport.is_closing():
             self.transport.write(text.encode() + b"\n")
 
     def refuse(self, rej: Reject) -> None:
-        self.reply(f"ERR {rej.reason} {rej.message}")
+        self.reply(encode_reject(rej))
 
     def close(self, rej: Reject | None = None) -> None:
         if rej is not None:
             self.refuse(rej)
         if self.transport is not None:
             self.transport.close()
+
+    # ClientSet's connection interface
+    def is_idle(self) -> bool:
+        return not self.busy
+
+    def close_with(self, rej: Reject) -> None:
+        self.close(rej)
+
+    def abort(self) -> None:
+        if self.transport is not None:
+            self.transport.abort()
 
     async def handle(self, words: list[str]) -> None:
         s = self.session
@@ -78,32 +94,19 @@ class LineConnection(asyncio.Protocol):
             self.reply("ERR forbidden unknown command")
 
     async def login(self, slug: str, password: str, database: str) -> None:
-        s, chain = self.session, self.ctx.chain
-        s.user = slug
-        entry = await self.ctx.directory.lookup(slug)
-        if entry is not None:
-            s.tenant = entry.tenant
+        login = self.login_steps
+        assert login is not None and self.session is not None
+        self.session.user = slug
         try:
-            chain.auth(s)
-            if entry is None or not await self.ctx.directory.check_password(entry, password):
-                raise Reject(Reason.AUTH, f'password authentication failed for user "{slug}"')
-            db = entry.databases.get(database)
-            if db is None:
-                raise Reject(Reason.UNKNOWN, f'database "{database}" does not exist')
-            if entry.tenant.suspended:
-                raise Reject(Reason.SUSPENDED, "tenant is suspended")
-            s.tier, s.database, s.db = entry.tier, database, db
-            s.backend = self.ctx.backends[db.backend]
-            s.authenticated = True
-            await chain.connect(s)
+            entry = await login.lookup(slug)
+            login.check_ban()
+            if not await login.check_password(password) or entry is None:
+                raise self.door.bad_credentials(login, slug)
+            login.route(database, f'database "{database}" does not exist')
+            await login.admit(self.close)
         except Reject as rej:
-            s.rejection = s.rejection or rej
-            self.ctx.metrics.connections.labels("line", "rejected").inc()
             self.close(rej)
             return
-        self.ctx.sessions.add(s)
-        s.closer = self.close
-        self.ctx.metrics.connections.labels("line", "accepted").inc()
         self.reply("OK")
 
     async def operation(self, seconds: float) -> None:
@@ -124,63 +127,42 @@ class LineConnection(asyncio.Protocol):
             asyncio.get_running_loop().call_later(seconds, lambda: done.done() or done.set_result(1))
             await done
             self.reply("SLEPT")
+            self.door.metrics.ok += 1
         except Reject as rej:
             op.rejection = op.rejection or rej
+            self.door.metrics.rejected += 1
             self.refuse(rej)
         finally:
             op.ended = time.monotonic()
             self.ctx.chain.complete(op)
             self.busy = False
-            if self.ctx.draining:
-                self.close(Reject(Reason.SHUTDOWN, "the gateway is shutting down"))
+            self.door.clients.idle(self)
 
     def connection_lost(self, exc):
-        s = self.session
         self.door.clients.discard(self)
-        if s is not None:
-            s.closed_at = time.monotonic()
-            self.ctx.sessions.discard(s)
-            self.ctx.chain.disconnect(s)
-        self.door.changed.set()
+        if self.login_steps is not None:
+            self.login_steps.end()
+
+
+def encode_reject(rej: Reject) -> str:
+    """The line protocol's error: ``ERR <reason> <message>``."""
+    return f"ERR {rej.reason} {rej.message}"
 
 
 class LineFrontDoor(ogelkit.FrontDoor):
     protocol = "line"
     default_port = 7777
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.clients: set[LineConnection] = set()
-        self.server: asyncio.base_events.Server | None = None
-        self.changed = asyncio.Event()
+    def new_connection(self) -> LineConnection:
+        return LineConnection(self)
 
-    async def start(self):
-        loop = asyncio.get_running_loop()
-        self.server = await loop.create_server(lambda: LineConnection(self),
-                                               host=bind_host(self.host), port=self.port)
-        return [s.getsockname()[:2] for s in self.server.sockets]
-
-    async def stop_accepting(self):
-        if self.server is not None:
-            self.server.close()
-
-    async def drain(self):
-        while self.clients:
-            for c in list(self.clients):
-                if not c.busy:
-                    c.close(Reject(Reason.SHUTDOWN, "the gateway is shutting down"))
-            self.changed.clear()
-            await self.changed.wait()
-
-    async def close(self, reason):
-        for c in list(self.clients):
-            c.close(reason)
+    def bad_credentials(self, login: Login, user: str) -> Reject:
+        return login.bad_credentials(f'password authentication failed for user "{user}"')
 
 
 class LineBackend(ogelkit.Backend):
     type_name = "line"
     protocol = "line"
-    frontdoor = LineFrontDoor
     Config = LineOptions
 
     async def check(self):
@@ -202,3 +184,4 @@ class LineBackend(ogelkit.Backend):
 @ogelkit.hookimpl
 def ogelkit_register_backends(register):
     register.backend(LineBackend)
+    register.frontdoor(LineFrontDoor)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Callable
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -21,8 +22,10 @@ if TYPE_CHECKING:
 _session_ids = itertools.count(1)
 
 
-class Reason:
-    """Why something was refused. Front doors map these onto their protocol's error codes."""
+class Reason(StrEnum):
+    """Why something was refused. Front doors map these onto their protocol's error codes
+    (a ``StrEnum``: members compare equal to their string values, and ``for r in Reason``
+    lists them, so "every reason is mapped" is a one-line check)."""
 
     AUTH = "auth"  # bad credentials
     UNKNOWN = "unknown"  # unknown tenant or database

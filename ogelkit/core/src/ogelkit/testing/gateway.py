@@ -42,9 +42,12 @@ def _as_config(config: Config | str, plugins: Plugins | None,
 
 
 class RunningGateway:
-    def __init__(self, gateway: Gateway, addresses: Addresses):
+    def __init__(self, gateway: Gateway, addresses: Addresses,
+                 loop: asyncio.AbstractEventLoop | None = None):
         self.gateway = gateway
         self.addresses = addresses
+        #: The gateway's event loop (for ``asyncio.run_coroutine_threadsafe`` from a sync test).
+        self.loop = loop
 
     @property
     def context(self):
@@ -86,7 +89,7 @@ async def running_gateway(config: Config | str, *, plugins: Plugins | None = Non
     async with anyio.create_task_group() as tg:
         addresses = await tg.start(gateway.run)
         try:
-            yield RunningGateway(gateway, addresses)
+            yield RunningGateway(gateway, addresses, asyncio.get_running_loop())
         finally:
             gateway.request_stop()
 
@@ -128,7 +131,7 @@ def gateway_thread(config: Config | str, *, plugins: Plugins | None = None,
     if "error" in box:
         raise box["error"]
     try:
-        yield RunningGateway(gateway, box["addresses"])
+        yield RunningGateway(gateway, box["addresses"], box["loop"])
     finally:
         try:
             box["loop"].call_soon_threadsafe(gateway.request_stop)
