@@ -106,6 +106,35 @@ def ogelkit_startup(context: GatewayContext) -> None:
 
 
 @hookspec
+def ogelkit_http_routes(context: GatewayContext) -> list[Any]:
+    """Routes and WebSocket endpoints to mount on the gateway's HTTP port.
+
+    Called once per ``ogelkit run``, after backends, layers and front doors are open and
+    before the HTTP port accepts. The HTTP side is a Starlette app served by uvicorn in the
+    gateway's event loop; the routes of every implementation are mounted after the core's
+    ``/healthz``, ``/readyz``, ``/metrics`` and ``/admin/...`` (which cannot be shadowed),
+    in plugin order. Handlers run on the event loop: never block in them.
+
+    :param context: the gateway's context (config, backends, chain, metrics).
+    :return: a list of ``starlette.routing.BaseRoute`` (``Route``, ``WebSocketRoute``,
+        ``Mount``, ``Host``), or ``None``.
+
+    .. versionadded:: 0.2
+
+    Example::
+
+        from starlette.routing import Route
+        from starlette.responses import PlainTextResponse
+
+        @ogelkit.hookimpl
+        def ogelkit_http_routes(context):
+            async def hello(request):
+                return PlainTextResponse("hello")
+            return [Route("/hello", hello)]
+    """
+
+
+@hookspec
 def ogelkit_shutdown(context: GatewayContext) -> None:
     """The gateway has drained and closed its layers and backends; the store is still open.
 

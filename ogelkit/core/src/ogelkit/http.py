@@ -1,183 +1,164 @@
-"""The gateway's HTTP listener: health, readiness, Prometheus metrics, the admin API, and
-routes that HTTP-speaking backends (Convex) mount.
+"""The gateway's HTTP side: health, readiness, Prometheus metrics, the admin API, and the
+routes plugins mount (the Convex front door's HTTP API and ``/api/sync`` WebSocket).
 
-Not a hot path for SQL/Redis/Mongo traffic, so it uses anyio streams and h11 (a correct,
-well-kept HTTP/1.1 state machine) instead of hand-parsing.
+It is a Starlette application served by uvicorn (httptools for HTTP/1.1, the
+``websockets`` library's sans-I/O protocol for WebSocket upgrades) *inside the gateway's own event loop*: ``uvicorn.Server.serve()``
+runs as one task of the runtime's task group, with ``lifespan="off"`` (the runtime opens
+and closes everything) and without uvicorn's signal handlers (the runtime owns SIGTERM and
+SIGINT). The runtime binds the listening sockets itself so ``::`` keeps meaning "both
+families" and ``PORT`` works as before.
+
+Why uvicorn rather than hypercorn: uvicorn's ``Server`` is designed to be embedded in an
+existing asyncio loop (``serve(sockets=...)``, ``should_exit``), its httptools parser and
+``websockets`` protocol are the fastest maintained pair for the Convex sync traffic, and it
+needs no trio/anyio shim; hypercorn adds HTTP/2 and HTTP/3, which no client of the gateway
+uses, at a higher per-request cost.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
-from collections.abc import Awaitable, Callable
+import socket
+from collections.abc import Generator, Sequence
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
 
-import anyio
-import attrs
-import h11
-from anyio.abc import SocketStream
+import uvicorn
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute
 
 log = logging.getLogger("ogelkit.http")
 
 MAX_BODY = 8 * 1024 * 1024
-READ_TIMEOUT = 30.0
+#: Seconds uvicorn waits for in-flight requests at shutdown before cancelling them.
+GRACEFUL_SHUTDOWN = 3.0
+#: Seconds startup waits for uvicorn to accept.
+STARTUP_WAIT = 10.0
 
 
-@attrs.define
-class Request:
-    method: str
-    path: str
-    query: dict[str, list[str]]
-    headers: dict[str, str]
-    body: bytes
-    client: str = ""
-
-    def json(self) -> Any:
-        return json.loads(self.body or b"null")
-
-    def arg(self, name: str, default: str | None = None) -> str | None:
-        values = self.query.get(name)
-        return values[0] if values else default
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    """A JSON body the way every gateway route answers (one line, ``default=str``)."""
+    body = json.dumps(data, default=str).encode() + b"\n"
+    return Response(body, status, headers=headers, media_type="application/json")
 
 
-@attrs.define
-class Response:
-    status: int = 200
-    body: bytes = b""
-    headers: dict[str, str] = attrs.field(factory=dict)
-    content_type: str = "application/json"
-
-    @classmethod
-    def json(cls, data: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
-        return cls(status, json.dumps(data, default=str).encode() + b"\n", headers or {})
-
-    @classmethod
-    def error(cls, status: int, code: str, message: str, **extra: Any) -> Response:
-        return cls.json({"error": {"code": code, "message": message, **extra}}, status)
+def error_response(status: int, code: str, message: str, *,
+                   headers: dict[str, str] | None = None, **extra: Any) -> Response:
+    """``{"error": {"code", "message", ...}}`` with ``status``."""
+    return json_response({"error": {"code": code, "message": message, **extra}}, status, headers)
 
 
-Handler = Callable[[Request], Awaitable[Response]]
+async def read_json(request: Request) -> Any:
+    """The request body as JSON (``null`` when empty); ``ValueError`` when it is not JSON or
+    larger than ``MAX_BODY``."""
+    body = await request.body()
+    if len(body) > MAX_BODY:
+        raise ValueError("request body too large")
+    return json.loads(body or b"null")
 
 
-class Router:
-    """Exact paths, and prefixes ending in ``/`` (longest prefix wins)."""
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        return error_response(404, "not_found", f"no route for {request.url.path}")
+    if exc.status_code == 405:
+        return error_response(405, "method_not_allowed", f"{request.method} not allowed",
+                              headers=dict(exc.headers or {}))
+    return error_response(exc.status_code, "http_error", str(exc.detail),
+                          headers=dict(exc.headers or {}))
 
-    def __init__(self) -> None:
-        self._exact: dict[tuple[str, str], Handler] = {}
-        self._prefix: list[tuple[str, str, Handler]] = []
 
-    def add(self, method: str, path: str, handler: Handler) -> None:
-        if path.endswith("/"):
-            self._prefix.append((method.upper(), path, handler))
-            self._prefix.sort(key=lambda r: -len(r[1]))
+async def _internal_error(request: Request, exc: Exception) -> Response:
+    log.error("HTTP handler failed for %s %s", request.method, request.url.path, exc_info=exc)
+    return error_response(500, "internal", "internal error")
+
+
+def build_app(routes: Sequence[BaseRoute]) -> Starlette:
+    """The gateway's ASGI app: ``routes`` in order (the first match wins), JSON errors."""
+    return Starlette(routes=list(routes),
+                     exception_handlers={HTTPException: _http_error, Exception: _internal_error})
+
+
+def bind_sockets(host: str | None, port: int) -> list[socket.socket]:
+    """Listening sockets for ``host`` (``None``: every interface of both families, one
+    dual-stack socket when the system has one). ``OSError`` when the port is taken."""
+    if host is None:
+        if socket.has_dualstack_ipv6():
+            sock = socket.create_server(("::", port), family=socket.AF_INET6, backlog=2048,
+                                        reuse_port=False, dualstack_ipv6=True)
         else:
-            self._exact[(method.upper(), path)] = handler
+            sock = socket.create_server(("0.0.0.0", port), backlog=2048)
+        sock.setblocking(False)
+        return [sock]
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.create_server((host, port), family=family, backlog=2048)
+    sock.setblocking(False)
+    return [sock]
 
-    def find(self, method: str, path: str) -> tuple[Handler | None, bool]:
-        """(handler, path_exists): path_exists distinguishes 405 from 404."""
-        handler = self._exact.get((method, path))
-        if handler is not None:
-            return handler, True
-        exists = any(p == path for (_, p) in self._exact)
-        for m, prefix, h in self._prefix:
-            if path.startswith(prefix):
-                if m == method or m == "*":
-                    return h, True
-                exists = True
-        return None, exists
+
+class _EmbeddedServer(uvicorn.Server):
+    """uvicorn without its signal handlers: the gateway's runtime owns the signals."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        yield
 
 
 class HttpServer:
-    def __init__(self, router: Router, *, server_name: str = "ogelkit"):
-        self.router = router
-        self.server_name = server_name.encode()
-        self._listeners: list[Any] = []
+    """uvicorn serving ``app`` on already bound ``sockets`` inside the running loop."""
 
-    async def handle(self, stream: SocketStream) -> None:
-        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=64 * 1024)
-        client = ""
+    def __init__(self, app: Any, sockets: list[socket.socket], *, server_name: str = "ogelkit"):
+        self.app = app
+        self.sockets = sockets
+        config = uvicorn.Config(
+            app, lifespan="off", http="httptools", ws="websockets-sansio", log_config=None,
+            access_log=False, server_header=False, headers=[("server", server_name)],
+            timeout_graceful_shutdown=int(GRACEFUL_SHUTDOWN), ws_max_size=16 * 1024 * 1024,
+            ws_per_message_deflate=False, proxy_headers=False, timeout_keep_alive=30)
+        self.server = _EmbeddedServer(config)
+        self._done = asyncio.Event()
+
+    def addresses(self) -> list[tuple[str, int]]:
+        return [tuple(s.getsockname()[:2]) for s in self.sockets]  # type: ignore[misc]
+
+    async def serve(self) -> None:
         try:
-            peer = stream.extra(anyio.abc.SocketAttribute.remote_address)
-            client = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
-        except Exception:
-            pass
-        try:
-            while True:
-                request = await self._read_request(conn, stream, client)
-                if request is None:
-                    return
-                response = await self._dispatch(request)
-                await self._send(conn, stream, response)
-                if conn.our_state is h11.MUST_CLOSE or conn.their_state is h11.MUST_CLOSE:
-                    return
-                try:
-                    conn.start_next_cycle()
-                except h11.LocalProtocolError:
-                    return
-        except (anyio.EndOfStream, anyio.BrokenResourceError, anyio.ClosedResourceError,
-                TimeoutError, ConnectionError):
-            return
-        except h11.RemoteProtocolError as exc:
-            if conn.our_state in (h11.IDLE, h11.SEND_RESPONSE):
-                try:
-                    await self._send(conn, stream, Response.error(400, "bad_request", str(exc)))
-                except Exception:
-                    pass
+            await self.server.serve(sockets=self.sockets)
         finally:
-            await stream.aclose()
+            self._done.set()
+            for sock in self.sockets:
+                sock.close()
 
-    async def _read_request(self, conn: h11.Connection, stream: SocketStream,
-                            client: str) -> Request | None:
-        head: h11.Request | None = None
-        body = bytearray()
-        while True:
-            event = conn.next_event()
-            if event is h11.NEED_DATA:
-                with anyio.fail_after(READ_TIMEOUT):
-                    try:
-                        data = await stream.receive(65536)
-                    except anyio.EndOfStream:
-                        data = b""
-                conn.receive_data(data)
-                if not data and head is None and conn.their_state is h11.IDLE:
-                    return None
-                continue
-            if isinstance(event, h11.Request):
-                head = event
-            elif isinstance(event, h11.Data):
-                body += event.data
-                if len(body) > MAX_BODY:
-                    raise h11.RemoteProtocolError("request body too large", 413)
-            elif isinstance(event, h11.EndOfMessage):
-                assert head is not None
-                url = urlsplit(head.target.decode("latin-1"))
-                headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in head.headers}
-                return Request(head.method.decode(), url.path or "/", parse_qs(url.query), headers,
-                               bytes(body), client)
-            elif isinstance(event, h11.ConnectionClosed):
-                return None
+    async def started(self) -> None:
+        """Return once uvicorn accepts (the sockets already listen, so clients queue), or
+        once it has given up; bounded by ``STARTUP_WAIT``."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + STARTUP_WAIT
+        while not self.server.started and not self._done.is_set() and loop.time() < deadline:  # noqa: ASYNC110 (uvicorn exposes a flag, no event)
+            await asyncio.sleep(0.005)
 
-    async def _dispatch(self, request: Request) -> Response:
-        handler, exists = self.router.find(request.method, request.path)
-        if handler is None:
-            if exists:
-                return Response.error(405, "method_not_allowed", f"{request.method} not allowed")
-            return Response.error(404, "not_found", f"no route for {request.path}")
+    async def stop(self) -> None:
+        """Stop accepting, let in-flight requests finish (bounded), close."""
+        self.server.should_exit = True
         try:
-            return await handler(request)
-        except json.JSONDecodeError as exc:
-            return Response.error(400, "bad_json", f"request body is not JSON: {exc}")
-        except Exception:
-            log.exception("HTTP handler failed for %s %s", request.method, request.path)
-            return Response.error(500, "internal", "internal error")
+            await asyncio.wait_for(self._done.wait(), GRACEFUL_SHUTDOWN + 2.0)
+        except TimeoutError:
+            self.server.force_exit = True
 
-    async def _send(self, conn: h11.Connection, stream: SocketStream, response: Response) -> None:
-        headers = [(b"content-type", response.content_type.encode()),
-                   (b"content-length", str(len(response.body)).encode()),
-                   (b"server", self.server_name)]
-        headers += [(k.encode(), str(v).encode()) for k, v in response.headers.items()]
-        data = conn.send(h11.Response(status_code=response.status, headers=headers))
-        data += conn.send(h11.Data(data=response.body)) or b""
-        data += conn.send(h11.EndOfMessage()) or b""
-        await stream.send(data)
+
+__all__ = [
+    "HttpServer",
+    "JSONResponse",
+    "Request",
+    "Response",
+    "bind_sockets",
+    "build_app",
+    "error_response",
+    "json_response",
+    "read_json",
+]

@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import hmac
+import json
 import logging
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import attrs
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import BaseRoute, Route
 
 from ogelkit.billing import invoice, month_range
 from ogelkit.control.store import AlreadyExists, NotFound, StoreError
-from ogelkit.http import Request, Response, Router
+from ogelkit.http import error_response, json_response, read_json
 from ogelkit.metrics import CONTENT_TYPE_LATEST
 
 if TYPE_CHECKING:
@@ -46,23 +50,28 @@ async def readiness(ctx: GatewayContext) -> tuple[bool, dict[str, Any]]:
     return ok, results
 
 
-def mount_ops_routes(router: Router, ctx: GatewayContext) -> None:
+_METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
+
+
+def ops_routes(ctx: GatewayContext) -> list[BaseRoute]:
+    """/healthz, /readyz, /metrics and /admin/..., as Starlette routes."""
+
     async def healthz(_: Request) -> Response:
-        return Response.json({"status": "ok", "gateway": ctx.gateway_id})
+        return json_response({"status": "ok", "gateway": ctx.gateway_id})
 
     async def readyz(_: Request) -> Response:
         ok, checks = await readiness(ctx)
-        return Response.json({"status": "ready" if ok else "unavailable", "checks": checks},
+        return json_response({"status": "ready" if ok else "unavailable", "checks": checks},
                              200 if ok else 503)
 
     async def metrics(_: Request) -> Response:
-        return Response(200, ctx.metrics.render(), content_type=CONTENT_TYPE_LATEST)
+        return Response(ctx.metrics.render(), 200, media_type=CONTENT_TYPE_LATEST)
 
-    router.add("GET", "/healthz", healthz)
-    router.add("GET", "/readyz", readyz)
-    router.add("GET", "/metrics", metrics)
     admin = AdminApi(ctx)
-    router.add("*", "/admin/", admin.handle)
+    return [Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
+            Route("/admin/{rest:path}", admin.handle, methods=_METHODS)]
 
 
 class AdminApi:
@@ -80,27 +89,29 @@ class AdminApi:
 
     async def handle(self, request: Request) -> Response:
         if not self.ctx.config.gateway.admin_token:
-            return Response.error(404, "admin_disabled", "the admin API is disabled "
+            return error_response(404, "admin_disabled", "the admin API is disabled "
                                   "([gateway] admin_token is empty)")
         if not self._authorized(request):
-            return Response(401, b'{"error": {"code": "unauthorized", "message": "bad or '
-                                 b'missing admin token"}}\n', {"www-authenticate": "Bearer"})
-        parts = [p for p in request.path.split("/") if p][1:]  # drop "admin"
+            return error_response(401, "unauthorized", "bad or missing admin token",
+                                  headers={"www-authenticate": "Bearer"})
+        parts = [p for p in request.url.path.split("/") if p][1:]  # drop "admin"
         try:
             return await self._route(request, parts)
+        except json.JSONDecodeError as exc:
+            return error_response(400, "bad_json", f"request body is not JSON: {exc}")
         except NotFound as exc:
-            return Response.error(404, "not_found", str(exc))
+            return error_response(404, "not_found", str(exc))
         except AlreadyExists as exc:
-            return Response.error(409, "exists", str(exc))
+            return error_response(409, "exists", str(exc))
         except (StoreError, ValueError, KeyError, TypeError) as exc:
-            return Response.error(400, "bad_request", str(exc))
+            return error_response(400, "bad_request", str(exc))
 
     async def _route(self, request: Request, parts: list[str]) -> Response:
         store, m = self.ctx.store, request.method
         if parts == ["tenants"] and m == "GET":
-            return Response.json([attrs.asdict(t) for t in await store.list_tenants()])
+            return json_response([attrs.asdict(t) for t in await store.list_tenants()])
         if parts == ["tenants"] and m == "POST":
-            body = request.json()
+            body = await read_json(request)
             tier = body.get("tier", "free")
             if tier not in self.ctx.tiers:
                 raise ValueError(f'unknown tier "{tier}"')
@@ -109,42 +120,42 @@ class AdminApi:
                 self.ctx.hook.ogelkit_tenant_created(tenant=tenant)
             except Exception:
                 log.exception("ogelkit_tenant_created hook failed")
-            return Response.json(attrs.asdict(tenant), 201)
+            return json_response(attrs.asdict(tenant), 201)
         if len(parts) == 2 and parts[0] == "tenants":
             slug = parts[1]
             if m == "GET":
                 tenant = await store.require_tenant(slug)
                 dbs = await store.list_databases(slug)
-                return Response.json({**attrs.asdict(tenant),
+                return json_response({**attrs.asdict(tenant),
                                       "sessions": self.ctx.sessions.count(slug),
                                       "databases": [{"name": d.name, "kind": d.kind,
                                                      "backend": d.backend, "state": d.state}
                                                     for d in dbs]})
             if m == "PATCH":
-                body = request.json()
+                body = await read_json(request)
                 if body.get("tier") is not None and body["tier"] not in self.ctx.tiers:
                     raise ValueError(f'unknown tier "{body["tier"]}"')
                 tenant = await store.update_tenant(slug, tier=body.get("tier"),
                                                    status=body.get("status"))
                 self.ctx.directory.apply(tenant)
-                return Response.json(attrs.asdict(tenant))
+                return json_response(attrs.asdict(tenant))
         if len(parts) == 3 and parts[0] == "tenants" and parts[2] == "usage" and m == "GET":
             slug = parts[1]
             tenant = await store.require_tenant(slug)
-            start, end, label = month_range(request.arg("month"))
+            start, end, label = month_range(request.query_params.get("month"))
             # The invoice covers every database (base price and included hours are per
             # tenant); ?database= only narrows the list.
             every = await store.usage_totals(slug, start, end)
-            only = request.arg("database")
+            only = request.query_params.get("database")
             totals = [t for t in every if only is None or t.database == only]
             inv = invoice(self.ctx.directory.tier(tenant.tier), label, every)
-            return Response.json({"tenant": slug, "month": label,
+            return json_response({"tenant": slug, "month": label,
                                   "databases": [{"database": t.database, **t.values} for t in totals],
                                   "invoice": attrs.asdict(inv)})
         if parts == ["layers"] and m == "GET":
-            return Response.json([{"name": layer.name, "type": layer.type_name,
+            return json_response([{"name": layer.name, "type": layer.type_name,
                                    **layer.describe()} for layer in self.ctx.layers])
         if parts == ["sessions"] and m == "GET":
-            return Response.json({slug: self.ctx.sessions.count(slug)
+            return json_response({slug: self.ctx.sessions.count(slug)
                                   for slug in self.ctx.sessions.tenants()})
-        return Response.error(404, "not_found", f"no admin route {m} {request.path}")
+        return error_response(404, "not_found", f"no admin route {m} {request.url.path}")

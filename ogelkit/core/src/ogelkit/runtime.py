@@ -27,11 +27,11 @@ from ogelkit.control.records import DatabaseRecord
 from ogelkit.control.store import Store, open_store
 from ogelkit.directory import Directory
 from ogelkit.frontdoor import FrontDoor, bind_host
-from ogelkit.http import HttpServer, Router
+from ogelkit.http import HttpServer, bind_sockets, build_app
 from ogelkit.layer import Layer
 from ogelkit.metrics import Metrics
 from ogelkit.model import Reason, Reject
-from ogelkit.ops import mount_ops_routes
+from ogelkit.ops import ops_routes
 from ogelkit.plugins import Plugins
 from ogelkit.scram import make_verifier
 
@@ -113,6 +113,29 @@ class Gateway:
             self.frontdoors.append(fd)
             self.addresses[protocol] = addrs
 
+    def _http_server(self, ctx: GatewayContext) -> HttpServer:
+        """The HTTP side (Starlette on uvicorn, in this loop): the core's ops routes first,
+        then the routes of front doors served on the HTTP port (``http_routes()``), then
+        every ``ogelkit_http_routes`` hook's. Sockets are bound here so a taken port is a
+        StartupError before "ready"."""
+        routes = list(ops_routes(ctx))
+        for fd in self.frontdoors:
+            door_routes = getattr(fd, "http_routes", None)
+            if door_routes is not None:
+                routes.extend(door_routes())
+        try:
+            for batch in self.plugins.hook.ogelkit_http_routes(context=ctx):
+                routes.extend(batch or [])
+        except Exception as exc:
+            raise StartupError(f"a plugin's ogelkit_http_routes hook failed: {exc}") from exc
+        port = self._http_port()
+        try:
+            sockets = bind_sockets(bind_host(self.config.listen.host), port)
+        except OSError as exc:
+            raise StartupError(f"cannot listen for HTTP on {self.config.listen.host}:{port}: "
+                               f"{exc.strerror or exc}") from exc
+        return HttpServer(build_app(routes), sockets)
+
     async def run(self, *, task_status: TaskStatus[dict[str, list[tuple[str, int]]]] =
                   anyio.TASK_STATUS_IGNORED) -> None:
         cfg = self.config
@@ -145,23 +168,13 @@ class Gateway:
             ctx.chain = Chain(ctx.layers)
             directory.chain = ctx.chain
 
-            router = Router()
-            mount_ops_routes(router, ctx)
-            http = HttpServer(router)
-
             async with anyio.create_task_group() as tg:
                 await self._start_frontdoors(ctx)
-                http_port = self._http_port()
-                try:
-                    listener = await anyio.create_tcp_listener(
-                        local_host=bind_host(cfg.listen.host), local_port=http_port)
-                except OSError as exc:
-                    raise StartupError(f"cannot listen for HTTP on {cfg.listen.host}:{http_port}: "
-                                       f"{exc.strerror or exc}") from exc
-                stack.push_async_callback(listener.aclose)
-                self.addresses["http"] = _listener_addresses(listener)
+                http = self._http_server(ctx)
+                self.addresses["http"] = http.addresses()
                 ctx.addresses = self.addresses
-                tg.start_soon(listener.serve, http.handle)
+                tg.start_soon(http.serve)
+                await http.started()
                 tg.start_soon(directory.run)
                 for layer in ctx.layers:
                     tg.start_soon(layer.run)
@@ -183,6 +196,8 @@ class Gateway:
 
                 await self.stop_requested.wait()
                 await self._drain(ctx)
+                with anyio.CancelScope(shield=True):
+                    await http.stop()
                 tg.cancel_scope.cancel()
 
             with anyio.CancelScope(shield=True):
@@ -247,14 +262,6 @@ def _call_hook(caller, **kwargs: Any) -> None:
         caller(**kwargs)
     except Exception:
         log.exception("plugin hook %s failed", caller.name)
-
-
-def _listener_addresses(listener) -> list[tuple[str, int]]:
-    out = []
-    for sub in getattr(listener, "listeners", [listener]):
-        addr = sub.extra(anyio.abc.SocketAttribute.local_address)
-        out.append((addr[0], addr[1]))
-    return out
 
 
 def _redact(url: str) -> str:
