@@ -25,6 +25,7 @@ from ogelkit_postgres import provision as prov
 from ogelkit_postgres.frontdoor import PostgresFrontDoor
 from ogelkit_postgres.options import PostgresOptions
 from ogelkit_postgres.pool import Pool
+from ogelkit_postgres.server import ServerConnection, open_server
 from ogelkit_postgres.sql import EXPLAINABLE, normalize
 
 if TYPE_CHECKING:
@@ -150,6 +151,13 @@ class PostgresBackend(ogelkit.Backend):
         host, port = self.upstream_address()
         up = db.upstream
         return host, port, up["role"], up["password"], up["dbname"]
+
+    async def open_upstream(self, pool: Pool, host: str, port: int, user: str, password: str,
+                            dbname: str) -> ServerConnection:
+        """Open and log in one server connection of ``pool`` (a Neon backend adds its
+        endpoint id to the startup packet here)."""
+        return await open_server(pool, host, port, user, password, dbname,
+                                 self.config.connect_timeout)
 
     def pool_for(self, db: DatabaseRecord) -> Pool:
         key = (db.tenant, db.name)

@@ -14,7 +14,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from ogelkit_postgres.server import ServerConnection, UpstreamError, open_server
+from ogelkit_postgres.server import ServerConnection, UpstreamError
 
 if TYPE_CHECKING:
     from ogelkit.control.records import DatabaseRecord
@@ -107,8 +107,7 @@ class Pool:
         self.opening += 1
         try:
             host, port, user, password, dbname = await self.backend.upstream_target(self.db)
-            srv = await open_server(self, host, port, user, password, dbname,
-                                    self.cfg.connect_timeout)
+            srv = await self.backend.open_upstream(self, host, port, user, password, dbname)
         except BaseException as exc:
             self.opening -= 1
             if isinstance(exc, UpstreamError):
