@@ -61,10 +61,23 @@ def table(model: type) -> str:
 HOOKS = re.compile(r"(<!-- BEGIN hooks -->\n)(.*?)(<!-- END hooks -->)", re.DOTALL)
 
 
+def hook_functions() -> dict[str, tuple[object, str | None]]:
+    """Every hook spec: the core's, and those plugins declare (``ogelkit_add_hookspecs``),
+    with the module that declares a plugin's."""
+    specs: dict[str, tuple[object, str | None]] = {
+        n: (getattr(hookspecs, n), None) for n in dir(hookspecs) if n.startswith("ogelkit_")}
+    pm = load_plugins().pm
+    for name in dir(pm.hook):
+        caller = getattr(pm.hook, name)
+        spec = getattr(caller, "spec", None)
+        if name.startswith("ogelkit_") and spec is not None and name not in specs:
+            specs[name] = (spec.function, spec.function.__module__)
+    return specs
+
+
 def hooks_reference() -> str:
     parts = []
-    for name in sorted(n for n in dir(hookspecs) if n.startswith("ogelkit_")):
-        fn = getattr(hookspecs, name)
+    for name, (fn, module) in sorted(hook_functions().items()):
         sig = str(inspect.signature(fn)).replace("'", "")
         doc = inspect.cleandoc(fn.__doc__ or "").replace("``", "`")
         doc = re.sub(r":param (\w+):", r"- `\1`:", doc)
@@ -74,7 +87,8 @@ def hooks_reference() -> str:
         doc = re.sub(r"\n {4}(?=\S)", " ", head)
         if example:
             doc += "Example:\n\n```python\n" + textwrap.dedent(example).strip() + "\n```"
-        parts.append(f"### `{name}`\n\n```python\n{name}{sig}\n```\n\n{doc.strip()}\n")
+        where = f"Declared by a plugin, in `{module}`.\n\n" if module else ""
+        parts.append(f"### `{name}`\n\n{where}```python\n{name}{sig}\n```\n\n{doc.strip()}\n")
     return "\n".join(parts)
 
 

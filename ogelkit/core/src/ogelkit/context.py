@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     from ogelkit.config import Config
     from ogelkit.control.store import Store
     from ogelkit.directory import Directory, SessionRegistry
+    from ogelkit.hooks import Hooks
     from ogelkit.layer import Layer
     from ogelkit.metrics import Metrics
     from ogelkit.plugins import Plugins
@@ -47,8 +48,13 @@ class GatewayContext:
 
     @property
     def hook(self):
-        """The pluggy hook relay, for the rare lifecycle calls (never per request)."""
+        """The raw pluggy relay; fire hooks through ``hooks`` instead."""
         return self.plugins.hook
+
+    @property
+    def hooks(self) -> Hooks:
+        """The typed hook facade: one error policy for every hook (``ogelkit.hooks``)."""
+        return self.plugins.hooks
 
     @property
     def state_url(self) -> str | None:

@@ -149,22 +149,19 @@ def ogelkit_shutdown(context: GatewayContext) -> None:
 
 
 @hookspec
-def ogelkit_usage_flushed(context: GatewayContext, events: list[dict[str, Any]]) -> None:
-    """A batch of usage events was stored durably in the control plane.
+def ogelkit_add_hookspecs(pluginmanager: pluggy.PluginManager) -> None:
+    """Declare hooks that this plugin fires (``pluginmanager.add_hookspecs(module)``).
 
-    Called by the usage layer after each successful batch write (every few seconds, never per
-    operation), in the event loop thread. Use it to export usage elsewhere (a billing system,
-    a message queue); do not block: hand the list to a task of your own.
+    Called once per plugin manager, after every plugin is registered and before unknown
+    hook implementations are reported, so other plugins may implement the new hooks. Fire
+    them through ``context.hooks.fire(name, **kwargs)`` (one error policy: a failing
+    implementation is logged and skipped). The usage layer declares
+    ``ogelkit_usage_flushed`` this way.
 
-    :param context: the gateway's context.
-    :param events: the stored events as dicts (``UsageEvent.as_dict()``): ``id`` (stable;
-        a batch can be delivered again after a retry, dedupe on it), ``ts``, ``tenant``,
-        ``database``, ``kind`` (operation, connection or storage), ``gateway``, and the
-        amounts of ``ogelkit.control.records.USAGE_FIELDS`` (``operations``, ``duration``,
-        ``bytes_in``, ``bytes_out``, ``rows``, ``vcpu_seconds``, ...).
+    :param pluginmanager: the ``pluggy.PluginManager`` being built.
     :return: nothing; the return value is ignored.
 
-    .. versionadded:: 0.1
+    .. versionadded:: 0.2
     """
 
 

@@ -32,7 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     # Plugins may add commands; load them lazily so `--help` of a broken install still works.
     state = CliState()
     try:
-        state.plugins.hook.ogelkit_add_commands(cli=cli)
+        state.plugins.hooks.add_commands(cli)
     except Exception as exc:  # a plugin's command must not make the CLI unusable
         click.echo(f"warning: a plugin failed to add commands: {exc!r}", err=True)
     cli.main(args=argv if argv is not None else sys.argv[1:], prog_name="ogelkit",

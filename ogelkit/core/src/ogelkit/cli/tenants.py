@@ -54,10 +54,11 @@ def create(state: CliState, slug: str, tier: str) -> None:
             return tenant
 
     tenant = run_async(go)
-    state.plugins.hook.ogelkit_tenant_created(tenant=tenant)
+    # The password first: a failing third-party hook must not lose it (the tenant exists).
     click.echo(f"created tenant {slug} (tier {tier})")
     click.echo(f"password: {password}")
     click.echo("The password is shown only now; `ogelkit credentials rotate` makes a new one.")
+    state.plugins.hooks.tenant_created(tenant)
 
 
 @tenants.command("list")

@@ -20,9 +20,10 @@ from typing import Any
 import attrs
 import pluggy
 
-from ogelkit import hookspecs
+import ogelkit.hookspecs as hookspecs
 from ogelkit.backend import Backend
 from ogelkit.frontdoor import FrontDoor
+from ogelkit.hooks import Hooks
 from ogelkit.layer import Layer
 
 ENTRY_POINT_GROUP = "ogelkit"
@@ -154,7 +155,13 @@ class Plugins:
 
     @property
     def hook(self):
+        """The raw pluggy relay; fire hooks through ``hooks`` (one error policy)."""
         return self.pm.hook
+
+    @property
+    def hooks(self) -> Hooks:
+        """The typed hook facade (``ogelkit.hooks``)."""
+        return Hooks(self.pm)
 
     @property
     def failed(self) -> list[PluginInfo]:
@@ -189,7 +196,10 @@ def _hook_names() -> list[str]:
 def _check_pending(pm: pluggy.PluginManager, infos: dict[str, PluginInfo]) -> list[str]:
     """Report impls of hooks that don't exist, with a did-you-mean (pluggy's check_pending)."""
     errors = []
-    known = _hook_names()
+    # The core's hooks and those plugins declared with ogelkit_add_hookspecs.
+    known = sorted(set(_hook_names()) | {
+        n for n, c in pm.hook.__dict__.items()
+        if not n.startswith("_") and getattr(c, "spec", None) is not None})
     for name in pm.hook.__dict__:
         if name.startswith("_") or name in known:
             continue
@@ -224,6 +234,7 @@ def load_plugins(
     """
     pm = new_plugin_manager()
     infos: dict[str, PluginInfo] = {}
+    _early_errors: list[str] = []
     blocked = set(disable) | set(_env_list(DISABLE_ENV) or [])
     allow = _env_list(LOAD_ENV)
 
@@ -257,7 +268,16 @@ def load_plugins(
         if plugin is not None:
             info.hooks = sorted(c.name for c in pm.get_hookcallers(plugin) or [])
 
-    errors = _check_pending(pm, infos)
+    # Plugins that fire hooks of their own declare them first (ogelkit_add_hookspecs).
+    for impl in reversed(pm.hook.ogelkit_add_hookspecs.get_hookimpls()):
+        try:
+            impl.function(*[{"pluginmanager": pm}[a] for a in impl.argnames])
+        except Exception as exc:
+            info = infos.get(impl.plugin_name)
+            label = info.label if info else impl.plugin_name
+            _early_errors.append(f"{label} failed in ogelkit_add_hookspecs: {exc!r}")
+
+    errors = _early_errors + _check_pending(pm, infos)
 
     registrar = Registrar()
     for hook_name in ("ogelkit_register_backends", "ogelkit_register_layers"):

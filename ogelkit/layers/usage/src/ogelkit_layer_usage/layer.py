@@ -329,11 +329,9 @@ class UsageLayer(Layer):
         metrics = self.context.metrics
         metrics.usage_flushed.inc(len(batch))
         metrics.usage_pending.set(len(self._pending))
-        try:
-            self.context.hook.ogelkit_usage_flushed(context=self.context,
-                                                    events=[e.as_dict() for e in batch])
-        except Exception:  # an exporter's bug must not stop metering
-            log.exception("an ogelkit_usage_flushed hook failed", extra={"layer": self.name})
+        # An exporter's bug must not stop metering: the facade logs and skips it.
+        self.context.hooks.fire("ogelkit_usage_flushed", context=self.context,
+                                events=[e.as_dict() for e in batch])
         return True
 
     def _drop(self, count: int, why: str) -> None:
