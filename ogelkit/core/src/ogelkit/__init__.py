@@ -10,16 +10,35 @@ The public API for plugin authors::
 """
 
 from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
 
 import pluggy
 
 from ogelkit.backend import Backend, Capability
 from ogelkit.config import validators
 from ogelkit.config.schema import Duration, Size, option
+from ogelkit.control.records import (
+    USAGE_FIELDS,
+    DatabaseRecord,
+    LayerReport,
+    TenantRecord,
+    UsageEvent,
+    UsageTotals,
+)
 from ogelkit.frontdoor import FrontDoor
 from ogelkit.layer import Layer, NoOptions
 from ogelkit.model import Operation, Reason, Reject, Session
-from ogelkit.tiers import Tier
+from ogelkit.tiers import Tier, TierTable
+from ogelkit.units import format_duration, format_size, parse_duration, parse_size
+
+if TYPE_CHECKING:
+    from ogelkit.config.errors import ConfigError, ErrorCollector
+    from ogelkit.context import GatewayContext
+    from ogelkit.control.store import NotFound
+    from ogelkit.directory import TenantEntry
+    from ogelkit.metrics import Decisions
+    from ogelkit.plugins import Plugins
+    from ogelkit.state import OutagePolicy
 
 hookimpl = pluggy.HookimplMarker("ogelkit")
 
@@ -28,21 +47,65 @@ try:
 except PackageNotFoundError:  # running from a source tree without metadata
     __version__ = "0.0.0"
 
+# Public names whose modules pull in heavier dependencies (prometheus_client, redis ...):
+# imported on first use, so `import ogelkit` stays cheap for the CLI.
+_LAZY = {
+    "ConfigError": "ogelkit.config.errors",
+    "ErrorCollector": "ogelkit.config.errors",
+    "Decisions": "ogelkit.metrics",
+    "GatewayContext": "ogelkit.context",
+    "NotFound": "ogelkit.control.store",
+    "OutagePolicy": "ogelkit.state",
+    "Plugins": "ogelkit.plugins",
+    "TenantEntry": "ogelkit.directory",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'ogelkit' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
 __all__ = [
+    "USAGE_FIELDS",
     "Backend",
     "Capability",
+    "ConfigError",
+    "DatabaseRecord",
+    "Decisions",
     "Duration",
+    "ErrorCollector",
     "FrontDoor",
+    "GatewayContext",
     "Layer",
+    "LayerReport",
     "NoOptions",
+    "NotFound",
     "Operation",
+    "OutagePolicy",
+    "Plugins",
     "Reason",
     "Reject",
     "Session",
     "Size",
+    "TenantEntry",
+    "TenantRecord",
     "Tier",
+    "TierTable",
+    "UsageEvent",
+    "UsageTotals",
     "__version__",
+    "format_duration",
+    "format_size",
     "hookimpl",
     "option",
+    "parse_duration",
+    "parse_size",
     "validators",
 ]
