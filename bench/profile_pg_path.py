@@ -173,7 +173,7 @@ class _NullTransport:
 def _backend_reply() -> bytes:
     """What PostgreSQL answers to pgbench -S: RowDescription, DataRow, CommandComplete,
     ReadyForQuery (one int4 column)."""
-    from ogelkit_postgres import protocol as pg
+    from ogelkit_postgres import wire as pg
     field = b"abalance\0" + pg._i.pack(0) + pg._h.pack(0) + pg._i.pack(23) + pg._h.pack(4) \
         + pg._i.pack(-1) + pg._h.pack(0)
     return (pg.message(b"T", pg._h.pack(1) + field)
@@ -184,7 +184,7 @@ def _backend_reply() -> bytes:
 def _prepared_messages():
     """pgbench -M prepared: Parse once, then Bind + Execute + Sync per transaction; and
     PostgreSQL's replies to both."""
-    from ogelkit_postgres import protocol as pg
+    from ogelkit_postgres import wire as pg
     i, h = pg._i.pack, pg._h.pack
     text = b"SELECT abalance FROM pgbench_accounts WHERE aid = $1;"
     parse = pg.message(b"P", b"P0_1\0" + text + b"\0" + h(1) + i(23)) + pg.SYNC
@@ -217,7 +217,7 @@ async def relay_mode(args) -> None:
     import gc
 
     import asyncpg
-    from ogelkit_postgres import protocol as pg
+    from ogelkit_postgres import wire as pg
 
     from ogelkit.chain import Chain
     from ogelkit.model import Operation

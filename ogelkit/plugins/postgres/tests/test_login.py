@@ -8,7 +8,7 @@ import tempfile
 import asyncpg
 import psycopg
 import pytest
-from ogelkit_postgres import protocol as pg
+from ogelkit_postgres import wire as pg
 from ogelkit_postgres.testing import RawClient, Tenant, pg_gateway, self_signed_cert, unique
 
 A = Tenant(unique("pgla"))
@@ -115,15 +115,27 @@ def test_wrong_password_is_28P01(gw):
     assert "password authentication failed" in str(err)
 
 
-def test_unknown_tenant_is_3D000_worded_like_an_unknown_database(gw):
-    """An unknown tenant gets 3D000 after the same SCRAM exchange, with exactly the message a
-    known tenant gets for a database it does not have: the text never names a tenant."""
-    unknown = connect_error(gw, user="no-such-tenant-xyz", database="nope")
-    missing_db = connect_error(gw, database="nope")
-    assert unknown.sqlstate == missing_db.sqlstate == "3D000"
-    assert str(unknown) == str(missing_db) == 'database "nope" does not exist'
+def test_unknown_tenant_answers_exactly_like_a_wrong_password(gw):
+    """An unknown tenant goes through the same SCRAM exchange and gets 28P01 with the words
+    PostgreSQL uses for a wrong password (and for a role that does not exist), byte for
+    byte the ErrorResponse a known tenant gets for a wrong password."""
+    unknown = connect_error(gw, user="no-such-tenant-xyz", password="nope")
     wrong = connect_error(gw, user=A.slug, password="nope")
-    assert wrong.sqlstate == "28P01"
+    assert unknown.sqlstate == wrong.sqlstate == "28P01"
+    assert str(unknown) == 'password authentication failed for user "no-such-tenant-xyz"'
+    assert str(wrong) == f'password authentication failed for user "{A.slug}"'
+
+    def raw_answer(user: str) -> bytes:
+        raw = RawClient(gw.port)
+        try:
+            msgs = raw.login(user, "nope", database="main")
+            kind, body = msgs[-1]
+            return kind + body.replace(user.encode(), b"<user>")
+        finally:
+            raw.close()
+    assert raw_answer("no-such-tenant-xyz") == raw_answer(A.slug)
+    # Even naming a database that does not exist: the credentials are checked first.
+    assert connect_error(gw, user="no-such-tenant-xyz", database="nope").sqlstate == "28P01"
 
 
 def test_unknown_database_is_3D000(gw):

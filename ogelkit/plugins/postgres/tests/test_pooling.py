@@ -11,7 +11,7 @@ import time
 import asyncpg
 import psycopg
 import pytest
-from ogelkit_postgres.client import ClientConnection
+from ogelkit_postgres.connection import PostgresConnection
 from ogelkit_postgres.testing import Tenant, pg_gateway, unique
 
 import ogelkit
@@ -142,7 +142,7 @@ def test_psycopg_prepared_statements_in_transaction_mode(gw):
 
 def test_tier_settings_applied_and_common_path_sends_no_set(gw, monkeypatch):
     sent = []
-    original = ClientConnection._send_settings
+    original = PostgresConnection._send_settings
 
     def counting(self, srv, desired):
         sent.append(dict(desired))
@@ -158,7 +158,7 @@ def test_tier_settings_applied_and_common_path_sends_no_set(gw, monkeypatch):
         others = [psycopg.connect(gw.conninfo(T, sslmode="disable"), autocommit=True)
                   for _ in range(5)]
         try:
-            monkeypatch.setattr(ClientConnection, "_send_settings", counting)
+            monkeypatch.setattr(PostgresConnection, "_send_settings", counting)
             for _ in range(20):
                 for c in [conn, *others]:
                     assert c.execute("SHOW work_mem").fetchone() == ("256MB",)
@@ -336,7 +336,7 @@ def test_1000_concurrent_idle_clients(tx_gw):
 
         conns = await asyncio.gather(*(one() for _ in range(1000)))
         try:
-            assert len(tx_gw.fd.clients) >= 1000
+            assert len(tx_gw.door.clients) >= 1000
             assert len(tx_gw.pool(t).members) <= 10
             for conn in random.sample(conns, 50):
                 cur = await conn.execute("SELECT 1")
@@ -344,7 +344,7 @@ def test_1000_concurrent_idle_clients(tx_gw):
         finally:
             await asyncio.gather(*(c.close() for c in conns))
     asyncio.run(go())
-    assert _wait(lambda: len(tx_gw.fd.clients) < 10)
+    assert _wait(lambda: len(tx_gw.door.clients) < 10)
 
 
 def _wait(cond, timeout: float = 10.0) -> bool:

@@ -12,7 +12,7 @@ import time
 import asyncpg
 import psycopg
 import pytest
-from ogelkit_postgres import protocol as pg
+from ogelkit_postgres import wire as pg
 from ogelkit_postgres.testing import RawClient
 
 

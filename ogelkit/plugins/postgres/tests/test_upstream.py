@@ -11,7 +11,7 @@ import time
 
 import psycopg
 import pytest
-from ogelkit_postgres import protocol as pg
+from ogelkit_postgres import wire as pg
 from ogelkit_postgres.backend import parse_dsn
 from ogelkit_postgres.testing import PREFIX, RawClient, Tenant, gateway_config, pg_gateway, unique
 

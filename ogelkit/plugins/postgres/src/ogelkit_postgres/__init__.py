@@ -5,7 +5,7 @@ pool: subclass ``PostgresBackend`` and override ``upstream_target`` (wake the co
 """
 
 from ogelkit_postgres.backend import PostgresBackend
-from ogelkit_postgres.frontdoor import PostgresFrontDoor
+from ogelkit_postgres.listener import PostgresFrontDoor
 from ogelkit_postgres.options import PostgresOptions
 
 __all__ = ["PostgresBackend", "PostgresFrontDoor", "PostgresOptions"]

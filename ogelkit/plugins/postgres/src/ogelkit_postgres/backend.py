@@ -22,11 +22,10 @@ import asyncpg
 
 import ogelkit
 from ogelkit_postgres import provision as prov
-from ogelkit_postgres.frontdoor import PostgresFrontDoor
 from ogelkit_postgres.options import PostgresOptions
 from ogelkit_postgres.pool import Pool
-from ogelkit_postgres.server import ServerConnection, open_server
 from ogelkit_postgres.sql import EXPLAINABLE, normalize
+from ogelkit_postgres.upstream import ServerConnection, open_server
 
 if TYPE_CHECKING:
     from ogelkit.control.records import DatabaseRecord, TenantRecord
@@ -71,7 +70,6 @@ class PostgresBackend(ogelkit.Backend):
     type_name = "postgres"
     Config = PostgresOptions
     protocol = "postgres"
-    frontdoor = PostgresFrontDoor
 
     def __init__(self, config: PostgresOptions, *, name: str, context: Any):
         super().__init__(config, name=name, context=context)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from ogelkit.context import GatewayContext
-    from ogelkit_postgres.client import ClientConnection
+    from ogelkit_postgres.connection import PostgresConnection
 
 log = logging.getLogger("ogelkit.postgres")
 
@@ -30,7 +30,7 @@ class CancelKeys:
     def __init__(self, ctx: GatewayContext, ttl: float):
         self.ctx = ctx
         self.ttl = max(10.0, ttl)
-        self.local: dict[tuple[int, int], ClientConnection] = {}
+        self.local: dict[tuple[int, int], PostgresConnection] = {}
         self.redis: Any = None
         self.channel = CHANNEL_PREFIX + ctx.gateway_id
         self._to_add: set[tuple[int, int]] = set()
@@ -63,7 +63,7 @@ class CancelKeys:
         task.add_done_callback(self._tasks.discard)
 
     # -- keys ------------------------------------------------------------------------------
-    def new(self, conn: ClientConnection) -> tuple[int, int]:
+    def new(self, conn: PostgresConnection) -> tuple[int, int]:
         while True:
             key = (secrets.randbits(31) or 1, secrets.randbits(32) - 2**31)
             if key not in self.local:

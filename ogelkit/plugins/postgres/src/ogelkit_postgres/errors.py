@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from ogelkit.model import Reason, Reject
-from ogelkit_postgres import protocol as pg
+from ogelkit_postgres import wire as pg
 
 SQLSTATE = {
     Reason.AUTH: "28P01",

@@ -1,9 +1,11 @@
 """Connection start: SSLRequest/TLS, StartupMessage, SCRAM-SHA-256, routing, admission.
 
 This is the once-per-connection part of the front door, so it is a coroutine (the relay
-afterwards runs on transport callbacks only). It follows docs/dev/frontdoors.md:
-identify -> chain.auth -> SCRAM against the control plane's verifier -> route ->
-chain.connect -> server checkout -> ParameterStatus/BackendKeyData/ReadyForQuery.
+afterwards runs on transport callbacks only). The protocol-independent steps are the
+core's ``ogelkit.frontdoor.Login`` (docs/dev/frontdoors.md): identify -> ``lookup`` ->
+``check_ban`` -> SCRAM against ``verifier()`` (``bad_credentials`` for a wrong proof and
+an unknown tenant alike) -> ``route`` -> ``admit`` -> server checkout ->
+ParameterStatus/BackendKeyData/ReadyForQuery; ``end`` runs when the connection closes.
 """
 
 from __future__ import annotations
@@ -12,22 +14,27 @@ import asyncio
 import logging
 import re
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
-from ogelkit.model import Reason, Reject, Session
+from ogelkit import Reason, Reject, Session
+from ogelkit.frontdoor import SLUG, Login
 from ogelkit.scram import MECHANISM, ScramError, ScramServer
-from ogelkit_postgres import protocol as pg
-from ogelkit_postgres.client import CLOSED, RELAY
-from ogelkit_postgres.errors import FEATURE_NOT_SUPPORTED, PROTOCOL_VIOLATION, reject_error
+from ogelkit_postgres import wire as pg
+from ogelkit_postgres.connection import CLOSED, RELAY
+from ogelkit_postgres.errors import (
+    FEATURE_NOT_SUPPORTED,
+    PROTOCOL_VIOLATION,
+    SQLSTATE,
+    reject_error,
+)
 from ogelkit_postgres.pool import PoolTimeout
-from ogelkit_postgres.server import UpstreamError, client_sqlstate
+from ogelkit_postgres.upstream import UpstreamError, client_sqlstate
 
 if TYPE_CHECKING:
-    from ogelkit_postgres.client import ClientConnection
+    from ogelkit_postgres.connection import PostgresConnection
 
 log = logging.getLogger("ogelkit.postgres")
 
-_SLUG = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 _GUC_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.$]*$")
 #: Startup-options names that carry the tenant (ours; Supavisor's; Neon's).
 TENANT_OPTIONS = ("tenant", "reference", "endpoint")
@@ -86,7 +93,7 @@ def parse_options(text: str) -> tuple[str | None, dict[str, str]]:
     return tenant, settings
 
 
-async def _wait(conn: ClientConnection) -> None:
+async def _wait(conn: PostgresConnection) -> None:
     if conn.phase == CLOSED:
         raise ClientGone()
     conn.swaiter = asyncio.get_running_loop().create_future()
@@ -98,7 +105,7 @@ async def _wait(conn: ClientConnection) -> None:
         raise ClientGone()
 
 
-async def read_untyped(conn: ClientConnection) -> bytes:
+async def read_untyped(conn: PostgresConnection) -> bytes:
     """The next length-prefixed startup-phase packet (body after the length)."""
     while True:
         buf = conn.sbuf
@@ -113,7 +120,7 @@ async def read_untyped(conn: ClientConnection) -> bytes:
         await _wait(conn)
 
 
-async def read_typed(conn: ClientConnection, expected: int) -> bytes:
+async def read_typed(conn: PostgresConnection, expected: int) -> bytes:
     while True:
         buf = conn.sbuf
         if len(buf) >= 5:
@@ -131,32 +138,49 @@ async def read_typed(conn: ClientConnection, expected: int) -> bytes:
         await _wait(conn)
 
 
-def fail(conn: ClientConnection, sqlstate: str, message: str, *, detail: str | None = None,
-         hint: str | None = None, outcome: str = "error") -> None:
-    conn.fd.count_connection(outcome)
+def start_login(conn: PostgresConnection, user: str = "") -> Login:
+    """The core's ``Login`` of this connection (created once the user name is known, or at
+    the first refusal before it)."""
+    login = conn.login
+    if login is None:
+        login = conn.login = conn.door.login(Session("postgres", conn.peer, user))
+        conn.session = login.session
+    elif user and not login.session.user:
+        login.session.user = user
+    return login
+
+
+def fail(conn: PostgresConnection, sqlstate: str, message: str, *, detail: str | None = None,
+         hint: str | None = None, outcome: str = "error") -> NoReturn:
+    """A protocol-level refusal (no ``Reason`` fits: malformed packets, unsupported
+    features): counted as ``outcome``, answered with ``sqlstate``."""
+    start_login(conn)
+    conn.metrics.connection(outcome)
     conn.fatal(sqlstate, message, detail=detail, hint=hint)
     raise LoginFailed(message)
 
 
-def refuse(conn: ClientConnection, reject: Reject, outcome: str = "rejected") -> None:
-    if conn.session is not None:
-        conn.session.rejection = conn.session.rejection or reject
-    conn.fd.count_connection(outcome)
+def answer(conn: PostgresConnection, reject: Reject) -> None:
+    """A ``Reject`` raised by a login step (already recorded and counted by ``Login``)."""
     conn._write(reject_error(reject, fatal=True))
     conn.close()
-    raise LoginFailed(reject.message)
 
 
-async def login(conn: ClientConnection) -> None:
+async def run_login(conn: PostgresConnection) -> None:
     try:
-        async with asyncio.timeout(conn.fd.login_timeout):
+        async with asyncio.timeout(conn.door.handshake_timeout):
             await _login(conn)
     except (LoginFailed, ClientGone):
         pass
+    except Reject as rej:
+        if conn.phase != CLOSED:
+            answer(conn, rej)
     except TimeoutError:
         if conn.phase != CLOSED:
-            conn.fd.count_connection("error")
-            conn.fatal("57014", "canceling authentication due to timeout")
+            login = start_login(conn)
+            rej = login.refuse(Reject(Reason.TIMEOUT, "canceling authentication due to timeout"),
+                               "error")
+            conn.fatal(SQLSTATE[rej.reason], rej.message)
     except asyncio.CancelledError:
         if conn.phase != CLOSED:  # gateway shutting down
             conn.close()
@@ -164,14 +188,14 @@ async def login(conn: ClientConnection) -> None:
     except Exception:
         log.exception("login failed unexpectedly", extra={"client": conn.peer})
         if conn.phase != CLOSED:
-            conn.fd.count_connection("error")
+            conn.metrics.connection("error")
             conn.fatal("XX000", "internal error in the gateway")
     finally:
         conn.login_task = None
 
 
-async def _startup_packet(conn: ClientConnection) -> dict[str, str]:
-    fd = conn.fd
+async def _startup_packet(conn: PostgresConnection) -> dict[str, str]:
+    door = conn.door
     tls = False
     while True:
         body = await read_untyped(conn)
@@ -179,12 +203,12 @@ async def _startup_packet(conn: ClientConnection) -> dict[str, str]:
         if code == pg.SSL_REQUEST:
             if tls or conn.sbuf:  # bytes after SSLRequest could be injected in plain text
                 fail(conn, PROTOCOL_VIOLATION, "unexpected data after SSLRequest")
-            if fd.ssl_context is None:
+            if door.ssl_context is None:
                 conn.transport.write(b"N")  # type: ignore[union-attr]
                 continue
             conn.transport.write(b"S")  # type: ignore[union-attr]
             loop = asyncio.get_running_loop()
-            transport = await loop.start_tls(conn.transport, conn, fd.ssl_context,  # type: ignore[arg-type]
+            transport = await loop.start_tls(conn.transport, conn, door.ssl_context,  # type: ignore[arg-type]
                                              server_side=True)
             if transport is None:
                 raise ClientGone()
@@ -204,7 +228,7 @@ async def _startup_packet(conn: ClientConnection) -> dict[str, str]:
             pid, secret = pg.unpack_i32(body, 4)[0], pg.unpack_i32(body, 8)[0]
             # Its own task: closing this connection cancels the login task, and a lookup in
             # the shared state (another replica's client) must outlive it.
-            fd.spawn(fd.handle_cancel(pid, secret))
+            door.spawn(door.handle_cancel(pid, secret))
             conn.close()
             raise LoginFailed("cancel request")
         if code >> 16 != 3:
@@ -221,7 +245,7 @@ async def _startup_packet(conn: ClientConnection) -> dict[str, str]:
         return {k: v for k, v in params.items() if not k.startswith("_pq_.")}
 
 
-async def _pick_tenant(conn: ClientConnection, user: str, tenant_option: str | None) -> str:
+async def _pick_tenant(conn: PostgresConnection, user: str, tenant_option: str | None) -> str:
     """options tenant= > user.tenant > SNI first label (when it names a tenant) > user."""
     if tenant_option:
         return tenant_option
@@ -230,7 +254,7 @@ async def _pick_tenant(conn: ClientConnection, user: str, tenant_option: str | N
     sni = conn.sni
     if sni:
         label = sni.split(".", 1)[0].lower()
-        if label != user and _SLUG.match(label):
+        if label != user and SLUG.match(label):
             try:
                 if await conn.ctx.directory.lookup(label) is not None:
                     return label
@@ -239,10 +263,11 @@ async def _pick_tenant(conn: ClientConnection, user: str, tenant_option: str | N
     return user
 
 
-async def _login(conn: ClientConnection) -> None:
-    fd, ctx = conn.fd, conn.ctx
+async def _login(conn: PostgresConnection) -> None:
+    door = conn.door
     params = await _startup_packet(conn)
     user = params.get("user", "")
+    login = start_login(conn, user)
     if not user:
         fail(conn, "28000", "no PostgreSQL user name specified in startup packet")
     database = params.get("database") or user
@@ -260,91 +285,60 @@ async def _login(conn: ClientConnection) -> None:
             fail(conn, PROTOCOL_VIOLATION, f"invalid startup parameter name {name!r}")
 
     slug = await _pick_tenant(conn, user, tenant_option)
-    session = Session("postgres", conn.peer, user)
-    conn.session = session
-    entry = None
-    if _SLUG.match(slug):
-        try:
-            entry = await ctx.directory.lookup(slug)
-        except Exception as exc:
-            log.warning("control plane lookup failed: %s", exc)
-            refuse(conn, Reject(Reason.UNAVAILABLE, "the gateway cannot reach its control plane",
-                                hint="Retry in a few seconds."), "error")
-    if entry is not None:
-        session.tenant = entry.tenant
-        session.tier = entry.tier
-    try:
-        conn.chain.auth(session)
-    except Reject as rej:
-        refuse(conn, rej)
+    entry = await login.lookup(slug)  # Reject(UNAVAILABLE) when the control plane is down
+    login.check_ban()
 
     # SCRAM-SHA-256 against the control plane's verifier; an unknown tenant goes through the
-    # same exchange with a stable fake verifier, so the flow and timing do not tell.
-    scram = ScramServer(ctx.directory.verifier_for(slug, entry))
+    # same exchange with a stable fake verifier, and gets the same answer as a wrong
+    # password (as PostgreSQL answers for a role that does not exist).
+    scram = ScramServer(login.verifier())
     conn.transport.write(pg.auth_sasl([MECHANISM]))  # type: ignore[union-attr]
     body = await read_typed(conn, pg.T.PASSWORD)
-    try:
-        mechanism, i = pg.read_cstr(body, 0)
-        length = pg.unpack_i32(body, i)[0]
-        first = body[i + 4:i + 4 + length] if length >= 0 else b""
-    except (ValueError, IndexError, Exception):
+    first = parse_sasl_initial(body)
+    if first is None:
         fail(conn, PROTOCOL_VIOLATION, "malformed SASLInitialResponse message")
-    if mechanism.decode(errors="replace") != MECHANISM:
+    mechanism, first_msg = first
+    if mechanism != MECHANISM:
         fail(conn, "28000", "client selected an invalid SASL authentication mechanism")
     try:
-        conn.transport.write(pg.auth_sasl_continue(scram.first(first)))  # type: ignore[union-attr]
-    except (ScramError, UnicodeDecodeError) as exc:
+        conn.transport.write(pg.auth_sasl_continue(scram.first(first_msg)))  # type: ignore[union-attr]
+    except (ScramError, UnicodeDecodeError, ValueError) as exc:
         fail(conn, PROTOCOL_VIOLATION, f"malformed SCRAM message: {exc}")
     body = await read_typed(conn, pg.T.PASSWORD)
     try:
         final = scram.final(body)
-    except (ScramError, UnicodeDecodeError):
-        if entry is None:
-            # 3D000 for an unknown tenant (the issue's contract), worded exactly like a
-            # database a known tenant does not have: the text never names a tenant.
-            refuse(conn, Reject(Reason.UNKNOWN, f'database "{database}" does not exist'))
-        refuse(conn, Reject(Reason.AUTH, f'password authentication failed for user "{user}"'),
-               "auth_failed")
+    except (ScramError, UnicodeDecodeError, ValueError):
+        raise login.bad_credentials(
+            f'password authentication failed for user "{user}"') from None
     assert entry is not None  # a fake verifier never accepts a proof
     conn.transport.write(pg.auth_sasl_final(final) + pg.AUTH_OK)  # type: ignore[union-attr]
 
-    # Route. The same error for a database that does not exist and one of another kind.
-    db = entry.databases.get(database)
-    backend = ctx.backends.get(db.backend) if db is not None else None
-    if db is None or backend is None or backend not in fd.backends:
-        refuse(conn, Reject(Reason.UNKNOWN, f'database "{database}" does not exist'))
-    if entry.tenant.suspended:
-        refuse(conn, Reject(Reason.SUSPENDED, f'tenant "{entry.tenant.slug}" is suspended',
-                            hint="Contact the platform operator."))
-    session.tier = entry.tier
-    session.database = database
-    session.db = db
-    session.backend = backend
-    session.authenticated = True
-    try:
-        await conn.chain.connect(session)
-    except Reject as rej:
-        refuse(conn, rej)
-    ctx.sessions.add(session)
-    session.closer = conn.close_with
+    # Route: the same error for a database that does not exist and one of another kind.
+    db = login.route(database, f'database "{database}" does not exist')
+    backend = login.session.backend
+    await login.admit(conn.close_with)
+    session = login.session
 
-    cfg = backend.config
+    cfg = backend.config  # type: ignore[union-attr]
     conn.cfg = cfg
     conn.session_mode = cfg.pool_mode == "session"
     conn.max_msg = cfg.max_message_size
     if not conn.session_mode:
         conn.parse_fifo = deque()
-    pool = backend.pool_for(db)  # type: ignore[attr-defined]
+    pool = backend.pool_for(db)  # type: ignore[union-attr]
     pool.set_tier(session.tier)
     conn.pool = pool
     conn.startup_settings = settings
 
+    # Admitted (and counted) already: what fails from here is told to the client and
+    # recorded on the session, not counted a second time.
     try:
         srv = await pool.acquire()
     except PoolTimeout:
-        refuse(conn, conn._pool_exhausted())
+        late_refusal(conn, conn._pool_exhausted())
     except UpstreamError as exc:
-        fail(conn, client_sqlstate(exc), exc.message, detail=exc.detail, hint=exc.hint)
+        conn.fatal(client_sqlstate(exc), exc.message, detail=exc.detail, hint=exc.hint)
+        raise LoginFailed(exc.message) from None
     if conn.phase == CLOSED:
         pool.checkin(srv)
         raise ClientGone()
@@ -355,10 +349,12 @@ async def _login(conn: ClientConnection) -> None:
         try:
             error = await capture
         except UpstreamError as exc:
-            fail(conn, "08006", exc.message)
+            conn.fatal("08006", exc.message)
+            raise LoginFailed(exc.message) from None
         if error:  # e.g. an unknown parameter in the startup packet, as PostgreSQL says it
-            fail(conn, error.get("C", "08006"), error.get("M", "invalid startup parameter"),
-                 detail=error.get("D"), hint=error.get("H"))
+            conn.fatal(error.get("C", "08006"), error.get("M", "invalid startup parameter"),
+                       detail=error.get("D"), hint=error.get("H"))
+            raise LoginFailed(error.get("M", ""))
 
     status = dict(srv.params)
     # Report the client's own view, not the gateway's upstream identity.
@@ -366,16 +362,42 @@ async def _login(conn: ClientConnection) -> None:
     status["session_authorization"] = user
     status.pop("is_superuser", None)
     status["is_superuser"] = "off"
-    pid, secret = fd.new_key(conn)
+    pid, secret = door.new_key(conn)
     conn.transport.write(  # type: ignore[union-attr]
         b"".join(pg.parameter_status(k, v) for k, v in status.items())
         + pg.backend_key_data(pid, secret) + pg.ready_for_query(b"I"))
     if not conn.session_mode:
         conn._release()
     conn.phase = RELAY
-    fd.count_connection("accepted")
-    fd.session_opened(conn)
     rest = bytes(conn.sbuf)
     conn.sbuf = bytearray()
     if rest:
         conn.data_received(rest)
+    elif conn.clients.draining is not None:
+        conn.clients.idle(conn)
+
+
+def late_refusal(conn: PostgresConnection, reject: Reject) -> NoReturn:
+    """A refusal after admission (no server connection in time): the session records it,
+    the connection outcome was counted at admission."""
+    session = conn.session
+    if session is not None and session.rejection is None:
+        session.rejection = reject
+    answer(conn, reject)
+    raise LoginFailed(reject.message)
+
+
+def parse_sasl_initial(body: bytes) -> tuple[str, bytes] | None:
+    """SASLInitialResponse: mechanism name (NUL-terminated), int32 length (-1: none), data.
+    None when malformed."""
+    nul = body.find(b"\0")
+    if nul < 0 or len(body) < nul + 5:
+        return None
+    mechanism = body[:nul].decode("utf-8", "replace")
+    length = pg.unpack_i32(body, nul + 1)[0]
+    data = body[nul + 5:]
+    if length < 0:
+        return mechanism, b""
+    if length != len(data):
+        return None
+    return mechanism, data

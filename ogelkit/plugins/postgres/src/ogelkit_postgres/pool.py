@@ -14,7 +14,7 @@ import time
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from ogelkit_postgres.server import ServerConnection, UpstreamError
+from ogelkit_postgres.upstream import ServerConnection, UpstreamError
 
 if TYPE_CHECKING:
     from ogelkit.control.records import DatabaseRecord

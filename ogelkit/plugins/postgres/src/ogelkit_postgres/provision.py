@@ -15,7 +15,7 @@ import secrets
 import asyncpg
 
 from ogelkit.scram import make_verifier
-from ogelkit_postgres.protocol import quote_ident, quote_literal
+from ogelkit_postgres.wire import quote_ident, quote_literal
 
 log = logging.getLogger("ogelkit.postgres")
 

@@ -49,7 +49,7 @@ class PgGateway:
         return self.running.port("postgres")
 
     @property
-    def fd(self):
+    def door(self):
         return self.running.gateway.frontdoors[0]
 
     @property
@@ -61,7 +61,7 @@ class PgGateway:
 
     def call(self, coro: Any, timeout: float = 30.0) -> Any:
         """Run a coroutine on the gateway's own loop (store and backend objects live there)."""
-        return asyncio.run_coroutine_threadsafe(coro, self.fd.loop).result(timeout)
+        return asyncio.run_coroutine_threadsafe(coro, self.door.loop).result(timeout)
 
     def kw(self, tenant: Tenant, database: str = "main", **extra: Any) -> dict[str, Any]:
         """Connection keywords for psycopg / asyncpg-style callers."""
@@ -162,7 +162,7 @@ class RawClient:
         return out
 
     def message(self) -> tuple[bytes, bytes]:
-        from ogelkit_postgres import protocol as pg
+        from ogelkit_postgres import wire as pg
         head = self.recv_exact(5)
         length = pg.unpack_len(head, 1)[0]
         return head[:1], self.recv_exact(length - 4)
@@ -188,7 +188,7 @@ class RawClient:
 
     def login(self, user: str, password: str, database: str = "main",
               **params: str) -> list[tuple[bytes, bytes]]:
-        from ogelkit_postgres import protocol as pg
+        from ogelkit_postgres import wire as pg
         from ogelkit_postgres.scram_client import ScramClient
         self.send(pg.startup_message({"user": user, "database": database, **params}))
         kind, body = self.message()
@@ -203,7 +203,7 @@ class RawClient:
         return self.until(b"Z")
 
     def error(self, msgs: list[tuple[bytes, bytes]]) -> dict[str, str]:
-        from ogelkit_postgres import protocol as pg
+        from ogelkit_postgres import wire as pg
         for kind, body in msgs:
             if kind == b"E":
                 return pg.error_fields(body)

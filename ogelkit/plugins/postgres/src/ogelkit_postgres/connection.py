@@ -26,22 +26,24 @@ from collections import deque
 from itertools import count
 from typing import TYPE_CHECKING, Any
 
+from ogelkit.frontdoor import peer_address
 from ogelkit.model import Operation, Reason, Reject
-from ogelkit_postgres import protocol as pg
+from ogelkit_postgres import wire as pg
 from ogelkit_postgres.errors import (
     FEATURE_NOT_SUPPORTED,
     PROTOCOL_VIOLATION,
     reject_error,
 )
 from ogelkit_postgres.pool import PoolTimeout
-from ogelkit_postgres.server import UpstreamError, client_sqlstate
 from ogelkit_postgres.sql import verb_of
+from ogelkit_postgres.upstream import UpstreamError, client_sqlstate
 
 if TYPE_CHECKING:
+    from ogelkit.frontdoor import Login
     from ogelkit.model import Session
-    from ogelkit_postgres.frontdoor import PostgresFrontDoor
+    from ogelkit_postgres.listener import PostgresFrontDoor
     from ogelkit_postgres.pool import Pool
-    from ogelkit_postgres.server import ServerConnection
+    from ogelkit_postgres.upstream import ServerConnection
 
 log = logging.getLogger("ogelkit.postgres")
 
@@ -76,7 +78,7 @@ class Stmt:
         self.verb = verb
 
 
-class ClientConnection(asyncio.Protocol):
+class PostgresConnection(asyncio.Protocol):
     __slots__ = (
         "batch_error",
         "bind_size",
@@ -87,19 +89,22 @@ class ClientConnection(asyncio.Protocol):
         "cdrop",
         "cfg",
         "chain",
+        "clients",
         "copy_in",
         "cskip",
         "ctx",
         "desired",
         "discard_error",
         "discarding",
-        "fd",
+        "door",
         "held",
         "inject",
         "key",
         "last_server",
+        "login",
         "login_task",
         "max_msg",
+        "metrics",
         "ops",
         "out",
         "parse_fifo",
@@ -133,10 +138,13 @@ class ClientConnection(asyncio.Protocol):
         "z_recv",
     )
 
-    def __init__(self, fd: PostgresFrontDoor):
-        self.fd = fd
-        self.ctx = fd.context
-        self.chain = fd.context.chain
+    def __init__(self, door: PostgresFrontDoor):
+        self.door = door
+        self.ctx = door.context
+        self.chain = door.context.chain
+        self.metrics = door.metrics
+        self.clients = door.clients
+        self.login: Login | None = None
         self.transport: asyncio.Transport | None = None
         self.phase = STARTUP
         self.session: Session | None = None
@@ -194,14 +202,11 @@ class ClientConnection(asyncio.Protocol):
     # -- asyncio callbacks ---------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        peer = transport.get_extra_info("peername")
-        if isinstance(peer, tuple):
-            host = peer[0]
-            self.peer = f"[{host}]:{peer[1]}" if ":" in host else f"{host}:{peer[1]}"
-        else:
-            self.peer = str(peer or "unix")
-        from ogelkit_postgres.login import login
-        self.login_task = self.fd.spawn(login(self))
+        self.peer = peer_address(transport)
+        self.clients.add(self)
+        if not transport.is_closing():  # not refused at once by a drain
+            from ogelkit_postgres.login import run_login
+            self.login_task = self.door.spawn(run_login(self))
 
     def data_received(self, data: bytes) -> None:
         if self.phase == RELAY:
@@ -325,7 +330,7 @@ class ClientConnection(asyncio.Protocol):
                         resumed = None
                         verb = op.name if op is not None else \
                             verb_of(data[pos + 5:end - 1].decode("utf-8", "replace"))
-                    elif self.fd.observe:
+                    elif self.door.observe:
                         text = data[pos + 5:end - 1].decode("utf-8", "replace")
                         verb = verb_of(text)
                         op = Operation(self.session, "query", verb, text, ln + 1)  # type: ignore[arg-type]
@@ -366,7 +371,7 @@ class ClientConnection(asyncio.Protocol):
                     if op is not None:
                         self.ops.append((op, True, self.syncs_sent))
                     else:
-                        self.fd.n_ok += 1
+                        self.metrics.ok += 1
                     pos = end
                     continue
 
@@ -378,6 +383,7 @@ class ClientConnection(asyncio.Protocol):
                         error, self.discard_error, self.discarding = self.discard_error, None, False
                         self.unsynced = False
                         self._write((error or b"") + pg.ready_for_query(b"I"))
+                        self._idle_now()
                         continue
                     if self.discarding:
                         self.discarding = False
@@ -412,7 +418,7 @@ class ClientConnection(asyncio.Protocol):
                     if resumed is not None:
                         op, verdict = resumed
                         resumed = None
-                    elif self.fd.observe:
+                    elif self.door.observe:
                         op = self._execute_op(data, pos, end)
                         verdict = self._admit(op)
                         if verdict is not None and not isinstance(verdict, (Reject, bytes)):
@@ -445,16 +451,16 @@ class ClientConnection(asyncio.Protocol):
                     if op is not None:
                         self.ops.append((op, False, self.syncs_sent + 1))
                     else:
-                        self.fd.n_ok += 1
+                        self.metrics.ok += 1
                 elif t == 70:  # FunctionCall: answered with ReadyForQuery like a Query
                     self.syncs_sent += 1
                     pos = end
                     continue
                 elif t == 80:  # Parse
-                    if not self.session_mode or self.fd.observe:  # else: nothing to track
+                    if not self.session_mode or self.door.observe:  # else: nothing to track
                         run = self._parse(data, pos, end, run, srv)
                 elif t == 66:  # Bind
-                    if not self.session_mode or self.fd.observe:
+                    if not self.session_mode or self.door.observe:
                         run = self._bind(data, pos, end, run, srv)
                 elif (t == 68 or t == 67) and not self.session_mode and data[pos + 5] == 83 \
                         and end - pos > 7:  # Describe / Close of a named statement
@@ -540,13 +546,13 @@ class ClientConnection(asyncio.Protocol):
         if isinstance(verdict, Reject):
             payload = reject_error(verdict)
             if op is None:
-                self.fd.n_rejected += 1
+                self.metrics.rejected += 1
                 return payload
             op.rejection = op.rejection or verdict
         else:
             payload = verdict
             if op is None:
-                self.fd.n_error += 1
+                self.metrics.error += 1
                 return payload
             op.error = pg.error_fields(verdict[5:]).get("C", "08006")
         self._finish(op)
@@ -559,6 +565,12 @@ class ClientConnection(asyncio.Protocol):
         else:
             srv = self.server
             self._write(payload + pg.ready_for_query(srv.status if srv is not None else b"I"))
+            self._idle_now()
+
+    def _idle_now(self) -> None:
+        """After an answer of the gateway's own: let a drain close this client if idle."""
+        if self.clients.draining is not None and self.is_idle():
+            self.clients.idle(self)
 
     def _refuse_execute(self, op: Operation | None, verdict: Reject | bytes) -> None:
         self.discard_error = self._refused(op, verdict)
@@ -569,20 +581,20 @@ class ClientConnection(asyncio.Protocol):
         if op is self.cancel_op:
             self.cancel_op = None
             self.cancel_reject = None
-        fd = self.fd
+        metrics = self.metrics
         if op.rejection is not None:
-            fd.n_rejected += 1
+            metrics.rejected += 1
         elif op.error is not None:
-            fd.n_error += 1
+            metrics.error += 1
         else:
-            fd.n_ok += 1
+            metrics.ok += 1
         self.chain.complete(op)
 
     # -- waiting (async admission, server checkout) ------------------------------------------
     def _suspend(self, data: bytes, pos: int, op: Operation | None, pending: Any) -> None:
         self.held = bytearray(data[pos:] if pos else data)
         self._pause(WAITING)
-        self.wait_task = self.fd.spawn(self._resume(op, pending))
+        self.wait_task = self.door.spawn(self._resume(op, pending))
 
     async def _resume(self, op: Operation | None, pending: Any) -> None:
         verdict: Reject | bytes | None = None
@@ -626,7 +638,7 @@ class ClientConnection(asyncio.Protocol):
         except UpstreamError as exc:
             return pg.error_response(client_sqlstate(exc), exc.message, detail=exc.detail,
                                      hint=exc.hint)
-        self.fd.observe_checkout(pool, _monotonic() - started)
+        self.door.observe_checkout(pool, _monotonic() - started)
         if self.phase != RELAY:
             pool.checkin(srv)
             return None
@@ -783,7 +795,7 @@ class ClientConnection(asyncio.Protocol):
         snul = data.index(0, pnul + 1, end)
         name = data[pnul + 1:snul]
         stmt = self.stmts.get(name)
-        if self.fd.observe:  # the Execute that follows reports the statement's text
+        if self.door.observe:  # the Execute that follows reports the statement's text
             self.bind_size = end - pos
             if stmt is not None:
                 self.portals[data[pos + 5:pnul]] = stmt
@@ -883,6 +895,8 @@ class ClientConnection(asyncio.Protocol):
                     self._release()
                     if pos < n:
                         srv.data_received(data[pos:])  # type: ignore[union-attr]
+                    if self.clients.draining is not None:
+                        self.clients.idle(self)
                     return
                 continue
             if t == 67:  # CommandComplete: "SELECT 5", "INSERT 0 5", "COPY 3" ...
@@ -923,6 +937,8 @@ class ClientConnection(asyncio.Protocol):
             self.transport.write(out[0] if len(out) == 1 else b"".join(out))  # type: ignore[union-attr]
         if pos < n:
             self.spartial = data[pos:]
+        if self.clients.draining is not None and self.is_idle():
+            self.clients.idle(self)
 
     def _server_error(self, out: list[bytes], data: bytes, run: int, pos: int, end: int) -> int:
         code = pg.error_sqlstate(data, pos, end)
@@ -945,11 +961,11 @@ class ClientConnection(asyncio.Protocol):
             if not is_query:
                 ops.popleft()
                 self._finish(op)
-        elif not self.fd.observe and self.batch_error is None:
+        elif not self.door.observe and self.batch_error is None:
             # No operation objects: move the batch's operation from "ok" to "error".
-            fd = self.fd
-            fd.n_ok -= 1
-            fd.n_error += 1
+            metrics = self.metrics
+            metrics.ok -= 1
+            metrics.error += 1
         self.batch_error = code
         fifo = self.parse_fifo
         if fifo:  # the server skips the rest of this batch: those Parses never happen
@@ -1071,13 +1087,13 @@ class ClientConnection(asyncio.Protocol):
             return
         self.cancel_reject = reject
         self.cancel_op = self.ops[0][0]
-        self.fd.spawn(self.fd.cancel_upstream(srv))
+        self.door.spawn(self.door.cancel_upstream(srv))
 
     def cancel_from_client(self) -> None:
         """A CancelRequest with this client's key arrived."""
         srv = self.server
         if srv is not None and (self.z_recv < self.syncs_sent or self.unsynced):
-            self.fd.spawn(self.fd.cancel_upstream(srv))
+            self.door.spawn(self.door.cancel_upstream(srv))
 
     # -- closing -----------------------------------------------------------------------------
     def _write(self, payload: bytes) -> None:
@@ -1104,7 +1120,7 @@ class ClientConnection(asyncio.Protocol):
                 transport.write_eof()
         except (OSError, RuntimeError):
             pass
-        self.fd.loop.call_later(2.0, self.close)
+        self.door.loop.call_later(2.0, self.close)
 
     def close_with(self, reject: Reject) -> None:
         """``session.closer``: tell the client why, then close."""
@@ -1115,7 +1131,12 @@ class ClientConnection(asyncio.Protocol):
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
             # A client that stopped reading must not keep the connection (and a server) alive.
-            self.fd.loop.call_later(5.0, self._abort_if_stuck)
+            self.door.loop.call_later(5.0, self._abort_if_stuck)
+
+    def abort(self) -> None:
+        """Drop the connection now (the end of a close's grace period)."""
+        if self.transport is not None:
+            self.transport.abort()
 
     def _abort_if_stuck(self) -> None:
         if self.phase != CLOSED and self.transport is not None:
@@ -1155,7 +1176,12 @@ class ClientConnection(asyncio.Protocol):
             if op.ended is None:
                 op.error = op.error or "08006"
                 self._finish(op)
-        self.fd.client_closed(self)
+        self.clients.discard(self)
+        if self.key is not None:
+            self.door.cancel_keys.drop(self.key)
+        login = self.login
+        if login is not None:
+            login.end()
 
     def _drop_server(self) -> None:
         """The client is going away: give its server connection back, or get rid of it."""
@@ -1170,7 +1196,7 @@ class ClientConnection(asyncio.Protocol):
         if running:
             # Stop the query upstream before dropping the connection: PostgreSQL would
             # otherwise notice the gone client only when it next writes.
-            self.fd.spawn(self.fd.cancel_and_close(srv))
+            self.door.spawn(self.door.cancel_and_close(srv))
         elif srv.status != b"I" or srv.closed:
             srv.close()
         elif self.session_mode:

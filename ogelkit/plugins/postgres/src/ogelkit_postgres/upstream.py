@@ -16,12 +16,12 @@ import time
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
 
-from ogelkit_postgres import protocol as pg
-from ogelkit_postgres.protocol import T
+from ogelkit_postgres import wire as pg
 from ogelkit_postgres.scram_client import ScramClient, ScramClientError
+from ogelkit_postgres.wire import T
 
 if TYPE_CHECKING:
-    from ogelkit_postgres.client import ClientConnection
+    from ogelkit_postgres.connection import PostgresConnection
     from ogelkit_postgres.pool import Pool
 
 log = logging.getLogger("ogelkit.postgres")
@@ -87,7 +87,7 @@ class ServerConnection(asyncio.Protocol):
     def __init__(self, pool: Pool, user: str, password: str, database: str):
         self.pool = pool
         self.transport: asyncio.Transport | None = None
-        self.client: ClientConnection | None = None
+        self.client: PostgresConnection | None = None
         self.params: dict[str, str] = {}
         self.pid = 0
         self.secret = 0
