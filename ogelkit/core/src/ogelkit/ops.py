@@ -116,10 +116,7 @@ class AdminApi:
             if tier not in self.ctx.tiers:
                 raise ValueError(f'unknown tier "{tier}"')
             tenant = await store.create_tenant(body["slug"], tier)
-            try:
-                self.ctx.hook.ogelkit_tenant_created(tenant=tenant)
-            except Exception:
-                log.exception("ogelkit_tenant_created hook failed")
+            self.ctx.hooks.tenant_created(tenant)
             return json_response(attrs.asdict(tenant), 201)
         if len(parts) == 2 and parts[0] == "tenants":
             slug = parts[1]

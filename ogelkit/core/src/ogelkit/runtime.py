@@ -155,13 +155,14 @@ class Gateway:
 
             for spec in cfg.backends.values():
                 ctx.backends[spec.id] = spec.cls(spec.options, name=spec.id, context=ctx)
-            for spec in cfg.layers:
-                ctx.layers.append(spec.cls(spec.options, name=spec.name, context=ctx))
+            for lspec in cfg.layers:
+                ctx.layers.append(lspec.cls(lspec.options, name=lspec.name, context=ctx))
 
             with anyio.fail_after(cfg.gateway.startup_timeout):
                 # Layers close before backends (the exit stack unwinds in reverse), so the
                 # usage layer can still flush to the store and read storage from backends.
-                for component in [*ctx.backends.values(), *ctx.layers]:
+                components: list[Backend | Layer] = [*ctx.backends.values(), *ctx.layers]
+                for component in components:
                     await _open(component, stack)
                 await self._seed(ctx)
 
@@ -181,7 +182,7 @@ class Gateway:
                 if self.handle_signals:
                     tg.start_soon(self._watch_signals)
 
-                _call_hook(self.plugins.hook.ogelkit_startup, context=ctx)
+                ctx.hooks.startup(ctx)
                 # Everything built so far (config, plugins, pools) lives as long as the
                 # process: move it out of the collector's generations so GC passes on the
                 # request path only scan request garbage.
@@ -202,7 +203,7 @@ class Gateway:
 
             with anyio.CancelScope(shield=True):
                 await stack.aclose()
-                _call_hook(self.plugins.hook.ogelkit_shutdown, context=ctx)
+                ctx.hooks.shutdown(ctx)
         log.info("stopped")
 
     async def _drain(self, ctx: GatewayContext) -> None:
@@ -255,13 +256,6 @@ async def _closing(what: str, close) -> None:
             await close()
     except Exception:
         log.exception("closing %s failed", what)
-
-
-def _call_hook(caller, **kwargs: Any) -> None:
-    try:
-        caller(**kwargs)
-    except Exception:
-        log.exception("plugin hook %s failed", caller.name)
 
 
 def _redact(url: str) -> str:

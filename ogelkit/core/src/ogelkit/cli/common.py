@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
@@ -119,7 +119,7 @@ def echo_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
 
-def echo_table(rows: list[list[str]], headers: list[str]) -> None:
+def echo_table(rows: Sequence[Sequence[object]], headers: list[str]) -> None:
     if not rows:
         click.echo("(none)")
         return

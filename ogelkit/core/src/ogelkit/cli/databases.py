@@ -77,7 +77,7 @@ def create(state: CliState, tenant: str, name: str, kind: str, backend_id: str |
             return record, db, password, dsn
 
     record, db, password, dsn = run_async(go)
-    state.plugins.hook.ogelkit_database_created(tenant=record, database=db)
+    state.plugins.hooks.database_created(record, db)
     click.echo(f"created {kind} database {name} for {tenant} on backend {bid}")
     click.echo(f"connection string: {dsn}")
     if password:

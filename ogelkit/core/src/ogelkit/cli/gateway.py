@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
 
 import click
 
@@ -63,7 +64,7 @@ def check(state: CliState, config_file: str | None) -> None:
 def plugins_cmd(state: CliState, as_json: bool, options: bool) -> None:
     """List installed plugins: name, kind, distribution, version, load status."""
     plugins = state.plugins
-    rows = []
+    rows: list[dict[str, Any]] = []
     for info in sorted(plugins.infos.values(), key=lambda i: i.name):
         kinds = [f"backend:{b}" for b in info.backends] + [f"layer:{x}" for x in info.layers]
         rows.append({"name": info.name, "provides": kinds, "distribution": info.distribution,

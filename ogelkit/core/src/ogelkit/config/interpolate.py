@@ -41,14 +41,14 @@ def _expand(text: str, env: Mapping[str, str], errors: ErrorCollector, path: str
         value = env.get(name)
         empty = value is None or (value == "" and op is not None and op.startswith(":"))
         if op in (":-", "-"):
-            return arg if (value is None if op == "-" else empty) else value
+            return (arg or "") if (value is None if op == "-" else empty) else (value or "")
         if op in (":?", "?"):
             if value is None if op == "?" else empty:
                 missing = True
                 errors.add(path, f"environment variable {name} is not set: {arg or 'required'}",
                            expected=f"${name} to be set", found="nothing")
                 return ""
-            return value
+            return value or ""
         if value is None:
             missing = True
             errors.add(path, f"environment variable {name} is not set",

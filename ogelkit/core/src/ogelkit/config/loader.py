@@ -5,12 +5,13 @@ Everything is checked before any I/O, and every problem is reported in one run.
 
 from __future__ import annotations
 
+import builtins
 import os
 import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 
@@ -34,6 +35,10 @@ from ogelkit.control.secrets import SecretKeyError, check_key
 from ogelkit.plugins import Plugins
 from ogelkit.tiers import DEFAULT_TIERS, Price, TierTable
 
+if TYPE_CHECKING:
+    from ogelkit.backend import Backend
+    from ogelkit.layer import Layer
+
 _ID = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
 _SLUG = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 
@@ -42,7 +47,7 @@ _SLUG = re.compile(r"^[a-z][a-z0-9-]{0,62}$")
 class BackendSpec:
     id: str
     type: str
-    cls: type
+    cls: builtins.type[Backend]
     options: Any  # the plugin's validated Config instance
 
 
@@ -50,7 +55,7 @@ class BackendSpec:
 class LayerSpec:
     name: str
     type: str
-    cls: type
+    cls: builtins.type[Layer]
     options: Any
 
 
@@ -306,7 +311,7 @@ def _cross_check(sections: dict[str, Any], backends: dict[str, BackendSpec], raw
                            f"a {proto} port is set but no configured backend speaks {proto}")
         frontdoors: dict[str, type] = {}
         for spec in backends.values():
-            fd = spec.cls.frontdoor
+            fd = spec.cls.frontdoor  # deprecated pairing; registered doors are one per protocol
             if fd is None:
                 continue
             other = frontdoors.setdefault(spec.cls.protocol, fd)

@@ -206,8 +206,8 @@ def convert(tp: Any, value: Any, path: str, errors: ErrorCollector) -> Any:
             errors.add(path, "wrong type", expected="a table", found=describe_value(value))
             return _INVALID
         _, item_tp = typing.get_args(tp)
-        out = {k: convert(item_tp, v, _join(path, k), errors) for k, v in value.items()}
-        return _INVALID if any(v is _INVALID for v in out.values()) else out
+        table = {k: convert(item_tp, v, _join(path, k), errors) for k, v in value.items()}
+        return _INVALID if any(v is _INVALID for v in table.values()) else table
     if attrs.has(tp):
         result = structure(tp, value, path, errors)
         return _INVALID if result is None else result
@@ -252,8 +252,8 @@ def options_table(cls: type) -> list[tuple[str, str, str, str]]:
         unlimited = bool(f.metadata.get("unlimited"))
         if f.default is attrs.NOTHING:
             default = "required"
-        elif isinstance(f.default, attrs.Factory):  # type: ignore[arg-type]
-            default = repr(f.default.factory())
+        elif isinstance(f.default, attrs.Factory):  # type: ignore[arg-type]  # attrs types Factory as a function
+            default = repr(f.default.factory())  # type: ignore[union-attr]  # narrowed by the isinstance above
         elif f.default is None:
             default = UNLIMITED if unlimited else "not set"
         else:

@@ -273,8 +273,8 @@ def load_plugins(
         try:
             impl.function(*[{"pluginmanager": pm}[a] for a in impl.argnames])
         except Exception as exc:
-            info = infos.get(impl.plugin_name)
-            label = info.label if info else impl.plugin_name
+            owner = infos.get(impl.plugin_name)
+            label = owner.label if owner else impl.plugin_name
             _early_errors.append(f"{label} failed in ogelkit_add_hookspecs: {exc!r}")
 
     errors = _early_errors + _check_pending(pm, infos)

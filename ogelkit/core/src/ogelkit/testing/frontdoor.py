@@ -152,6 +152,7 @@ backend = "contract"
     def _on_loop(self, gw: RunningGateway, coro: Any) -> Any:
         import asyncio
 
+        assert gw.loop is not None
         return asyncio.run_coroutine_threadsafe(coro, gw.loop).result(10)
 
     def _recorded(self, tenant: str | None, timeout: float = 5.0) -> list[Session]:
@@ -222,6 +223,7 @@ backend = "contract"
 
     def test_drain_sends_the_shutdown_message(self, gw: RunningGateway) -> None:
         told = self.hold_idle(self._port(gw), TENANT, PASSWORD, self.database)
+        assert gw.loop is not None
         gw.loop.call_soon_threadsafe(gw.gateway.request_stop)
         answer = told()
         assert self.shutdown_marker in answer, \

@@ -14,7 +14,7 @@ import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import anyio
 
@@ -151,7 +151,7 @@ class GatewayProcess:
         self.log_path = self.dir / "gateway.log"
         self.env = {**os.environ, **(env or {})}
         self.proc: subprocess.Popen | None = None
-        self._log = None
+        self._log: IO[bytes] | None = None
 
     def start(self, *, wait_ready: float = 30.0) -> GatewayProcess:
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in wait()

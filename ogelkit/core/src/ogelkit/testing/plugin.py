@@ -34,7 +34,7 @@ class _Registry:
         self._plugins: Plugins | None = None
 
     def add(self, obj: object, name: str | None = None) -> None:
-        self.extra.append((name or getattr(obj, "__name__", repr(obj)), obj))
+        self.extra.append((name or str(getattr(obj, "__name__", repr(obj))), obj))
         self._plugins = None
 
     @property
