@@ -12,6 +12,7 @@ Neon backend share port 5432, and the tenant database a client names picks the b
 from __future__ import annotations
 
 from collections.abc import Hashable
+from enum import StrEnum
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ogelkit.component import Component, overridden
@@ -23,8 +24,12 @@ if TYPE_CHECKING:
     from ogelkit.tiers import Tier
 
 
-class Capability:
-    """Names of optional backend methods; ``Backend.capabilities`` lists those implemented."""
+class Capability(StrEnum):
+    """Names of optional backend methods; ``Backend.capabilities`` lists those implemented.
+
+    A ``StrEnum``: members compare equal to (and hash like) their string values, so
+    ``"estimate_cost" in backend.capabilities`` and ``Capability.ESTIMATE_COST in ...``
+    both work, and ``for c in Capability`` lists every optional method."""
 
     ESTIMATE_COST = "estimate_cost"
     SESSION_SETTINGS = "session_settings"
