@@ -9,6 +9,7 @@ if ! command -v uv >/dev/null 2>&1 || [ "$(uv --version | cut -d' ' -f2)" != "$U
   python3 -m pip install --quiet --disable-pip-version-check "uv==$UV_VERSION"
 fi
 # --locked: install exactly uv.lock's versions, and fail (rather than silently re-resolve)
-# when a pyproject.toml changed without `uv lock`.
-uv sync --all-packages --locked --quiet
+# when a pyproject.toml changed without `uv lock`. --inexact: keep packages installed beside
+# the workspace (a third-party plugin under development, `uv pip install -e ...`).
+uv sync --all-packages --locked --inexact --quiet
 echo "workspace installed in $(pwd)/.venv (activate: source .venv/bin/activate)"

@@ -1,10 +1,8 @@
 import pytest
 from ogelkit_layer_denylist import DenylistLayer, DenylistOptions
 
-from ogelkit.chain import Chain
-from ogelkit.model import Reject
-from ogelkit.plugins import load_plugins
-from ogelkit.testing import make_operation, make_session
+from ogelkit import Reject
+from ogelkit.testing import Chain, load_plugins, make_operation, make_session
 from ogelkit.testing.contracts import LayerContract
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 
+from ogelkit.chain import Chain
 from ogelkit.config import Config, ConfigErrors, parse_config
 from ogelkit.context import GatewayContext
 from ogelkit.control.records import TenantRecord
@@ -27,11 +28,13 @@ from ogelkit.testing.gateway import (
 )
 
 __all__ = [
+    "Chain",
     "GatewayProcess",
     "RunningGateway",
     "config_errors",
     "gateway_thread",
     "isolated_plugins",
+    "load_plugins",
     "make_operation",
     "make_session",
     "minimal_config",
@@ -39,6 +42,10 @@ __all__ = [
     "test_context",
     "test_secret_key",
 ]
+
+
+# ``Chain`` (the compiled layer chain: ``Chain([layer]).admit(op)``, ``.complete(op)``,
+# ``.connect(session)``) is re-exported for layer unit tests; building one is the runtime's job.
 
 
 def isolated_plugins(*plugins: tuple[str, object], entry_points: bool = False) -> Plugins:
