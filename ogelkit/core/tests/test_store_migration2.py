@@ -36,9 +36,9 @@ async def test_upgrading_a_version_1_store_keeps_its_usage(control_url, monkeypa
             await tx.execute("INSERT INTO usage_rollups (tenant, dbname, hour, operations) "
                              "VALUES ('acme', 'main', ?, 7)", HOUR)
         monkeypatch.setattr(store_module, "MIGRATIONS", MIGRATIONS)
-        assert await store.migrate() == [2]
+        assert await store.migrate() == [v for v, _, _ in MIGRATIONS[1:]]  # 2 and later
         assert await store.migrate() == []
-        assert await store.schema_version() == 2
+        assert await store.schema_version() == MIGRATIONS[-1][0]
 
         await store.record_usage([UsageEvent("acme", "main", ts=HOUR + 5, operations=1,
                                              rejected=4, rejected_rate=3, banned=1,

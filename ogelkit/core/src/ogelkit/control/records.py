@@ -34,6 +34,12 @@ class DatabaseRecord:
     upstream: dict[str, Any] = attrs.field(factory=dict, repr=False)  # decrypted details
     state: str = "active"
     created_at: float = 0.0
+    #: Lifecycle (migration 3): wall-clock times, 0/None when never.
+    last_active_at: float = 0.0  # last time a client was connected (any gateway)
+    last_cold_start_at: float | None = None  # when the last wake finished
+    last_cold_start_seconds: float | None = None  # how long that wake took
+    state_changed_at: float = 0.0
+    requested_state: str | None = None  # "asleep"/"active" asked by the CLI, applied by a gateway
 
 
 #: Numeric fields of schema version 1 (migration 1 creates exactly these columns; frozen).
@@ -63,8 +69,18 @@ USAGE_FIELDS_V2 = (
     "auth_failures",  # failed logins of a known tenant
 )
 
+#: Added by migration 3: the database lifecycle (scale to zero).
+USAGE_FIELDS_V3 = (
+    "cold_starts",  # wakes of a sleeping database (a client was held while it woke)
+    "cold_start_seconds",  # seconds those wakes took
+)
+
+#: Usage fields stored as real numbers (the others are integers).
+REAL_USAGE_FIELDS = frozenset({"duration", "connection_seconds", "vcpu_seconds", "gb_seconds",
+                               "cold_start_seconds"})
+
 #: Numeric fields a usage event can carry; rollups sum every one of them.
-USAGE_FIELDS = USAGE_FIELDS_V1 + USAGE_FIELDS_V2
+USAGE_FIELDS = USAGE_FIELDS_V1 + USAGE_FIELDS_V2 + USAGE_FIELDS_V3
 
 
 @attrs.define
@@ -77,7 +93,7 @@ class UsageEvent:
 
     tenant: str
     database: str
-    kind: str = "operation"  # operation | connection | storage
+    kind: str = "operation"  # operation | connection | storage | lifecycle
     ts: float = attrs.field(factory=time.time)
     id: str = attrs.field(factory=lambda: uuid.uuid4().hex)
     gateway: str = ""
@@ -100,6 +116,8 @@ class UsageEvent:
     banned: int = 0
     timeouts: int = 0
     auth_failures: int = 0
+    cold_starts: int = 0
+    cold_start_seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return attrs.asdict(self)

@@ -6,7 +6,7 @@ dialect. Migrations only ever append: a released version is never edited.
 
 from __future__ import annotations
 
-from ogelkit.control.records import USAGE_FIELDS_V1, USAGE_FIELDS_V2
+from ogelkit.control.records import USAGE_FIELDS_V1, USAGE_FIELDS_V2, USAGE_FIELDS_V3
 
 # Migration 1 is rendered from the *frozen* version-1 field list, so adding a usage field
 # never changes what a released migration creates; later fields arrive by ALTER TABLE.
@@ -75,6 +75,25 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
     updated_at {real} NOT NULL,
     body TEXT NOT NULL,
     PRIMARY KEY (layer, subject)
+)""",
+    ]),
+    (3, "database lifecycle: activity, cold starts, requested state, scheduler leader", [
+        "ALTER TABLE databases ADD COLUMN last_active_at {real} NOT NULL DEFAULT 0",
+        "ALTER TABLE databases ADD COLUMN last_cold_start_at {real}",
+        "ALTER TABLE databases ADD COLUMN last_cold_start_seconds {real}",
+        "ALTER TABLE databases ADD COLUMN state_changed_at {real} NOT NULL DEFAULT 0",
+        # "asleep" / "active" asked for by `ogelkit databases sleep|wake`; the gateway that
+        # runs the lifecycle scheduler applies it and clears it.
+        "ALTER TABLE databases ADD COLUMN requested_state TEXT",
+        *(f"ALTER TABLE {table} ADD COLUMN {name} "
+          + ("{real}" if name == "cold_start_seconds" else "{int}") + " NOT NULL DEFAULT 0"
+          for table in ("usage_events", "usage_rollups") for name in USAGE_FIELDS_V3),
+        # One row: which gateway runs the lifecycle scheduler and when it last said so
+        # (the CLI reads it to know whether a gateway will apply a request).
+        """CREATE TABLE lifecycle_leader (
+    id INTEGER PRIMARY KEY,
+    gateway TEXT NOT NULL,
+    heartbeat_at {real} NOT NULL
 )""",
     ]),
 ]

@@ -13,8 +13,11 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
+import attrs
+
 from ogelkit.control.records import (
     DATABASE_STATES,
+    REAL_USAGE_FIELDS,
     TENANT_STATUSES,
     USAGE_FIELDS,
     DatabaseRecord,
@@ -54,7 +57,11 @@ class Tx:
 
 
 _TENANT_COLS = "slug, tier, status, created_at, updated_at"
-_DB_COLS = "tenant, name, kind, backend, upstream, state, created_at"
+_DB_INSERT_COLS = "tenant, name, kind, backend, upstream, state, created_at"
+_DB_COLS = (_DB_INSERT_COLS + ", last_active_at, last_cold_start_at, last_cold_start_seconds, "
+            "state_changed_at, requested_state")
+_LIFE_COLS = ("tenant, name, backend, state, last_active_at, state_changed_at, requested_state, "
+              "last_cold_start_at, last_cold_start_seconds")
 _ROLLUP_SUM = ", ".join(f"SUM({f})" for f in USAGE_FIELDS if f != "storage_bytes")
 
 
@@ -186,25 +193,26 @@ class Store:
 
     # -- databases -----------------------------------------------------------------------------
     def _db(self, row: Sequence[Any]) -> DatabaseRecord:
-        tenant, name, kind, backend, upstream, state, created = row
+        tenant, name, kind, backend, upstream, state, created, *life = row
         try:
             details = self.box.open(upstream)
         except SecretKeyError as exc:
             raise StoreError(f"database {tenant}/{name}: {exc}") from exc
-        return DatabaseRecord(tenant, name, kind, backend, details, state, created)
+        active, cold_at, cold_s, changed, requested = life
+        return DatabaseRecord(tenant, name, kind, backend, details, state, created,
+                              float(active or 0), cold_at, cold_s, float(changed or 0), requested)
 
     async def put_database(self, db: DatabaseRecord) -> DatabaseRecord:
         """Insert or update (idempotent provisioning writes it again with fresh details)."""
         created = db.created_at or time.time()
         async with self.tx() as tx:
             await tx.execute(
-                f"INSERT INTO databases ({_DB_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?) "
+                f"INSERT INTO databases ({_DB_INSERT_COLS}) VALUES (?, ?, ?, ?, ?, ?, ?) "
                 "ON CONFLICT (tenant, name) DO UPDATE SET kind = excluded.kind, "
                 "backend = excluded.backend, upstream = excluded.upstream",
                 db.tenant, db.name, db.kind, db.backend, self.box.seal(db.upstream), db.state,
                 created)
-        return DatabaseRecord(db.tenant, db.name, db.kind, db.backend, db.upstream, db.state,
-                              created)
+        return attrs.evolve(db, created_at=created)
 
     async def get_database(self, tenant: str, name: str) -> DatabaseRecord | None:
         async with self.tx() as tx:
@@ -231,8 +239,81 @@ class Store:
         if state not in DATABASE_STATES:
             raise StoreError(f"state must be one of {', '.join(DATABASE_STATES)}")
         async with self.tx() as tx:
-            await tx.execute("UPDATE databases SET state = ? WHERE tenant = ? AND name = ?",
-                             state, tenant, name)
+            await tx.execute("UPDATE databases SET state = ?, state_changed_at = ? "
+                             "WHERE tenant = ? AND name = ?", state, time.time(), tenant, name)
+
+    # -- lifecycle (DLS) -----------------------------------------------------------------------
+    async def database_states(self) -> list[LifeRow]:
+        """Every database's lifecycle columns (no upstream details to decrypt): what the
+        lifecycle scheduler reads on every tick."""
+        async with self.tx() as tx:
+            rows = await tx.fetch(f"SELECT {_LIFE_COLS} FROM databases")
+        return [LifeRow(*r) for r in rows]
+
+    async def transition(self, tenant: str, name: str, state: str, *,
+                         expect: Sequence[str] | None = None, quiet_since: float | None = None,
+                         cold_start_seconds: float | None = None,
+                         clear_request: bool = False) -> bool:
+        """Move a database to ``state``, only if its state is one of ``expect`` and (with
+        ``quiet_since``) no client was seen after that time: a compare-and-set, so two
+        replicas (or a replica and a client arriving elsewhere) cannot both win. A finished
+        wake passes ``cold_start_seconds``. Returns whether the row changed."""
+        if state not in DATABASE_STATES:
+            raise StoreError(f"state must be one of {', '.join(DATABASE_STATES)}")
+        now = time.time()
+        sets = ["state = ?", "state_changed_at = ?"]
+        args: list[Any] = [state, now]
+        if cold_start_seconds is not None:
+            sets += ["last_cold_start_at = ?", "last_cold_start_seconds = ?"]
+            args += [now, cold_start_seconds]
+        if clear_request:
+            sets.append("requested_state = NULL")
+        sql = f"UPDATE databases SET {', '.join(sets)} WHERE tenant = ? AND name = ?"
+        args += [tenant, name]
+        if expect is not None:
+            sql += f" AND state IN ({', '.join('?' for _ in expect)})"
+            args += list(expect)
+        if quiet_since is not None:
+            sql += " AND last_active_at <= ?"
+            args.append(quiet_since)
+        async with self.tx() as tx:
+            return bool(await tx.execute(sql, *args))
+
+    async def touch_databases(self, seen: Iterable[tuple[str, str, float]]) -> None:
+        """Record client activity: ``(tenant, name, when)``; the latest time wins."""
+        seen = list(seen)
+        if not seen:
+            return
+        greatest = DIALECTS[self.dialect]["greatest"]
+        async with self.tx() as tx:
+            for tenant, name, when in seen:
+                await tx.execute(f"UPDATE databases SET last_active_at = {greatest}(last_active_at, ?) "
+                                 "WHERE tenant = ? AND name = ?", when, tenant, name)
+
+    async def request_database_state(self, tenant: str, name: str, state: str | None) -> None:
+        """Ask the gateway running the scheduler to sleep (``"asleep"``) or wake
+        (``"active"``) a database; None withdraws the request."""
+        if state not in (None, "asleep", "active"):
+            raise StoreError('a requested state is "asleep" or "active"')
+        async with self.tx() as tx:
+            if not await tx.execute("UPDATE databases SET requested_state = ? "
+                                    "WHERE tenant = ? AND name = ?", state, tenant, name):
+                raise NotFound(f'tenant "{tenant}" has no database "{name}"')
+
+    async def lifecycle_heartbeat(self, gateway: str) -> None:
+        """The scheduler of ``gateway`` is running (one row; the latest writer wins)."""
+        async with self.tx() as tx:
+            await tx.execute("INSERT INTO lifecycle_leader (id, gateway, heartbeat_at) "
+                             "VALUES (1, ?, ?) ON CONFLICT (id) DO UPDATE SET "
+                             "gateway = excluded.gateway, heartbeat_at = excluded.heartbeat_at",
+                             gateway, time.time())
+
+    async def lifecycle_leader(self) -> tuple[str, float] | None:
+        """``(gateway id, last heartbeat)`` of the last scheduler, or None if none ever ran."""
+        async with self.tx() as tx:
+            row = await tx.fetchone("SELECT gateway, heartbeat_at FROM lifecycle_leader "
+                                    "WHERE id = 1")
+        return (str(row[0]), float(row[1])) if row else None
 
     # -- usage ---------------------------------------------------------------------------------
     async def record_usage(self, events: Iterable[UsageEvent]) -> int:
@@ -323,8 +404,23 @@ class Store:
         return [LayerReport(r[0], r[1], json.loads(r[2]), r[3], float(r[4])) for r in rows]
 
 
+@attrs.frozen
+class LifeRow:
+    """A database's lifecycle columns (``Store.database_states``)."""
+
+    tenant: str
+    name: str
+    backend: str
+    state: str
+    last_active_at: float
+    state_changed_at: float
+    requested_state: str | None
+    last_cold_start_at: float | None
+    last_cold_start_seconds: float | None
+
+
 def _num(field: str, value: float) -> float | int:
-    if field in ("duration", "connection_seconds", "vcpu_seconds", "gb_seconds"):
+    if field in REAL_USAGE_FIELDS:
         return float(value)
     return int(value)
 
