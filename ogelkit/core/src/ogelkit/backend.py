@@ -36,6 +36,8 @@ class Capability(StrEnum):
     STORAGE_BYTES = "storage_bytes"
     SLEEP = "sleep"
     WAKE = "wake"
+    BRANCH = "branch"
+    RESET = "reset"
 
 
 class Backend(Component):
@@ -48,7 +50,7 @@ class Backend(Component):
 
     _OPTIONAL: ClassVar[tuple[str, ...]] = (
         Capability.ESTIMATE_COST, Capability.SESSION_SETTINGS, Capability.STORAGE_BYTES,
-        Capability.SLEEP, Capability.WAKE,
+        Capability.SLEEP, Capability.WAKE, Capability.BRANCH, Capability.RESET,
     )
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -87,6 +89,20 @@ class Backend(Component):
                           host: str, port: int) -> str:
         """A connection string for the tenant's ordinary driver, pointing at the gateway."""
         raise NotImplementedError
+
+    async def branch(self, tenant: TenantRecord, parent: DatabaseRecord, name: str,
+                     tier: Tier) -> dict[str, Any]:
+        """Create tenant database ``name`` as a branch of ``parent``: a copy of its data as of
+        now that then diverges. Returns the upstream details like ``provision`` (record the
+        parent's name as ``"parent"`` so ``reset`` finds it). Optional (``Capability.BRANCH``).
+        """
+        raise NotImplementedError(f"backend type {self.type_name!r} cannot branch databases")
+
+    async def reset(self, tenant: TenantRecord, db: DatabaseRecord) -> dict[str, Any] | None:
+        """Throw away a branch's changes: its data becomes its parent's current data. Returns
+        new upstream details, or None when they did not change. Optional
+        (``Capability.RESET``)."""
+        raise NotImplementedError(f"backend type {self.type_name!r} cannot reset databases")
 
     async def on_tier_change(self, tenant: TenantRecord, db: DatabaseRecord, tier: Tier) -> None:
         """Adjust upstream defence-in-depth limits (e.g. a role's connection limit)."""

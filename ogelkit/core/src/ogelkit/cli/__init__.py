@@ -7,6 +7,7 @@ import sys
 import click
 
 from ogelkit import __version__
+from ogelkit.cli import branches as _branches  # noqa: F401 (adds databases branch|reset)
 from ogelkit.cli.common import CONFIG_ENV, CliState
 from ogelkit.cli.databases import databases
 from ogelkit.cli.gateway import check, plugins_cmd, run, secret_key
