@@ -43,8 +43,7 @@ def test_session_settings_per_tier(tx_gw):
     free = backend.session_settings(_session(tx_gw, t, "free"))
     assert free == {"work_mem": "16384kB", "statement_timeout": "10000ms",
                     "idle_in_transaction_session_timeout": "30000ms",
-                    "max_parallel_workers_per_gather": "2",
-                    "application_name": f"o7s:free:{t.slug}"}
+                    "max_parallel_workers_per_gather": "2"}
     ent = backend.session_settings(_session(tx_gw, t, "enterprise"))
     assert ent["work_mem"] == "524288kB" and ent["statement_timeout"] == "120000ms"
     # One shared dict per (tier, tenant): the pool's "already applied?" test is identity.

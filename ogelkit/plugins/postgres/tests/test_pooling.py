@@ -89,7 +89,7 @@ def _upstream_count(gw, t) -> int:
         try:
             return await conn.fetchval(
                 "SELECT count(*) FROM pg_stat_activity WHERE usename = $1 AND "
-                "application_name LIKE 'o7s:%'", gw.backend().names(t.slug, "main")[0])
+                "application_name <> 'o7s:explain'", gw.backend().names(t.slug, "main")[0])
         finally:
             await conn.close()
     return asyncio.run(go())
@@ -153,7 +153,7 @@ def test_tier_settings_applied_and_common_path_sends_no_set(gw, monkeypatch):
                            "'statement_timeout'), current_setting('application_name'), "
                            "current_setting('max_parallel_workers_per_gather'), "
                            "current_setting('idle_in_transaction_session_timeout')").fetchone()
-        assert row == ("256MB", "1min", f"o7s:pro:{T.slug}", "8", "2min")
+        assert row == ("256MB", "1min", "", "8", "2min")
         # Warm every pooled connection, then count SETs on the common path.
         others = [psycopg.connect(gw.conninfo(T, sslmode="disable"), autocommit=True)
                   for _ in range(5)]
@@ -403,8 +403,7 @@ def test_tier_change_reaches_open_sessions_at_their_next_checkout(gw, mode):
             time.sleep(0.2)
         assert got == ("64MB",)
         assert conn.execute("SHOW statement_timeout").fetchone() == ("30s",)
-        assert conn.execute("SELECT current_setting('application_name')").fetchone() == \
-            (f"o7s:starter:{t.slug}",)
+        assert conn.execute("SELECT current_setting('application_name')").fetchone() == ("",)
 
 
 class _same:

@@ -232,7 +232,8 @@ class PostgresBackend(ogelkit.Backend):
     # -- capabilities ----------------------------------------------------------------------
     def session_settings(self, session: Session) -> dict[str, str]:
         """Per-tier settings, one shared (read-only) dict per tier and tenant so the pool's
-        "already applied?" check is usually an identity test."""
+        "already applied?" check is usually an identity test. ``application_name`` is left
+        to the client (see ``docs/plugins/postgres.md``, "What other tenants see")."""
         tier = session.tier
         if tier is None:
             return {}
@@ -247,7 +248,8 @@ class PostgresBackend(ogelkit.Backend):
         out["idle_in_transaction_session_timeout"] = _ms(tier.idle_in_transaction_timeout)
         if tier.parallel_workers is not None:
             out["max_parallel_workers_per_gather"] = str(tier.parallel_workers)
-        out["application_name"] = f"o7s:{tier.name}:{session.tenant_slug or ''}"[:63]
+        # No application_name: upstream it is the client's own (issue 16: a tier or tenant
+        # tag there is visible to every tenant in pg_stat_activity).
         if len(self._settings_cache) > 10_000:
             self._settings_cache.clear()
         self._settings_cache[key] = out

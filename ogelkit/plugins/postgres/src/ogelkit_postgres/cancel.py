@@ -63,9 +63,11 @@ class CancelKeys:
         task.add_done_callback(self._tasks.discard)
 
     # -- keys ------------------------------------------------------------------------------
-    def new(self, conn: PostgresConnection) -> tuple[int, int]:
+    def new(self, conn: PostgresConnection, pid: int | None = None) -> tuple[int, int]:
+        """A fresh key: ``pid`` when given (session mode: the server's real pid), else a
+        random one; the secret is always the gateway's own."""
         while True:
-            key = (secrets.randbits(31) or 1, secrets.randbits(32) - 2**31)
+            key = (pid or secrets.randbits(31) or 1, secrets.randbits(32) - 2**31)
             if key not in self.local:
                 break
         self.local[key] = conn

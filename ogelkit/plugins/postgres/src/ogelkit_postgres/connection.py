@@ -26,6 +26,7 @@ from collections import deque
 from itertools import count
 from typing import TYPE_CHECKING, Any
 
+from ogelkit import format_duration
 from ogelkit.frontdoor import peer_address
 from ogelkit.model import Operation, Reason, Reject
 from ogelkit_postgres import wire as pg
@@ -67,6 +68,27 @@ _CLOSED_NAME = b"o7s_closed"  # never prepared: closing it is a no-op that still
 _names = count(1)
 
 
+class _Malformed(Exception):
+    """A client message the relay cannot split (a missing NUL, a wrong length)."""
+
+
+#: Malformed-input log lines: at most one per connection, and ``_LOG_BURST`` per second in
+#: all (an attacker controls how many such connections there are).
+_LOG_BURST = 5
+_log_window = [0.0, 0]
+
+
+def log_limited(level: int, message: str, *args: Any, **kw: Any) -> None:
+    """Log without a traceback, rate-limited across the whole door."""
+    now = time.monotonic()
+    if now - _log_window[0] >= 1.0:
+        _log_window[0] = now
+        _log_window[1] = 0
+    if _log_window[1] < _LOG_BURST:
+        _log_window[1] += 1
+        log.log(level, message, *args, **kw)
+
+
 class Stmt:
     """A statement a client prepared: its text, verb and key (query + parameter types)."""
 
@@ -98,6 +120,7 @@ class PostgresConnection(asyncio.Protocol):
         "discarding",
         "door",
         "held",
+        "hide",
         "inject",
         "key",
         "last_server",
@@ -114,12 +137,14 @@ class PostgresConnection(asyncio.Protocol):
         "pool",
         "portals",
         "rbuf",
+        "rneed",
         "saw_fatal",
         "sbuf",
         "server",
         "session",
         "session_mode",
         "settings_src",
+        "sneed",
         "sni",
         "spartial",
         "sskip",
@@ -145,6 +170,8 @@ class PostgresConnection(asyncio.Protocol):
         self.metrics = door.metrics
         self.clients = door.clients
         self.login: Login | None = None
+        #: (upstream name, tenant's name) pairs hidden in upstream errors, longest first.
+        self.hide: list[tuple[bytes, bytes]] = []
         self.transport: asyncio.Transport | None = None
         self.phase = STARTUP
         self.session: Session | None = None
@@ -164,7 +191,8 @@ class PostgresConnection(asyncio.Protocol):
         self.server: ServerConnection | None = None
         self.last_server: ServerConnection | None = None  # transaction mode: try it first
         # client -> server framing
-        self.rbuf = b""
+        self.rbuf: bytes | bytearray = b""
+        self.rneed = 0  # length of the incomplete message in rbuf
         self.cskip = 0  # bytes of a streamed message still to forward
         self.cdrop = 0  # bytes of a CopyData nobody takes still to drop
         self.held: bytearray | None = None
@@ -174,7 +202,8 @@ class PostgresConnection(asyncio.Protocol):
         self.wait_task: asyncio.Task[None] | None = None
         self.wait_cancel: Reject | None = None
         # server -> client framing
-        self.spartial = b""
+        self.spartial: bytes | bytearray = b""
+        self.sneed = 0
         self.sskip = 0
         self.swallow_z = 0
         self.swallow_error: dict[str, str] | None = None
@@ -209,14 +238,28 @@ class PostgresConnection(asyncio.Protocol):
             self.login_task = self.door.spawn(run_login(self))
 
     def data_received(self, data: bytes) -> None:
+        try:
+            self._received(data)
+        except Exception as exc:  # a bug must cost this client only, never the loop's log
+            self.crashed(exc)
+
+    def _received(self, data: bytes) -> None:
         if self.phase == RELAY:
             self.session.bytes_in += len(data)  # type: ignore[union-attr]
             held = self.held
             if held is not None:
                 held += data
                 return
-            if self.rbuf:
-                data = self.rbuf + data
+            rbuf = self.rbuf
+            if rbuf:
+                if self.rneed > len(rbuf) + len(data):
+                    # A long message still incomplete: collect, parse once it is whole (no
+                    # copy of everything so far per chunk).
+                    if rbuf.__class__ is bytes:
+                        rbuf = self.rbuf = bytearray(rbuf)
+                    rbuf += data  # type: ignore[operator]
+                    return
+                data = (rbuf if rbuf.__class__ is bytes else bytes(rbuf)) + data
                 self.rbuf = b""
             if self.cdrop:
                 drop = self.cdrop
@@ -436,8 +479,11 @@ class PostgresConnection(asyncio.Protocol):
                     if verdict is not None:  # no server could be had for this batch
                         self._flush(data, run, pos)
                         self.discarding = True
-                        self.discard_error = verdict if isinstance(verdict, bytes) else \
-                            reject_error(verdict)
+                        # Nothing is in flight upstream: answer now, as the server would
+                        # (a client that sends Flush, not Sync, waits for it); Sync gets Z.
+                        self._write(verdict if isinstance(verdict, bytes) else
+                                    reject_error(verdict))
+                        self.discard_error = None
                         continue  # the loop drops this message and the rest up to Sync
                 if srv is None:
                     srv = self._checkout()
@@ -462,8 +508,9 @@ class PostgresConnection(asyncio.Protocol):
                 elif t == 66:  # Bind
                     if not self.session_mode or self.door.observe:
                         run = self._bind(data, pos, end, run, srv)
-                elif (t == 68 or t == 67) and not self.session_mode and data[pos + 5] == 83 \
-                        and end - pos > 7:  # Describe / Close of a named statement
+                elif (t == 68 or t == 67) and not self.session_mode and end - pos > 7 \
+                        and data[pos + 5] == 83 and data[end - 1] == 0:
+                    # Describe / Close of a named statement
                     run = self._describe_close(t, data, pos, end, run, srv)
                 if t != 72:  # Flush leaves the batch as it is
                     self.unsynced = True
@@ -472,6 +519,9 @@ class PostgresConnection(asyncio.Protocol):
                 out.append(data if run == 0 and pos == n else data[run:pos])
             if pos < n:
                 self.rbuf = data[pos:]
+                self.rneed = 1 + _unpack_len(data, pos + 1)[0] if n - pos >= 5 else 5
+        except _Malformed as exc:
+            self.malformed(str(exc))
         finally:
             self.out = None
             if out:
@@ -506,7 +556,9 @@ class PostgresConnection(asyncio.Protocol):
         return op
 
     def _execute_op(self, data: bytes, pos: int, end: int) -> Operation:
-        nul = data.index(0, pos + 5, end)
+        nul = data.find(0, pos + 5, end)
+        if nul < 0 or end - nul != 5:
+            raise _Malformed("invalid Execute message")
         stmt = self.portals.get(data[pos + 5:nul])
         if stmt is None:
             return self._new_op("OTHER", None, end - pos + self.bind_size)
@@ -573,8 +625,13 @@ class PostgresConnection(asyncio.Protocol):
             self.clients.idle(self)
 
     def _refuse_execute(self, op: Operation | None, verdict: Reject | bytes) -> None:
-        self.discard_error = self._refused(op, verdict)
+        payload = self._refused(op, verdict)
         self.discarding = True
+        if self.server is None and self.z_recv >= self.syncs_sent:
+            self._write(payload)  # nothing in flight upstream: answer at once
+            self.discard_error = None
+        else:
+            self.discard_error = payload
 
     def _finish(self, op: Operation) -> None:
         op.ended = _monotonic()
@@ -624,7 +681,10 @@ class PostgresConnection(asyncio.Protocol):
         data = bytes(self.held or b"")
         self.held = None
         self._unpause(WAITING)
-        self._process(data, 0, 0, (op, verdict))
+        try:
+            self._process(data, 0, 0, (op, verdict))
+        except Exception as exc:
+            self.crashed(exc)
 
     async def _acquire(self) -> bytes | None:
         """Get a server connection for the waiting input; an error payload on failure."""
@@ -735,6 +795,8 @@ class PostgresConnection(asyncio.Protocol):
         stmt = self.stmt_cache.get(tail)
         if stmt is None:
             nul = tail.find(0)
+            if nul < 0 or (len(tail) - nul - 3) % 4 or len(tail) - nul < 3:
+                raise _Malformed("invalid Parse message")
             text = tail[:nul].decode("utf-8", "replace")
             stmt = Stmt(tail, text, verb_of(text))
             cache = self.stmt_cache
@@ -744,9 +806,18 @@ class PostgresConnection(asyncio.Protocol):
         return stmt
 
     def _parse(self, data: bytes, pos: int, end: int, run: int, srv: ServerConnection) -> int:
-        nul = data.index(0, pos + 5, end)
+        nul = data.find(0, pos + 5, end)
+        if nul < 0:
+            raise _Malformed("invalid Parse message")
         name = data[pos + 5:nul]
         stmt = self._stmt(data[nul + 1:end])
+        if stmt.verb == "LISTEN" and not self.session_mode:
+            # As for a simple Query: refused, and the batch dropped up to its Sync.
+            self._flush(data, run, pos)
+            self.discarding = True
+            self.discard_error = self._listen_refused()
+            self.metrics.error += 1
+            return end
         self.stmts[name] = stmt
         if self.session_mode:
             return run
@@ -791,8 +862,10 @@ class PostgresConnection(asyncio.Protocol):
         return sname, pos
 
     def _bind(self, data: bytes, pos: int, end: int, run: int, srv: ServerConnection) -> int:
-        pnul = data.index(0, pos + 5, end)
-        snul = data.index(0, pnul + 1, end)
+        pnul = data.find(0, pos + 5, end)
+        snul = data.find(0, pnul + 1, end) if pnul >= 0 else -1
+        if snul < 0:
+            raise _Malformed("invalid Bind message")
         name = data[pnul + 1:snul]
         stmt = self.stmts.get(name)
         if self.door.observe:  # the Execute that follows reports the statement's text
@@ -836,8 +909,14 @@ class PostgresConnection(asyncio.Protocol):
             data = self._swallow(data)
             if not data:
                 return
-        if self.spartial:
-            data = self.spartial + data
+        sp = self.spartial
+        if sp:
+            if self.sneed > len(sp) + len(data):  # a long message still incomplete
+                if sp.__class__ is bytes:
+                    sp = self.spartial = bytearray(sp)
+                sp += data  # type: ignore[operator]
+                return
+            data = (sp if sp.__class__ is bytes else bytes(sp)) + data
             self.spartial = b""
         n = len(data)
         self.session.bytes_out += n  # type: ignore[union-attr]
@@ -864,6 +943,9 @@ class PostgresConnection(asyncio.Protocol):
                 pos = end
                 continue
             if end > n:
+                if t not in _WATCHED:  # NoticeResponse, RowDescription ...: stream it too
+                    self.sskip = end - n
+                    pos = n
                 break
             if t not in _WATCHED:
                 pos = end
@@ -937,6 +1019,7 @@ class PostgresConnection(asyncio.Protocol):
             self.transport.write(out[0] if len(out) == 1 else b"".join(out))  # type: ignore[union-attr]
         if pos < n:
             self.spartial = data[pos:]
+            self.sneed = 1 + _unpack_len(data, pos + 1)[0] if n - pos >= 5 else 5
         if self.clients.draining is not None and self.is_idle():
             self.clients.idle(self)
 
@@ -953,6 +1036,13 @@ class PostgresConnection(asyncio.Protocol):
                 out.append(data[run:pos])
             out.append(reject_error(reject))
             run = end
+        else:
+            fixed = self._rewrite_error(data, pos, end, code)
+            if fixed is not None:
+                if run < pos:
+                    out.append(data[run:pos])
+                out.append(fixed)
+                run = end
         ops = self.ops
         if ops and ops[0][2] == self.z_recv + 1:
             op, is_query, _ = ops[0]
@@ -981,6 +1071,53 @@ class PostgresConnection(asyncio.Protocol):
                     self.stmts.pop(cname, None)
         return run
 
+    def _rewrite_error(self, data: bytes, pos: int, end: int, code: str | None) -> bytes | None:
+        """An upstream ErrorResponse as the client must see it, or None to pass it as is:
+        the upstream role and database names become the tenant's own (``o7s_acme`` ->
+        ``acme``), and the upstream's statement timeout of the tier is answered like the
+        gateway's own (the timeout layer's words, DETAIL and HINT): whichever fires first,
+        the client gets one answer."""
+        hide = self.hide
+        changed = False
+        body = data[pos + 5:end]
+        for old, new in hide:
+            if body.find(old) >= 0:
+                body = body.replace(old, new)
+                changed = True
+        if code == "57014":
+            timeout = self._tier_timeout_error(body)
+            if timeout is not None:
+                return timeout
+        return b"E" + _pack_i32(len(body) + 4) + body if changed else None
+
+    def _tier_timeout_error(self, body: bytes) -> bytes | None:
+        fields = pg.error_fields(body)
+        if fields.get("M") != "canceling statement due to statement timeout":
+            return None
+        session = self.session
+        tier = session.tier if session is not None else None
+        limit = tier.statement_timeout if tier is not None else None
+        if tier is None or limit is None or "statement_timeout" in self.startup_settings:
+            return None  # the client's own statement_timeout: PostgreSQL's words
+        ops = self.ops
+        if ops and _monotonic() - ops[0][0].started < 0.9 * limit:
+            return None  # fired well before the tier's limit: a SET of the client's
+        shown = format_duration(limit)
+        hint = self.ctx.tiers.upgrade_hint(tier, "statement_timeout", _describe_timeout)
+        return pg.error_response(
+            "57014", f"canceling statement due to the gateway's statement timeout ({shown})",
+            detail=f"statement timeout {shown} on tier {tier.name}.",
+            hint=hint or "Break the work into shorter statements.")
+
+    def hide_names(self, text: str | None) -> str | None:
+        """``text`` (an upstream message) with the upstream role and database names
+        replaced by the tenant's."""
+        if not text:
+            return text
+        for old, new in self.hide:
+            text = text.replace(old.decode(), new.decode())
+        return text
+
     def _parameter_status(self, data: bytes, pos: int, end: int) -> None:
         srv = self.server
         if srv is None:
@@ -996,8 +1133,9 @@ class PostgresConnection(asyncio.Protocol):
         """Consume the answers to the gateway's own queries (settings, DEALLOCATE) that
         precede the client's; return what follows them."""
         if self.spartial:
-            data = self.spartial + data
+            data = bytes(self.spartial) + data
             self.spartial = b""
+        self.sneed = 0
         pos = 0
         n = len(data)
         srv = self.server
@@ -1122,6 +1260,21 @@ class PostgresConnection(asyncio.Protocol):
             pass
         self.door.loop.call_later(2.0, self.close)
 
+    def malformed(self, message: str) -> None:
+        """A message the gateway cannot read: 08P01 to this client, which is closed (its
+        server connection is cancelled and closed, never handed to another client)."""
+        log_limited(logging.INFO, "malformed client message: %s", message,
+                    extra={"client": self.peer})
+        self.fatal(PROTOCOL_VIOLATION, message)
+
+    def crashed(self, exc: BaseException) -> None:
+        """An unexpected error while relaying: logged (rate-limited), this client closed."""
+        log_limited(logging.ERROR, "relay error: %r", exc, extra={"client": self.peer},
+                    exc_info=exc)
+        self.out = None
+        if self.phase != CLOSED:
+            self.fatal("XX000", "internal error in the gateway")
+
     def close_with(self, reject: Reject) -> None:
         """``session.closer``: tell the client why, then close."""
         self._write(reject_error(reject, fatal=True))
@@ -1240,6 +1393,11 @@ _WATCHED = frozenset(b"ZCE1SIsG")
 
 #: Frontend message types of the extended protocol, plus FunctionCall.
 _EXTENDED = frozenset(b"PBDECHF")
+
+
+def _describe_timeout(value: float | None) -> str:
+    return "no statement timeout" if value is None else (
+        f"a {format_duration(value)} statement timeout")
 
 
 def _guc(name: str) -> str:

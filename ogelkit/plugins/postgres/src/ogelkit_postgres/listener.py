@@ -64,8 +64,8 @@ class PostgresFrontDoor(ogelkit.FrontDoor):
         await self.cancel_keys.close()
 
     # -- connections -----------------------------------------------------------------------
-    def new_key(self, conn: PostgresConnection) -> tuple[int, int]:
-        conn.key = self.cancel_keys.new(conn)
+    def new_key(self, conn: PostgresConnection, pid: int | None = None) -> tuple[int, int]:
+        conn.key = self.cancel_keys.new(conn, pid)
         return conn.key
 
     def observe_checkout(self, pool: Pool, seconds: float) -> None:

@@ -280,6 +280,9 @@ async def _login(conn: PostgresConnection) -> None:
                                           "gateway")
     settings = {k: v for k, v in params.items() if k not in NOT_SETTINGS}
     settings.update(option_settings)
+    # Upstream, application_name is exactly the client's (empty when it set none), as
+    # SHOW application_name and pg_stat_activity would say on PostgreSQL itself.
+    settings.setdefault("application_name", "")
     for name in settings:
         if not _GUC_NAME.match(name):
             fail(conn, PROTOCOL_VIOLATION, f"invalid startup parameter name {name!r}")
@@ -316,6 +319,10 @@ async def _login(conn: PostgresConnection) -> None:
     # Route: the same error for a database that does not exist and one of another kind.
     db = login.route(database, f'database "{database}" does not exist')
     backend = login.session.backend
+    up = db.upstream
+    pairs = [(str(up.get("dbname") or ""), database), (str(up.get("role") or ""), user)]
+    conn.hide = sorted(((o.encode(), n.encode()) for o, n in pairs if o and o != n),
+                       key=lambda pair: -len(pair[0]))
     await login.admit(conn.close_with)
     session = login.session
 
@@ -337,7 +344,8 @@ async def _login(conn: PostgresConnection) -> None:
     except PoolTimeout:
         late_refusal(conn, conn._pool_exhausted())
     except UpstreamError as exc:
-        conn.fatal(client_sqlstate(exc), exc.message, detail=exc.detail, hint=exc.hint)
+        conn.fatal(client_sqlstate(exc), conn.hide_names(exc.message) or "upstream error",
+                   detail=conn.hide_names(exc.detail), hint=conn.hide_names(exc.hint))
         raise LoginFailed(exc.message) from None
     if conn.phase == CLOSED:
         pool.checkin(srv)
@@ -352,8 +360,9 @@ async def _login(conn: PostgresConnection) -> None:
             conn.fatal("08006", exc.message)
             raise LoginFailed(exc.message) from None
         if error:  # e.g. an unknown parameter in the startup packet, as PostgreSQL says it
-            conn.fatal(error.get("C", "08006"), error.get("M", "invalid startup parameter"),
-                       detail=error.get("D"), hint=error.get("H"))
+            conn.fatal(error.get("C", "08006"),
+                       conn.hide_names(error.get("M")) or "invalid startup parameter",
+                       detail=conn.hide_names(error.get("D")), hint=conn.hide_names(error.get("H")))
             raise LoginFailed(error.get("M", ""))
 
     status = dict(srv.params)
@@ -362,7 +371,10 @@ async def _login(conn: PostgresConnection) -> None:
     status["session_authorization"] = user
     status.pop("is_superuser", None)
     status["is_superuser"] = "off"
-    pid, secret = door.new_key(conn)
+    # Session mode: the client's server for its whole session, so the client is told that
+    # server's real pid (NOTIFY's pid, pg_stat_activity, pg_terminate_backend agree), with
+    # a secret of the gateway's: a CancelRequest still comes through the gateway.
+    pid, secret = door.new_key(conn, srv.pid if conn.session_mode else None)
     conn.transport.write(  # type: ignore[union-attr]
         b"".join(pg.parameter_status(k, v) for k, v in status.items())
         + pg.backend_key_data(pid, secret) + pg.ready_for_query(b"I"))

@@ -26,6 +26,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ogelkit.postgres")
 
+#: ``application_name`` of the gateway's upstream connections while no client holds them.
+UPSTREAM_APP = "o7s"
+
 
 class UpstreamError(Exception):
     """The upstream refused or dropped a connection; carries the server's SQLSTATE when it
@@ -109,7 +112,9 @@ class ServerConnection(asyncio.Protocol):
         self._buf = bytearray()
         self._password = password
         self._scram: ScramClient | None = None
-        self._startup = {"user": user, "database": database}
+        # "o7s": the reset value of a pooled connection; a client's own application_name is
+        # SET over it at checkout (no tier or tenant in it: other tenants can read it).
+        self._startup = {"user": user, "database": database, "application_name": UPSTREAM_APP}
         self._waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     # -- asyncio callbacks ---------------------------------------------------------------
@@ -126,7 +131,12 @@ class ServerConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         client = self.client
         if client is not None:
-            client.server_data(data)
+            try:
+                client.server_data(data)
+            except Exception as exc:  # costs that client (and this connection) only
+                self.client = None
+                client.crashed(exc)
+                self.close()
         elif self.ready:
             self._idle_data(data)
         else:
