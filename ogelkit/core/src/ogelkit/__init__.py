@@ -16,7 +16,7 @@ import pluggy
 
 from ogelkit.backend import Backend, Capability
 from ogelkit.config import validators
-from ogelkit.config.schema import Duration, Size, option
+from ogelkit.config.schema import Duration, Size, default_options, option, options_table
 from ogelkit.control.records import (
     USAGE_FIELDS,
     DatabaseRecord,
@@ -101,10 +101,12 @@ __all__ = [
     "UsageEvent",
     "UsageTotals",
     "__version__",
+    "default_options",
     "format_duration",
     "format_size",
     "hookimpl",
     "option",
+    "options_table",
     "parse_duration",
     "parse_size",
     "validators",

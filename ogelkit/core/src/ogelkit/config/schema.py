@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import types
 import typing
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal, TypeVar, Union
 
 import attrs
 
@@ -99,6 +99,18 @@ def _plural(desc: str) -> str:
         if desc.startswith(article):
             return desc[len(article):] + "s"
     return desc
+
+T = TypeVar("T")
+
+
+def default_options(cls: type[T]) -> T:
+    """An options class with every default applied, as the config loader would build it
+    from an empty table (durations and sizes converted)."""
+    errors = ErrorCollector("defaults")
+    value = structure(cls, {}, cls.__name__, errors)
+    if value is None:
+        raise ValueError(f"{cls.__qualname__} has required options: {errors}")
+    return value
 
 
 def structure(cls: type, data: Any, path: str, errors: ErrorCollector,

@@ -25,9 +25,7 @@ from collections import OrderedDict
 from collections.abc import Awaitable, Hashable
 from typing import Any
 
-from ogelkit import Capability, Layer, Operation, Reason, Reject, Session
-from ogelkit.metrics import Decisions
-from ogelkit.tiers import Tier
+from ogelkit import Capability, Decisions, Layer, Operation, Reason, Reject, Session, Tier
 from ogelkit_layer_cost.cache import CostCache
 from ogelkit_layer_cost.options import CostOptions
 

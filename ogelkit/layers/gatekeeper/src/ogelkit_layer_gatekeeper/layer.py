@@ -14,11 +14,7 @@ import logging
 from collections import deque
 from typing import Any
 
-from ogelkit import Layer, Reason, Reject, Session
-from ogelkit.metrics import Decisions
-from ogelkit.state import OutagePolicy
-from ogelkit.tiers import Tier
-from ogelkit.units import format_duration
+from ogelkit import Decisions, Layer, OutagePolicy, Reason, Reject, Session, Tier, format_duration
 from ogelkit_layer_gatekeeper.leases import STATE_ERRORS, RedisLeases
 from ogelkit_layer_gatekeeper.options import GatekeeperOptions
 

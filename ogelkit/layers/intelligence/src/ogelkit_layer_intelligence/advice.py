@@ -12,9 +12,7 @@ from typing import Any
 
 import attrs
 
-from ogelkit.control.records import USAGE_FIELDS, UsageTotals
-from ogelkit.tiers import Tier, TierTable
-from ogelkit.units import format_duration, format_size
+from ogelkit import USAGE_FIELDS, Tier, TierTable, UsageTotals, format_duration, format_size
 
 #: (usage field, tier field, what is refused, how the limit reads)
 _REFUSALS = (

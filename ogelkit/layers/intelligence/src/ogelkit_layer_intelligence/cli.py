@@ -12,10 +12,8 @@ from typing import Any
 
 import click
 
+from ogelkit import NotFound, default_options
 from ogelkit.cli.common import CliState, echo_json, echo_table, opened_store, run_async
-from ogelkit.config.errors import ErrorCollector
-from ogelkit.config.schema import structure
-from ogelkit.control.store import NotFound
 from ogelkit_layer_intelligence.advice import advise
 from ogelkit_layer_intelligence.layer import REPORT_LAYER, calibration_subject
 from ogelkit_layer_intelligence.options import IntelligenceOptions
@@ -26,9 +24,7 @@ def layer_options(config) -> IntelligenceOptions:
     for spec in config.layers:
         if spec.type == "intelligence":
             return spec.options
-    defaults = structure(IntelligenceOptions, {}, "intelligence", ErrorCollector("defaults"))
-    assert defaults is not None
-    return defaults
+    return default_options(IntelligenceOptions)
 
 
 def _fmt(value: Any) -> str:

@@ -27,17 +27,14 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from ogelkit import Layer, Reason, Reject
-from ogelkit.control.records import LayerReport
-from ogelkit.state import OutagePolicy
-from ogelkit.units import format_duration
+from ogelkit import Layer, LayerReport, OutagePolicy, Reason, Reject, format_duration
 from ogelkit_layer_intelligence.calibration import Samples, report
 from ogelkit_layer_intelligence.guard import Block, BurstCounter, Escalation, Escalator, RateMeter
 from ogelkit_layer_intelligence.options import IntelligenceOptions
 from ogelkit_layer_intelligence.shared import STATE_ERRORS, SharedBlocks
 
 if TYPE_CHECKING:
-    from ogelkit.model import Operation, Session
+    from ogelkit import Operation, Session
 
 log = logging.getLogger("ogelkit.layer.intelligence")
 

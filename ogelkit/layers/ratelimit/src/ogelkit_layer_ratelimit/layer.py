@@ -15,10 +15,7 @@ import time
 from collections.abc import Awaitable
 from typing import Any
 
-from ogelkit import Layer, Operation, Reason, Reject, Session
-from ogelkit.metrics import Decisions
-from ogelkit.state import OutagePolicy
-from ogelkit.tiers import Tier
+from ogelkit import Decisions, Layer, Operation, OutagePolicy, Reason, Reject, Session, Tier
 from ogelkit_layer_ratelimit.gcra import _EPSILON, LocalBuckets
 from ogelkit_layer_ratelimit.options import RatelimitOptions
 from ogelkit_layer_ratelimit.redis_bucket import STATE_ERRORS, RedisBuckets

@@ -15,7 +15,7 @@ from ogelkit import Capability, Layer, Reason, Reject
 from ogelkit_layer_session.options import SessionOptions, Value
 
 if TYPE_CHECKING:
-    from ogelkit.model import Session
+    from ogelkit import Session
 
 log = logging.getLogger("ogelkit.layer.session")
 

@@ -17,10 +17,7 @@ import logging
 from collections import deque
 from typing import Any
 
-from ogelkit import Layer, Operation, Reason, Reject, Session
-from ogelkit.metrics import Decisions
-from ogelkit.tiers import Tier
-from ogelkit.units import format_duration
+from ogelkit import Decisions, Layer, Operation, Reason, Reject, Session, Tier, format_duration
 from ogelkit_layer_timeout.options import TimeoutOptions
 
 log = logging.getLogger("ogelkit.layer.timeout")

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import pluggy
 
 if TYPE_CHECKING:
-    from ogelkit.context import GatewayContext
+    from ogelkit import GatewayContext
 
 hookspec = pluggy.HookspecMarker("ogelkit")
 

@@ -18,13 +18,11 @@ from typing import TYPE_CHECKING, Any
 
 import anyio
 
-from ogelkit import Capability, Layer, Reason
-from ogelkit.control.records import USAGE_FIELDS, UsageEvent
+from ogelkit import USAGE_FIELDS, Capability, Layer, Reason, UsageEvent
 from ogelkit_layer_usage.options import UsageOptions
 
 if TYPE_CHECKING:
-    from ogelkit.control.records import DatabaseRecord
-    from ogelkit.model import Operation, Session
+    from ogelkit import DatabaseRecord, Operation, Session
 
 log = logging.getLogger("ogelkit.layer.usage")
 
