@@ -10,7 +10,7 @@ from ogelkit_mongodb import MongoBackend, bsonraw, commands, wire
 from ogelkit_mongodb.backend import MARKER
 from ogelkit_mongodb.options import MongoOptions
 
-from ogelkit.control.records import DatabaseRecord
+from ogelkit import DatabaseRecord
 from ogelkit.testing import services, test_context
 from ogelkit.testing.contracts import BackendContract
 
@@ -75,7 +75,7 @@ def test_connection_string_works_with_pymongo(make_gateway):
     backend = gw.context.backends["mongo"]
     slug = gw.tenants["a"]
     record = DatabaseRecord(slug, "main", "mongodb", "mongo", {"database": "unused"})
-    from ogelkit.control.records import TenantRecord
+    from ogelkit import TenantRecord
     dsn = backend.connection_string(TenantRecord(slug, "free"), record, PASSWORD, "127.0.0.1", gw.port)
     with pymongo.MongoClient(dsn, serverSelectionTimeoutMS=5000) as client:
         assert client.get_default_database().name == "main"

@@ -268,7 +268,7 @@ def test_speculative_and_explicit_authentication(make_gateway):
 def test_database_provisioned_while_connected_becomes_usable(make_gateway):
     import asyncio
 
-    from ogelkit.control.records import DatabaseRecord
+    from ogelkit import DatabaseRecord
     gw = make_gateway()
     slug = gw.tenants["a"]
     client = gw.client(slug)
@@ -284,7 +284,7 @@ def test_database_provisioned_while_connected_becomes_usable(make_gateway):
         await ctx.store.put_database(DatabaseRecord(slug, "late", "mongodb", "mongo", upstream))
         ctx.directory.invalidate(slug)
 
-    loop = gw.running.gateway.frontdoors[0].server.get_loop()
+    loop = gw.running.loop
     asyncio.run_coroutine_threadsafe(provision(), loop).result(10)
     import time
     time.sleep(1.1)  # a client looks its tenant up again at most once a second

@@ -12,14 +12,11 @@ from urllib.parse import quote
 from ogelkit import Backend
 from ogelkit_mongodb import commands, cost
 from ogelkit_mongodb.cursors import CursorTable
-from ogelkit_mongodb.frontdoor import MongoFrontDoor
 from ogelkit_mongodb.options import MongoOptions
 from ogelkit_mongodb.upstream import Target, UpstreamConnection, UpstreamError, UpstreamPool
 
 if TYPE_CHECKING:
-    from ogelkit.control.records import DatabaseRecord, TenantRecord
-    from ogelkit.model import Operation, Session
-    from ogelkit.tiers import Tier
+    from ogelkit import DatabaseRecord, Operation, Session, TenantRecord, Tier
 
 log = logging.getLogger("ogelkit.mongodb")
 
@@ -35,8 +32,7 @@ class MongoBackend(Backend):
 
     type_name = "mongodb"
     Config = MongoOptions
-    protocol = "mongodb"
-    frontdoor = MongoFrontDoor
+    protocol = "mongodb"  # served by MongoFrontDoor (registered in plugin.py)
 
     def __init__(self, config: MongoOptions, *, name: str, context: Any):
         super().__init__(config, name=name, context=context)

@@ -74,7 +74,12 @@ def elements(buf: bytes | memoryview, start: int = 0) -> Iterator[tuple[int, str
         except ValueError:
             raise BsonError("unterminated BSON element name") from None
         name = bytes(buf[p + 1:z]).decode("utf-8", "surrogateescape")
-        q = value_end(buf, t, z + 1, end)
+        try:
+            q = value_end(buf, t, z + 1, end)
+        except (struct.error, ValueError) as exc:
+            if isinstance(exc, BsonError):
+                raise
+            raise BsonError(f"malformed BSON: {exc}") from None
         yield t, name, p, z + 1, q
         p = q
     if p != end:
@@ -99,26 +104,28 @@ def index(buf: bytes, start: int = 0) -> dict[str, tuple[int, int, int, int]]:
     p = start + 4
     find = buf.index
     fixed = _FIXED
-    while p < end:
-        t = buf[p]
-        try:
-            z = find(0, p + 1, end)
-        except ValueError:
-            raise BsonError("unterminated BSON element name") from None
-        v = z + 1
-        width = fixed.get(t)
-        if width is not None:
-            q = v + width
-            if q > end:
-                raise BsonError("BSON value runs past its document")
-        elif t == 0x02 or t == 0x03 or t == 0x04:
-            q = v + i32(buf, v)[0] + (4 if t == 0x02 else 0)
-            if q > end or q <= v:
-                raise BsonError("BSON value runs past its document")
-        else:
-            q = value_end(buf, t, v, end)
-        out[buf[p + 1:z].decode("utf-8", "surrogateescape")] = (t, p, v, q)
-        p = q
+    try:
+        while p < end:
+            t = buf[p]
+            z = find(0, p + 1, end)  # ValueError: an unterminated element name
+            v = z + 1
+            width = fixed.get(t)
+            if width is not None:
+                q = v + width
+                if q > end:
+                    raise BsonError("BSON value runs past its document")
+            elif t == 0x02 or t == 0x03 or t == 0x04:
+                q = v + i32(buf, v)[0] + (4 if t == 0x02 else 0)
+                if q > end or q <= v:
+                    raise BsonError("BSON value runs past its document")
+            else:
+                q = value_end(buf, t, v, end)
+            out[buf[p + 1:z].decode("utf-8", "surrogateescape")] = (t, p, v, q)
+            p = q
+    except (struct.error, IndexError, ValueError) as exc:  # every parser is total
+        if isinstance(exc, BsonError):
+            raise
+        raise BsonError(f"malformed BSON: {exc}") from None
     if p != end:
         raise BsonError("BSON elements overrun their document")
     return out

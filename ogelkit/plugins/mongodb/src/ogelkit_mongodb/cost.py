@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from ogelkit_mongodb import commands
 
 if TYPE_CHECKING:
-    from ogelkit.model import Operation
+    from ogelkit import Operation
     from ogelkit_mongodb.backend import MongoBackend
 
 _SCAN = re.compile(r"COLLSCAN|Seq Scan|detail=SCAN |'SCAN ")

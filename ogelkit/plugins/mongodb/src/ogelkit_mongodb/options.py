@@ -28,6 +28,12 @@ class MongoOptions:
                                                     "one closes that client. The hello reply "
                                                     "advertises the smaller of this and the "
                                                     "upstream's limit.")
+    handshake_timeout: Duration = option(30.0, doc="An unauthenticated client connection that "
+                                                   "sends no complete command for this long "
+                                                   "is closed. Drivers' monitoring connections "
+                                                   "never authenticate and send hello every "
+                                                   "heartbeat (10 s by default): keep this "
+                                                   "above heartbeatFrequencyMS.")
     database_format: str = option("t_{tenant}__{db}", validator=_check_format,
                                   doc="Upstream database name of a tenant database, with "
                                       "placeholders {tenant} and {db}. Names over 63 bytes "

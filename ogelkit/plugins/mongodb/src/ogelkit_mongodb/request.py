@@ -9,7 +9,7 @@ import bson
 from ogelkit import Operation
 
 if TYPE_CHECKING:
-    from ogelkit.control.records import DatabaseRecord
+    from ogelkit import DatabaseRecord
     from ogelkit_mongodb.backend import MongoBackend
     from ogelkit_mongodb.upstream import UpstreamConnection, Waiter
 

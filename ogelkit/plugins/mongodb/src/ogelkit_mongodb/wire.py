@@ -70,7 +70,14 @@ class OpMsg:
 
 
 def parse_op_msg(data: bytes) -> OpMsg:
+    """Parse one whole OP_MSG (``data`` is exactly the message). Total: anything malformed
+    raises ``ProtocolError``, nothing else."""
+    if len(data) < 21:
+        raise ProtocolError(f"OP_MSG of {len(data)} bytes is shorter than its header, flags "
+                            "and one section")
     length, request_id, _resp, _op, flags = _MSG_PREFIX.unpack_from(data)
+    if length != len(data):
+        raise ProtocolError(f"OP_MSG length {length} does not match its {len(data)} bytes")
     if flags & _UNKNOWN_REQUIRED:
         raise ProtocolError(f"OP_MSG has unknown required flag bits 0x{flags & 0xFFFF:04x}")
     end = length
@@ -149,7 +156,12 @@ class OpQuery:
 
 
 def parse_op_query(data: bytes) -> OpQuery:
+    """Parse one whole OP_QUERY; anything malformed raises ``ProtocolError`` (total)."""
+    if len(data) < HEADER_SIZE:
+        raise ProtocolError("OP_QUERY shorter than a message header")
     length, request_id, _resp, _op = HEADER.unpack_from(data)
+    if length != len(data):
+        raise ProtocolError(f"OP_QUERY length {length} does not match its {len(data)} bytes")
     try:
         z = data.index(0, 20, length)
         collection = data[20:z].decode()
@@ -158,12 +170,12 @@ def parse_op_query(data: bytes) -> OpQuery:
         if size < 5 or p + size > length:
             raise ProtocolError("OP_QUERY document runs past the message")
         query = bson.decode(data[p:p + size])
+        if "$query" in query and isinstance(query["$query"], dict):
+            query = query["$query"]
     except ProtocolError:
         raise
     except Exception as exc:
         raise ProtocolError(f"malformed OP_QUERY: {exc}") from None
-    if "$query" in query and isinstance(query["$query"], dict):
-        query = query["$query"]
     return OpQuery(request_id, collection, query)
 
 
