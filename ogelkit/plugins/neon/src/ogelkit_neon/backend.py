@@ -28,8 +28,7 @@ from ogelkit_neon.options import NeonOptions
 if TYPE_CHECKING:
     from ogelkit_postgres.pool import Pool
 
-    from ogelkit.control.records import DatabaseRecord, TenantRecord
-    from ogelkit.tiers import Tier
+    from ogelkit import DatabaseRecord, TenantRecord, Tier
 
 log = logging.getLogger("ogelkit.neon")
 

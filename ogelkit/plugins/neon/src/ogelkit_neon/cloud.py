@@ -25,8 +25,7 @@ from urllib.parse import unquote, urlsplit
 import httpx
 
 if TYPE_CHECKING:
-    from ogelkit.control.records import DatabaseRecord
-    from ogelkit.tiers import Tier
+    from ogelkit import DatabaseRecord, Tier
     from ogelkit_neon.backend import NeonBackend
     from ogelkit_neon.options import CloudOptions
 

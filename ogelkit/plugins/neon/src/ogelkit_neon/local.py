@@ -31,6 +31,7 @@ import random
 import secrets
 import shutil
 import socket
+import tempfile
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -39,8 +40,7 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 
 if TYPE_CHECKING:
-    from ogelkit.control.records import DatabaseRecord
-    from ogelkit.tiers import Tier
+    from ogelkit import DatabaseRecord, Tier
     from ogelkit_neon.backend import NeonBackend
     from ogelkit_neon.options import LocalOptions
 
@@ -113,6 +113,14 @@ def _read_pidfile(pgdata: Path) -> list[str] | None:
         return None
 
 
+def _drop_to(uid: int, gid: int) -> Any:
+    def drop() -> None:
+        os.setgroups([])
+        os.setgid(gid)
+        os.setuid(uid)
+    return drop
+
+
 def _open_lock(directory: Path) -> int:
     directory.mkdir(parents=True, exist_ok=True)
     return os.open(directory / ".lock", os.O_RDWR | os.O_CREAT, 0o600)
@@ -165,20 +173,26 @@ class LocalDriver:
                    ok: tuple[int, ...] = (0,)) -> tuple[int, str]:
         kw: dict[str, Any] = {}
         if self._ids is not None:
-            kw = {"user": self._ids[0], "group": self._ids[1], "extra_groups": []}
+            # preexec_fn, not user=/group=: uvloop's subprocess_exec has only the former.
+            kw = {"preexec_fn": _drop_to(*self._ids)}
         full_env = {"PATH": f"{self.bin}:/usr/bin:/bin", "LC_ALL": "C", "HOME": self._home,
                     **(env or {})}
-        proc = await asyncio.create_subprocess_exec(
-            *args, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.STDOUT, cwd="/", env=full_env, **kw)
-        try:
-            out, _ = await asyncio.wait_for(proc.communicate(), limit)
-        except TimeoutError:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
-            raise LocalError(f"{os.path.basename(args[0])} timed out after {limit:g}s") from None
-        text = out.decode(errors="replace")
+        # Output goes to a file, not a pipe: a postmaster that pg_ctl starts inherits the
+        # descriptor, and a pipe would then never reach EOF.
+        with tempfile.TemporaryFile() as out_file:
+            proc = await asyncio.create_subprocess_exec(
+                *args, stdin=asyncio.subprocess.DEVNULL, stdout=out_file,
+                stderr=asyncio.subprocess.STDOUT, cwd="/", env=full_env, **kw)
+            try:
+                await asyncio.wait_for(proc.wait(), limit)
+            except TimeoutError:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
+                raise LocalError(f"{os.path.basename(args[0])} timed out after "
+                                 f"{limit:g}s") from None
+            out_file.seek(0)
+            text = out_file.read()[-4096:].decode(errors="replace")
         if proc.returncode not in ok:
             raise LocalError(f"{os.path.basename(args[0])} failed ({proc.returncode}): "
                              f"{text.strip()[-600:]}")
@@ -517,14 +531,15 @@ class LocalDriver:
         async with c.lock:
             if c.running and c.pid is not None and _pid_alive(c.pid):
                 return
-            if c.running:  # we had it running and the postmaster is gone: a crash
+            crashed = c.running  # we had it running and the postmaster is gone
+            if crashed:
                 self._count_crash(c, "postmaster gone")
             c.running = False
             if not c.pgdata.exists():
                 raise LocalError(f"branch {c.key} has no data directory", "3D000")
             await self._make_room(c)
             async with self._flock(c.dir):
-                await self._start_compute(c)
+                await self._start_compute(c, counted=crashed)
 
     def _count_crash(self, c: Compute, why: str) -> None:
         c.crashes += 1
@@ -536,8 +551,8 @@ class LocalDriver:
         async with self._room:
             while self.running_computes() >= self.opts.max_running_computes:
                 idle = [o for o in self.computes.values()
-                        if o is not c and o.running and o.db is not None and not o.lock.locked()
-                        and not self.backend.has_clients(o.db)]
+                        if o is not c and o.running and not o.lock.locked()
+                        and (o.db is None or not self.backend.has_clients(o.db))]
                 if not idle:
                     raise LocalError(f"{self.running_computes()} computes are running, the "
                                      f"most this gateway runs (max_running_computes), and all "
@@ -545,8 +560,11 @@ class LocalDriver:
                 victim = min(idle, key=lambda o: o.last_used)
                 log.info("sleeping the least recently used compute to make room",
                          extra={"branch": victim.key, "for": c.key})
-                assert victim.db is not None
-                await self.backend.sleep(victim.db)
+                if victim.db is not None:
+                    await self.backend.sleep(victim.db)
+                else:  # never served through a pool (e.g. provisioning left it running)
+                    async with victim.lock:
+                        await self._stop_compute(victim)
 
     def _free_port(self, avoid: set[int]) -> int:
         low, high = self.ports
@@ -562,21 +580,25 @@ class LocalDriver:
                 return port
         raise LocalError(f"no free port in port_range {self.opts.port_range}", "53300")
 
-    async def _start_compute(self, c: Compute) -> None:
+    async def _start_compute(self, c: Compute, counted: bool = False) -> None:
         lines = _read_pidfile(c.pgdata)
+        stale: int | None = None
         if lines and lines[0].isdigit():
             pid = int(lines[0])
             if _pid_alive(pid) and _is_postmaster_of(pid, c.pgdata):
                 c.pid, c.port, c.running = pid, int(lines[3]), True  # started by another process
                 await self._probe(c, time.monotonic() + self.opts.start_timeout)
                 return
-            self._count_crash(c, "stale postmaster.pid")
-            if _pid_alive(pid):
-                # The pid was reused by an unrelated process: PostgreSQL would refuse to
-                # start. Only then is the lock file ours to remove; a dead pid is left to
-                # PostgreSQL, which also checks that no orphaned backend still holds the
-                # old shared memory.
-                (c.pgdata / "postmaster.pid").unlink(missing_ok=True)
+            stale = pid
+            if not counted:
+                self._count_crash(c, "stale postmaster.pid")
+            # The recorded postmaster is dead, a zombie nobody reaped yet, or its pid now
+            # belongs to an unrelated process: PostgreSQL would refuse to start in the
+            # last two cases ("lock file already exists"), so the lock file goes. Orphaned
+            # backends of the killed postmaster are still caught: the new postmaster
+            # refuses to start while they hold the data directory's shared memory, and
+            # the start is retried until they have exited.
+            (c.pgdata / "postmaster.pid").unlink(missing_ok=True)
         started = time.monotonic()
         deadline = started + self.opts.start_timeout
         log_path = c.dir / "postgres.log"
@@ -585,10 +607,13 @@ class LocalDriver:
             port = self._free_port(tried)
             tried.add(port)
             c.port = port
+            log_start = 0
+            with contextlib.suppress(OSError):
+                log_start = os.stat(log_path).st_size
             await self._run(str(self.bin / "pg_ctl"), "start", "-D", str(c.pgdata), "-W",
                             "-l", str(log_path), "-o", f"-p {port}",
                             limit=max(1.0, deadline - time.monotonic()))
-            why = await self._wait_started(c, deadline, log_path)
+            why = await self._wait_started(c, deadline, log_path, log_start, stale)
             if why is None:
                 break
             if "already in use" in why and len(tried) < 5:
@@ -607,17 +632,17 @@ class LocalDriver:
         log.info("compute started", extra={"branch": c.key, "port": c.port,
                                            "seconds": round(c.last_start_seconds, 3)})
 
-    async def _wait_started(self, c: Compute, deadline: float, log_path: Path) -> str | None:
-        """None once the compute answers; else why it will not (from its log)."""
-        log_start = 0
-        with contextlib.suppress(OSError):
-            log_start = max(0, os.stat(log_path).st_size - 64 * 1024)
+    async def _wait_started(self, c: Compute, deadline: float, log_path: Path, log_start: int,
+                            stale: int | None) -> str | None:
+        """None once the compute answers; else why it will not (from its log). A lock file
+        still naming ``stale`` (the crashed postmaster) is one the new one has not yet
+        replaced."""
         delay = 0.005
         seen_pid = False
         began = time.monotonic()
         while time.monotonic() < deadline:
             lines = _read_pidfile(c.pgdata)
-            if lines and lines[0].isdigit():
+            if lines and lines[0].isdigit() and int(lines[0]) != stale:
                 seen_pid = True
                 c.pid = int(lines[0])
                 if not _pid_alive(c.pid):
@@ -644,7 +669,8 @@ class LocalDriver:
                 text = f.read().decode(errors="replace")
         except OSError:
             return None
-        bad = [ln for ln in text.splitlines() if "FATAL" in ln or "PANIC" in ln]
+        bad = [ln for ln in text.splitlines() if ("FATAL" in ln or "PANIC" in ln)
+               and "unexpected postmaster exit" not in ln]  # orphans of a killed one
         return bad[-1].split("FATAL:", 1)[-1].strip() if bad else None
 
     async def _probe(self, c: Compute, deadline: float) -> None:
