@@ -15,7 +15,7 @@ from collections.abc import Hashable
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ogelkit.component import Component, overridden
+from ogelkit.component import Component, OptionsT, overridden
 from ogelkit.frontdoor import FrontDoor
 
 if TYPE_CHECKING:
@@ -40,7 +40,7 @@ class Capability(StrEnum):
     RESET = "reset"
 
 
-class Backend(Component):
+class Backend(Component[OptionsT]):
     """Base class for database backends. ``type_name`` is also the database *kind*."""
 
     protocol: ClassVar[str] = ""  # front door protocol, e.g. "postgres" for postgres and neon

@@ -3,7 +3,7 @@ name, the gateway context, and optional methods detected from what a subclass ov
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar, Generic, TypeVar
 
 import attrs
 
@@ -16,11 +16,16 @@ class NoOptions:
     """Config model for a plugin without options."""
 
 
-class Component:
+#: The options type of a component: ``class MyLayer(ogelkit.Layer[MyOptions])`` makes
+#: ``self.config`` a ``MyOptions`` for type checkers, with no re-annotation.
+OptionsT = TypeVar("OptionsT")
+
+
+class Component(Generic[OptionsT]):
     type_name: ClassVar[str] = ""  # the TOML ``type``
     Config: ClassVar[type] = NoOptions  # attrs class of the plugin's options
 
-    def __init__(self, config: Any, *, name: str, context: GatewayContext):
+    def __init__(self, config: OptionsT, *, name: str, context: GatewayContext):
         """Take the validated config. No I/O here: that belongs in ``open``."""
         self.config = config
         self.name = name

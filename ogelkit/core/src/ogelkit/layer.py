@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections.abc import Awaitable
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from ogelkit.component import Component, NoOptions, overridden
+from ogelkit.component import Component, NoOptions, OptionsT, overridden
 
 if TYPE_CHECKING:
     from ogelkit.model import Operation, Session
@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 __all__ = ["Layer", "NoOptions"]
 
 
-class Layer(Component):
+class Layer(Component[OptionsT]):
     """Base class for layers. Subclasses set ``type_name`` and ``Config`` (an attrs class)."""
 
     #: Phases this class overrides; filled in by ``__init_subclass__``.

@@ -53,7 +53,7 @@ class Reject(Exception):
 
     def __init__(
         self,
-        reason: str,
+        reason: Reason,
         message: str,
         *,
         detail: str | None = None,
@@ -62,7 +62,7 @@ class Reject(Exception):
         layer: str | None = None,
     ):
         super().__init__(message)
-        self.reason = reason
+        self.reason: Reason = reason
         self.message = message
         self.detail = detail
         self.hint = hint

@@ -27,7 +27,7 @@ class DenylistOptions:
         doc="Error message; {name} and {tier} are filled in.")
 
 
-class DenylistLayer(ogelkit.Layer):
+class DenylistLayer(ogelkit.Layer[DenylistOptions]):
     type_name = "denylist"
     Config = DenylistOptions
 

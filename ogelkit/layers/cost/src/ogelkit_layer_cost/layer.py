@@ -75,13 +75,12 @@ class _Scope:
         self.info: _TierInfo | None = None
 
 
-class Cost(Layer):
+class Cost(Layer[CostOptions]):
     type_name = "cost"
     Config = CostOptions
 
     def __init__(self, config: CostOptions, *, name: str, context: Any):
         super().__init__(config, name=name, context=context)
-        self.config: CostOptions = config
         self.cache = CostCache(config.cache_size)
         self._entries = self.cache.entries  # read directly on the hit path
         # (tenant, database, kind, name, text) -> cache key or _NO_KEY; FIFO-bounded. An

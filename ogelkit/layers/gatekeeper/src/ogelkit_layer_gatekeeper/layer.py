@@ -40,13 +40,12 @@ class _Slots:
         self.waiters: deque[asyncio.Future[bool]] = deque()
 
 
-class Gatekeeper(Layer):
+class Gatekeeper(Layer[GatekeeperOptions]):
     type_name = "gatekeeper"
     Config = GatekeeperOptions
 
     def __init__(self, config: GatekeeperOptions, *, name: str, context: Any):
         super().__init__(config, name=name, context=context)
-        self.config: GatekeeperOptions = config
         self._leases: RedisLeases | None = None
         self._policy = OutagePolicy(name, config.state_down, context.metrics)
         self._decisions = Decisions(context.metrics, name)

@@ -53,7 +53,7 @@ def calibration_subject(backend: str) -> str:
     return f"calibration:{backend}"
 
 
-class IntelligenceLayer(Layer):
+class IntelligenceLayer(Layer[IntelligenceOptions]):
     """O7s layer 7: bans, back-offs, calibration."""
 
     type_name = "intelligence"

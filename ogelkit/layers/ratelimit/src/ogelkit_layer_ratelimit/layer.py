@@ -94,13 +94,12 @@ class _Scope:
         self.key = ""
 
 
-class Ratelimit(Layer):
+class Ratelimit(Layer[RatelimitOptions]):
     type_name = "ratelimit"
     Config = RatelimitOptions
 
     def __init__(self, config: RatelimitOptions, *, name: str, context: Any):
         super().__init__(config, name=name, context=context)
-        self.config: RatelimitOptions = config
         self._local = LocalBuckets()
         self._tats = self._local.tat  # read directly on the admit-now path (same dict)
         self._tiers: dict[str, _TierInfo] = {}

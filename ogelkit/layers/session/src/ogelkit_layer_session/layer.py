@@ -37,7 +37,7 @@ def _fill(template: str, session: Session) -> str:
             .replace("{database}", session.database or ""))
 
 
-class SessionLayer(Layer):
+class SessionLayer(Layer[SessionOptions]):
     """O7s layer 4: per-tier upstream session settings."""
 
     type_name = "session"

@@ -56,13 +56,12 @@ class _Watch:
         self.info: _TierInfo | None = None
 
 
-class Timeout(Layer):
+class Timeout(Layer[TimeoutOptions]):
     type_name = "timeout"
     Config = TimeoutOptions
 
     def __init__(self, config: TimeoutOptions, *, name: str, context: Any):
         super().__init__(config, name=name, context=context)
-        self.config: TimeoutOptions = config
         self._decisions = Decisions(context.metrics, name)
         self._tiers: dict[str, _TierInfo] = {}
         self._watches: set[_Watch] = set()

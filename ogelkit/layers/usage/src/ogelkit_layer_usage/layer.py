@@ -62,7 +62,7 @@ class _Meter:
         self.counted = False  # the connection itself is counted once, in its first window
 
 
-class UsageLayer(Layer):
+class UsageLayer(Layer[UsageOptions]):
     """O7s layer 6: usage metering and durable, idempotent delivery."""
 
     type_name = "usage"
