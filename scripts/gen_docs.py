@@ -32,6 +32,7 @@ CORE = {
     "gateway": models.GatewayConfig,
     "control": models.ControlConfig,
     "state": models.StateConfig,
+    "lifecycle": models.LifecycleConfig,
     "plugins": models.PluginsConfig,
     "tiers": models.TierConfig,
     "price": models.PriceConfig,

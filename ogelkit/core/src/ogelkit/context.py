@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from ogelkit.directory import Directory, SessionRegistry
     from ogelkit.hooks import Hooks
     from ogelkit.layer import Layer
+    from ogelkit.lifecycle import Lifecycle
     from ogelkit.metrics import Metrics
     from ogelkit.plugins import Plugins
     from ogelkit.tiers import TierTable
@@ -36,6 +37,8 @@ class GatewayContext:
         self.backends: dict[str, Backend] = {}
         self.layers: list[Layer] = []
         self.chain: Chain | None = None
+        #: The database lifecycle (sleep/wake); set by the runtime, None in CLI tools.
+        self.lifecycle: Lifecycle | None = None
         self.gateway_id = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
         self.log = logging.getLogger("ogelkit")
         self.draining = False

@@ -123,6 +123,27 @@ class Metrics:
         self.usage_pending = Gauge(
             "ogelkit_usage_events_pending", "Usage events cut from their window and not yet "
             "stored in the control plane.", registry=r)
+        # -- the database lifecycle (ogelkit.lifecycle); no tenant labels ------------------
+        self.databases = Gauge(
+            "ogelkit_databases", "Databases by lifecycle state (active, idle, asleep, "
+            "waking), as this gateway last read them from the control plane.", ["state"],
+            registry=r)
+        self.cold_start_seconds = Histogram(
+            "ogelkit_cold_start_seconds", "Time to wake a sleeping database (backend.wake), "
+            "by database kind.", ["kind"], registry=r,
+            buckets=(0.01, 0.05, 0.1, 0.2, 0.3, 0.5, 1, 2, 5, 10, 30))
+        self.database_wakes = Counter(
+            "ogelkit_database_wakes", "Wakes of sleeping databases by kind and outcome "
+            "(ok, failed).", ["kind", "outcome"], registry=r)
+        self.database_sleeps = Counter(
+            "ogelkit_database_sleeps", "Databases put to sleep by the lifecycle scheduler, "
+            "by kind.", ["kind"], registry=r)
+        self.wake_timeouts = Counter(
+            "ogelkit_wake_timeouts", "Clients refused because their database did not wake "
+            "within [lifecycle] wake_timeout, by kind.", ["kind"], registry=r)
+        self.lifecycle_leader = Gauge(
+            "ogelkit_lifecycle_leader", "1 when this gateway runs the lifecycle scheduler "
+            "(holds the lease).", registry=r)
         self.ready = Gauge("ogelkit_ready", "1 when the gateway is ready to serve.", registry=r)
 
     def decision(self, layer: str, decision: str, reason: str, tier: str) -> None:

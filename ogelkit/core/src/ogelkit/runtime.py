@@ -29,6 +29,7 @@ from ogelkit.directory import Directory
 from ogelkit.frontdoor import FrontDoor, bind_host
 from ogelkit.http import HttpServer, bind_sockets, build_app
 from ogelkit.layer import Layer
+from ogelkit.lifecycle import Lifecycle
 from ogelkit.metrics import Metrics
 from ogelkit.model import Reason, Reject
 from ogelkit.ops import ops_routes
@@ -152,6 +153,9 @@ class Gateway:
             ctx = GatewayContext(cfg, self.plugins, store, metrics, directory)
             self.context = ctx
             stack.push_async_callback(_closing, "shared state", ctx.close_state)
+            # Before layers open, so they can subscribe to its events (usage: cold starts).
+            ctx.lifecycle = Lifecycle(ctx)
+            stack.push_async_callback(_closing, "lifecycle", ctx.lifecycle.close)
 
             for spec in cfg.backends.values():
                 ctx.backends[spec.id] = spec.cls(spec.options, name=spec.id, context=ctx)
@@ -165,6 +169,7 @@ class Gateway:
                 for component in components:
                     await _open(component, stack)
                 await self._seed(ctx)
+                await ctx.lifecycle.load()
 
             ctx.chain = Chain(ctx.layers)
             directory.chain = ctx.chain
@@ -177,6 +182,7 @@ class Gateway:
                 tg.start_soon(http.serve)
                 await http.started()
                 tg.start_soon(directory.run)
+                tg.start_soon(ctx.lifecycle.run)
                 for layer in ctx.layers:
                     tg.start_soon(layer.run)
                 if self.handle_signals:

@@ -23,6 +23,7 @@ from ogelkit.config.models import (
     TOP_LEVEL,
     ControlConfig,
     GatewayConfig,
+    LifecycleConfig,
     ListenConfig,
     PluginsConfig,
     PriceConfig,
@@ -74,6 +75,7 @@ class Config:
     tiers: TierTable
     tenants: dict[str, TenantSeed]
     raw: dict[str, Any] = attrs.field(repr=False)
+    lifecycle: LifecycleConfig = attrs.field(factory=LifecycleConfig)
 
     def protocols(self) -> dict[str, list[str]]:
         """Protocol name -> ids of the backends that speak it."""
@@ -139,6 +141,7 @@ def parse_config(text: str, plugins: Plugins, *, env: Mapping[str, str] | None =
         tiers=tiers,
         tenants=tenants,
         raw=data,
+        lifecycle=sections["lifecycle"],
     )
 
 

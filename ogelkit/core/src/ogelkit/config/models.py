@@ -11,6 +11,7 @@ from typing import Any, Literal
 import attrs
 
 from ogelkit.config.schema import Duration, Size, option
+from ogelkit.config.validators import positive
 
 _UNSET: Any = None
 
@@ -65,6 +66,23 @@ class ControlConfig:
 @attrs.define(kw_only=True)
 class StateConfig:
     url: str = option(doc='Shared state for several replicas: "redis://host:port/db".')
+
+
+@attrs.define(kw_only=True)
+class LifecycleConfig:
+    enabled: bool = option(True, doc="Put idle databases to sleep after their tier's "
+                                     "idle_before_sleep and wake them on the next client. When "
+                                     "false nothing sleeps; sleeping databases still wake.")
+    wake_timeout: Duration = option(8.0, validator=positive, doc="How long a client of a "
+                                    "sleeping database is held while it wakes; then it gets "
+                                    "a clear error (Postgres: SQLSTATE 57P03). Keep it under "
+                                    "the front doors' 10 s handshake timeout.")
+    check_every: Duration = option(1.0, validator=positive, doc="Scheduler period: how "
+                                   "often activity is recorded, idle databases are put to "
+                                   "sleep and `databases sleep|wake` requests are applied.")
+    lease_ttl: Duration = option(10.0, validator=positive, doc="Lifetime of the scheduler "
+                                 "lease in the [state] Redis (renewed every check_every): "
+                                 "how long a dead replica's lease blocks another one.")
 
 
 @attrs.define(kw_only=True)
@@ -136,6 +154,7 @@ TOP_LEVEL = {
     "gateway": GatewayConfig,
     "control": ControlConfig,
     "state": StateConfig,
+    "lifecycle": LifecycleConfig,
     "plugins": PluginsConfig,
 }
 SPECIAL = ("backends", "layers", "tiers", "tenants")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ogelkit.model import Reason, Reject
+from ogelkit import Reason, Reject
 from ogelkit_postgres import wire as pg
 
 SQLSTATE = {
@@ -31,6 +31,8 @@ def reject_error(reject: Reject, *, fatal: bool = False) -> bytes:
     hint = reject.hint
     if hint is None and reject.retry_after is not None:
         hint = f"Retry after {max(1, round(reject.retry_after * 1000))} ms."
-    return pg.error_response(SQLSTATE.get(reject.reason, "XX000"), reject.message,
+    # A Reject may name its own SQLSTATE (the lifecycle's NotReady: 57P03).
+    code = getattr(reject, "sqlstate", None) or SQLSTATE.get(reject.reason, "XX000")
+    return pg.error_response(code, reject.message,
                              severity="FATAL" if fatal else "ERROR", detail=reject.detail,
                              hint=hint)
