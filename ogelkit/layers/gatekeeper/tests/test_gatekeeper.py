@@ -41,6 +41,13 @@ def _decisions(ctx, decision: str, reason: str, tier: str) -> float:
 class TestGatekeeperContract(LayerContract):
     layer_class = Gatekeeper
     options = {"per_database": True, "queue": "1s", "queue_limit": 10, "state_down": "closed"}
+    refusal_options = {**options, "queue": "200ms"}
+
+    async def provoke_refusal(self, drive):
+        """The sixth connection of a free tenant (5 connections), after its short queue."""
+        for _ in range(6):
+            session = await drive.connect(tier="free", tenant="acme")
+        assert session.rejection is not None and session.rejection.reason == Reason.CONNECTIONS
 
 
 async def test_sixth_connection_of_a_free_tenant_is_refused_with_details():

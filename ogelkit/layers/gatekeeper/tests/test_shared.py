@@ -7,6 +7,7 @@ import logging
 import signal
 import sys
 import time
+import uuid
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 
@@ -33,6 +34,14 @@ class TestGatekeeperSharedContract(LayerContract):
     layer_class = Gatekeeper
     options = {"lease_ttl": "5s", "key_prefix": "o7s-test-gk-contract:"}
     context_config = _state(services.redis_url())
+    refusal_options = {"lease_ttl": "5s", "queue": "0s",
+                       "key_prefix": f"o7s-test-gk-contract-{uuid.uuid4().hex[:8]}:"}
+
+    async def provoke_refusal(self, drive):
+        """The sixth lease of a free tenant in Redis is refused."""
+        for _ in range(6):
+            session = await drive.connect(tier="free", tenant="acme")
+        assert session.rejection is not None and session.rejection.reason == Reason.CONNECTIONS
 
 
 @asynccontextmanager

@@ -42,6 +42,12 @@ class TestRatelimitContract(LayerContract):
     layer_class = Ratelimit
     options = {"mode": "delay", "max_delay": "250ms", "scope": "database"}
 
+    async def provoke_refusal(self, drive):
+        """A free tenant pipelining past its burst: delayed up to max_delay, then refused."""
+        session = await drive.connect(tier="free")
+        ops = await asyncio.gather(*(drive.operation(session) for _ in range(60)))
+        assert {op.rejection.reason for op in ops if op.rejection} == {Reason.RATE}
+
 
 def test_gcra_admits_the_burst_then_one_per_interval():
     buckets = LocalBuckets()

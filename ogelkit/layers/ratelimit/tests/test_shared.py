@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import uuid
 from contextlib import AsyncExitStack, asynccontextmanager
 
 import pytest
@@ -31,6 +32,16 @@ class TestRatelimitSharedContract(LayerContract):
     layer_class = Ratelimit
     options = {"key_prefix": "o7s-test-rl-contract:"}
     context_config = _config(services.redis_url())
+    refusal_options = {"key_prefix": f"o7s-test-rl-contract-{uuid.uuid4().hex[:8]}:"}
+
+    async def provoke_refusal(self, drive):
+        """A free tenant past its burst in the shared bucket is refused."""
+        session = await drive.connect(tier="free")
+        for _ in range(200):
+            op = await drive.operation(session)
+            if op.rejection is not None:
+                break
+        assert op.rejection is not None and op.rejection.reason == Reason.RATE
 
 
 @asynccontextmanager
