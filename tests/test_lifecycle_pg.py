@@ -23,6 +23,7 @@ from ogelkit.testing import test_secret_key
 from ogelkit.testing.gateway import metric_value
 from ogelkit.testing.services import pg_dsn, redis_url, scratch_pg_database
 
+USAGE = '[[layers]]\ntype = "usage"\nstorage_interval = "0s"\n'
 TIER = '[tiers.nap]\nbase = "free"\nrank = 9\nidle_before_sleep = "2s"\n'
 
 
@@ -114,7 +115,7 @@ def sleepy():
                "slow": Tenant(unique("dls"), tier="nap", backend="slow"),
                "pro": Tenant(unique("dls"), tier="pro")}
     with pg_gateway(list(tenants.values()), backend_options="min_pool_size = 2",
-                    extra=TIER + _lifecycle(), backends=_backends(pg_dsn()),
+                    extra=TIER + _lifecycle() + USAGE, backends=_backends(pg_dsn()),
                     plugins=_plugins()) as gw:
         gw.t = tenants
         try:
@@ -146,6 +147,11 @@ def test_an_idle_database_sleeps_and_its_next_client_is_served(sleepy):
     assert gw.running.metric("ogelkit_cold_start_seconds_count", kind="postgres") >= 1
     assert gw.running.metric("ogelkit_database_sleeps_total", kind="postgres") >= 1
     assert gw.running.metric("ogelkit_databases", state="active") >= 1
+    usage = next(layer for layer in gw.context.layers if layer.type_name == "usage")
+    assert gw.call(usage.flush())
+    (total,) = gw.call(gw.context.store.usage_totals(t.slug, 0, time.time() + 3600, "main"))
+    assert total["cold_starts"] == 1  # metered as usage, on the woken database
+    assert total["cold_start_seconds"] == pytest.approx(db.last_cold_start_seconds, abs=0.05)
 
     async def with_asyncpg():
         conn = await asyncpg.connect(**gw.asyncpg_kw(t))

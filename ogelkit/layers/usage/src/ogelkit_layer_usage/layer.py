@@ -92,6 +92,16 @@ class UsageLayer(Layer[UsageOptions]):
     async def open(self) -> None:
         self._wake = anyio.Event()
         self._window_started = time.monotonic()
+        lifecycle = getattr(self.context, "lifecycle", None)
+        if lifecycle is not None:  # cold starts are announced by the core's lifecycle
+            lifecycle.subscribe(self._on_lifecycle)
+
+    def _on_lifecycle(self, event: Any) -> None:
+        """A ``LifecycleEvent``: a cold start is metered on the woken database."""
+        if event.kind == "cold_start" and not self._closed:
+            ev = self._event(event.tenant, event.database, "lifecycle")
+            ev.cold_starts += 1
+            ev.cold_start_seconds += event.seconds
 
     async def run(self) -> None:
         async with anyio.create_task_group() as tg:
