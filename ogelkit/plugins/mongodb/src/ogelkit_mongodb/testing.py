@@ -1,0 +1,172 @@
+"""Raw-socket helpers for tests and the fuzzer: build OP_MSG/OP_QUERY frames, read replies,
+log in with SCRAM-SHA-256 by hand, and mutate frames (``bench/fuzz_mongodb.py``).
+
+Not used by the gateway itself.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import random
+import socket
+import struct
+from typing import Any
+
+import bson
+
+from ogelkit.scram import saslprep
+
+OP_QUERY = 2004
+OP_MSG = 2013
+
+
+def op_msg(doc: dict[str, Any], request_id: int = 1, flags: int = 0,
+           sequences: list[tuple[str, list[dict[str, Any]]]] | None = None) -> bytes:
+    """One OP_MSG with ``doc`` as its body and optional document sequences."""
+    body = b"\x00" + bson.encode(doc)
+    for ident, docs in sequences or []:
+        payload = ident.encode() + b"\x00" + b"".join(bson.encode(d) for d in docs)
+        body += b"\x01" + struct.pack("<i", 4 + len(payload)) + payload
+    return struct.pack("<iiiiI", 20 + len(body), request_id, 0, OP_MSG, flags) + body
+
+
+def op_query(doc: dict[str, Any], collection: str = "admin.$cmd", request_id: int = 1) -> bytes:
+    raw = bson.encode(doc)
+    rest = struct.pack("<i", 0) + collection.encode() + b"\x00" + struct.pack("<ii", 0, -1) + raw
+    return struct.pack("<iiii", 16 + len(rest), request_id, 0, OP_QUERY) + rest
+
+
+def recv_exact(sock: socket.socket, n: int) -> bytes | None:
+    out = b""
+    while len(out) < n:
+        chunk = sock.recv(n - len(out))
+        if not chunk:
+            return None
+        out += chunk
+    return out
+
+
+def read_reply(sock: socket.socket) -> dict[str, Any] | None:
+    """The next reply document, or None when the gateway closed the connection."""
+    try:
+        head = recv_exact(sock, 16)
+        if head is None:
+            return None
+        length, _req, _resp, opcode = struct.unpack("<iiii", head)
+        rest = recv_exact(sock, length - 16)
+    except ConnectionResetError:
+        return None
+    if rest is None:
+        return None
+    if opcode == 1:  # OP_REPLY
+        return bson.decode(rest[20:])
+    return bson.decode(rest[5:])
+
+
+def scram_login(sock: socket.socket, user: str, password: str, db: str = "admin") -> dict[str, Any]:
+    """SCRAM-SHA-256 through saslStart/saslContinue on a raw socket; the last reply."""
+    nonce = base64.b64encode(os.urandom(18)).decode()
+    first_bare = f"n={user},r={nonce}"
+    sock.sendall(op_msg({"saslStart": 1, "mechanism": "SCRAM-SHA-256",
+                         "payload": f"n,,{first_bare}".encode(),
+                         "options": {"skipEmptyExchange": True}, "$db": db}))
+    reply = read_reply(sock)
+    if reply is None or not reply.get("ok"):
+        return reply or {"ok": 0, "errmsg": "closed"}
+    server_first = bytes(reply["payload"]).decode()
+    fields = dict(kv.split("=", 1) for kv in server_first.split(","))
+    salted = hashlib.pbkdf2_hmac("sha256", saslprep(password).encode(),
+                                 base64.b64decode(fields["s"]), int(fields["i"]))
+    client_key = hmac.digest(salted, b"Client Key", "sha256")
+    stored = hashlib.sha256(client_key).digest()
+    without_proof = f"c=biws,r={fields['r']}"
+    auth_msg = f"{first_bare},{server_first},{without_proof}".encode()
+    signature = hmac.digest(stored, auth_msg, "sha256")
+    proof = base64.b64encode(bytes(a ^ b for a, b in zip(client_key, signature, strict=True)))
+    sock.sendall(op_msg({"saslContinue": 1, "conversationId": 1,
+                         "payload": f"{without_proof},p={proof.decode()}".encode(), "$db": db},
+                        request_id=2))
+    return read_reply(sock) or {"ok": 0, "errmsg": "closed"}
+
+
+# -- mutation ------------------------------------------------------------------------------------
+
+_INTERESTING = (0, 1, -1, 4, 5, 15, 16, 17, 20, 21, 0x7F, 0xFF, 0x7FFFFFFF, -0x80000000,
+                65536, 65537, 48_000_000)
+
+
+def seeds(db: str = "main") -> list[bytes]:
+    """Valid frames covering every path the door parses (handshake, SASL, planning)."""
+    spec = {"saslStart": 1, "mechanism": "SCRAM-SHA-256", "payload": b"n,,n=x,r=abc", "db": db}
+    return [
+        op_msg({"hello": 1, "helloOk": True, "$db": "admin"}),
+        op_msg({"hello": 1, "speculativeAuthenticate": spec, "saslSupportedMechs": "admin.x",
+                "$db": "admin"}),
+        op_query({"isMaster": 1, "helloOk": True}),
+        op_msg({"saslStart": 1, "mechanism": "SCRAM-SHA-256", "payload": b"n,,n=fz,r=0123",
+                "$db": db}),
+        op_msg({"saslContinue": 1, "conversationId": 1, "payload": b"c=biws,r=x,p=AAAA",
+                "$db": db}),
+        op_msg({"ping": 1, "$db": "admin"}),
+        op_msg({"buildInfo": 1, "$db": "admin"}),
+        op_msg({"connectionStatus": 1, "$db": db}),
+        op_msg({"find": "c", "filter": {"a": 1}, "limit": 2, "$db": db}),
+        op_msg({"insert": "c", "$db": db}, sequences=[("documents", [{"a": 1}, {"b": "x"}])]),
+        op_msg({"update": "c", "updates": [{"q": {}, "u": {"$set": {"z": 1}}}], "$db": db}),
+        op_msg({"delete": "c", "deletes": [{"q": {"nothing": 1}, "limit": 0}], "$db": db}),
+        op_msg({"getMore": bson.Int64(12345), "collection": "c", "$db": db}),
+        op_msg({"killCursors": "c", "cursors": [bson.Int64(1), bson.Int64(2)], "$db": db}),
+        op_msg({"explain": {"find": "c", "filter": {}}, "verbosity": "queryPlanner", "$db": db}),
+        op_msg({"explain": {"aggregate": "c", "pipeline": [{"$match": {}}], "cursor": {}},
+                "$db": db}),
+        op_msg({"aggregate": "c", "pipeline": [{"$match": {}}, {"$lookup": {
+            "from": {"db": db, "coll": "d"}, "as": "j", "pipeline": []}}], "cursor": {},
+                "$db": db}),
+        op_msg({"listDatabases": 1, "filter": {"name": {"$regex": "m"}}, "$db": "admin"}),
+        op_msg({"renameCollection": f"{db}.a", "to": f"{db}.b", "$db": "admin"}),
+        op_msg({"dataSize": f"{db}.c", "$db": db}),
+        op_msg({"count": "c", "query": {}, "maxTimeMS": 1000, "$db": db}),
+        op_msg({"listCollections": 1, "$db": db}),
+    ]
+
+
+def mutate(frame: bytes, rng: random.Random) -> bytes:
+    """One random mutation of ``frame`` (the length field is kept right most of the time, so
+    the mutation reaches the parsers instead of only the framing)."""
+    data = bytearray(frame)
+    choice = rng.randrange(10)
+    if choice == 0:  # flip bits
+        for _ in range(rng.randint(1, 4)):
+            i = rng.randrange(len(data))
+            data[i] ^= 1 << rng.randrange(8)
+    elif choice == 1:  # random bytes
+        for _ in range(rng.randint(1, 8)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+    elif choice == 2:  # an interesting int32 anywhere past the header
+        i = rng.randrange(16, max(17, len(data) - 3))
+        data[i:i + 4] = struct.pack("<i", rng.choice(_INTERESTING))
+    elif choice == 3:  # truncate
+        data = data[:rng.randrange(16, len(data) + 1)]
+    elif choice == 4:  # insert junk
+        i = rng.randrange(16, len(data) + 1)
+        data[i:i] = os.urandom(rng.randint(1, 16))
+    elif choice == 5:  # a BSON type byte changed
+        i = rng.randrange(21, max(22, len(data)))
+        data[i] = rng.choice((0x01, 0x02, 0x03, 0x04, 0x05, 0x07, 0x08, 0x09, 0x0A, 0x0B, 0x0C,
+                             0x0D, 0x0E, 0x0F, 0x10, 0x11, 0x12, 0x13, 0x7F, 0xFF, 0x00, 0x42))
+    elif choice == 6:  # a lying outer length (framing)
+        data[0:4] = struct.pack("<i", rng.choice(_INTERESTING))
+        return bytes(data)
+    elif choice == 7:  # flags
+        data[16:20] = struct.pack("<I", rng.choice((0, 1, 2, 3, 1 << 5, 1 << 16, 0xFFFFFFFF)))
+    elif choice == 8:  # opcode
+        data[12:16] = struct.pack("<i", rng.choice((1, 2004, 2012, 2013, 2010, 0, -1)))
+    else:  # wholly random frame with a right header
+        body = os.urandom(rng.randint(0, 64))
+        return struct.pack("<iiii", 16 + len(body), 1, 0, rng.choice((2013, 2004))) + body
+    if rng.random() < 0.9:
+        data[0:4] = struct.pack("<i", len(data))
+    return bytes(data)
