@@ -23,6 +23,7 @@ def _load(name: str):
 
 
 neon_helpers = _load("neon_helpers")
+_load("neon_standin")
 
 
 @pytest.fixture(scope="module")
