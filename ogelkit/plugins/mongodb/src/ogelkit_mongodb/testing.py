@@ -137,6 +137,8 @@ def mutate(frame: bytes, rng: random.Random) -> bytes:
     """One random mutation of ``frame`` (the length field is kept right most of the time, so
     the mutation reaches the parsers instead of only the framing)."""
     data = bytearray(frame)
+    if len(data) < 24:
+        data += bytes(24 - len(data))
     choice = rng.randrange(10)
     if choice == 0:  # flip bits
         for _ in range(rng.randint(1, 4)):
@@ -146,15 +148,15 @@ def mutate(frame: bytes, rng: random.Random) -> bytes:
         for _ in range(rng.randint(1, 8)):
             data[rng.randrange(len(data))] = rng.randrange(256)
     elif choice == 2:  # an interesting int32 anywhere past the header
-        i = rng.randrange(16, max(17, len(data) - 3))
+        i = rng.randrange(16, len(data) - 3)
         data[i:i + 4] = struct.pack("<i", rng.choice(_INTERESTING))
     elif choice == 3:  # truncate
         data = data[:rng.randrange(16, len(data) + 1)]
     elif choice == 4:  # insert junk
         i = rng.randrange(16, len(data) + 1)
-        data[i:i] = os.urandom(rng.randint(1, 16))
+        data[i:i] = rng.randbytes(rng.randint(1, 16))
     elif choice == 5:  # a BSON type byte changed
-        i = rng.randrange(21, max(22, len(data)))
+        i = rng.randrange(21, len(data))
         data[i] = rng.choice((0x01, 0x02, 0x03, 0x04, 0x05, 0x07, 0x08, 0x09, 0x0A, 0x0B, 0x0C,
                              0x0D, 0x0E, 0x0F, 0x10, 0x11, 0x12, 0x13, 0x7F, 0xFF, 0x00, 0x42))
     elif choice == 6:  # a lying outer length (framing)
@@ -165,7 +167,7 @@ def mutate(frame: bytes, rng: random.Random) -> bytes:
     elif choice == 8:  # opcode
         data[12:16] = struct.pack("<i", rng.choice((1, 2004, 2012, 2013, 2010, 0, -1)))
     else:  # wholly random frame with a right header
-        body = os.urandom(rng.randint(0, 64))
+        body = rng.randbytes(rng.randint(0, 64))
         return struct.pack("<iiii", 16 + len(body), 1, 0, rng.choice((2013, 2004))) + body
     if rng.random() < 0.9:
         data[0:4] = struct.pack("<i", len(data))
