@@ -34,3 +34,7 @@ def test_refuses_per_tier_and_everywhere():
 class TestDenylistContract(LayerContract):
     layer_class = DenylistLayer
     options = {"deny": {"free": ["DROP"]}}
+
+    async def provoke_refusal(self, drive):
+        session = await drive.connect(tier="free")
+        await drive.operation(session, name="DROP", text="DROP TABLE t")

@@ -103,6 +103,17 @@ class TestCostContract(LayerContract):
     layer_class = Cost
     options = {"mode": "warn", "cache_size": 100, "cache_ttl": "1min",
                "estimate_unlimited": True}
+    refusal_options = {**options, "mode": "enforce"}
+
+    def session_backend(self, ctx):
+        """Every contract session estimates (a backend with estimate_cost)."""
+        return CountingBackend({"select * from a cross join b": 125_478.5}, delay=0.001)
+
+    async def provoke_refusal(self, drive):
+        """An expensive statement over the free tier's ceiling, in enforce mode."""
+        session = await drive.connect(tier="free")
+        op = await drive.operation(session, text="SELECT * FROM a CROSS JOIN b")
+        assert op.rejection is not None and op.rejection.reason == Reason.COST
 
 
 async def test_repeated_statement_is_estimated_once_and_decided_synchronously():

@@ -18,9 +18,27 @@ from ogelkit.testing.services import redis_url
 pytestmark = pytest.mark.anyio
 
 
+async def ban_by_failed_logins(drive, failures: int) -> None:
+    """``failures`` wrong passwords from one address, then logins until one is banned
+    (at once in process; after the replica's round trip to Redis when shared)."""
+    for _ in range(failures):
+        drive.failed_login(tier="free", tenant="acme", client_addr="10.9.9.9:5000")
+    deadline = time.monotonic() + 10
+    while True:
+        session = await drive.connect(tier="free", tenant="acme", client_addr="10.9.9.9:5001")
+        if session.rejection is not None or time.monotonic() > deadline:
+            break
+        drive.disconnect(session)
+        await anyio.sleep(0.05)
+    assert session.rejection is not None and session.rejection.reason == Reason.BANNED
+
+
 class TestIntelligenceContract(LayerContract):
     layer_class = IntelligenceLayer
     options = {"auth_failures": 3, "ban": "1s", "latency_targets": {"free": "2s"}}
+
+    async def provoke_refusal(self, drive):
+        await ban_by_failed_logins(drive, 3)
 
 
 class TestIntelligenceSharedContract(LayerContract):
@@ -29,6 +47,11 @@ class TestIntelligenceSharedContract(LayerContract):
     layer_class = IntelligenceLayer
     options = {"key_prefix": f"test-intel-contract-{uuid.uuid4().hex[:8]}:"}
     context_config = minimal_config(f'[state]\nurl = "{redis_url()}"\n')
+    refusal_options = {"key_prefix": f"test-intel-contract-{uuid.uuid4().hex[:8]}:",
+                       "auth_failures": 3, "ban": "5s", "sync_interval": "100ms"}
+
+    async def provoke_refusal(self, drive):
+        await ban_by_failed_logins(drive, 3)
 
 
 def client(ctx, tenant: str, addr: str, known: bool) -> Session:

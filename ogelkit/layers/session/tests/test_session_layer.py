@@ -8,7 +8,7 @@ from ogelkit_layer_session import plugin as session_plugin
 
 import ogelkit
 from ogelkit.chain import Chain
-from ogelkit.model import Reject
+from ogelkit.model import Reason, Reject
 from ogelkit.testing import config_errors, isolated_plugins, make_session, minimal_config, test_context
 from ogelkit.testing.contracts import LayerContract
 
@@ -57,6 +57,18 @@ async def make_layer(ctx) -> SessionLayer:
 class TestSessionContract(LayerContract):
     layer_class = SessionLayer
     options = {"settings": {"search_path": "public"}, "tiers": {"pro": {"work_mem": "300MB"}}}
+
+    def session_backend(self, ctx):
+        """Every contract session has backend settings to merge (session_settings)."""
+        return TierBackend(None, name="pg", context=ctx)
+
+    async def provoke_refusal(self, drive):
+        """A backend that cannot compute the tier's settings: refused, never unbounded."""
+        broken = TierBackend(None, name="pg", context=drive.ctx)
+        broken.broken = True
+        session = await drive.connect(tier="free", backend=broken)
+        assert session.rejection is not None
+        assert session.rejection.reason == Reason.UNAVAILABLE
 
 
 async def test_backend_settings_then_common_then_tier_then_unset():

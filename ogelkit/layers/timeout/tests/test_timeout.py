@@ -51,6 +51,14 @@ def _cancellable(session):
 class TestTimeoutContract(LayerContract):
     layer_class = Timeout
     options = {"grace": "500ms"}
+    refusal_options = {"grace": "50ms"}
+    refusal_context_config = FAST
+
+    async def provoke_refusal(self, drive):
+        """A statement still running at the free tier's deadline is cancelled."""
+        session = await drive.connect(tier="free")
+        op = await drive.operation(session, text="SELECT pg_sleep(15)", hold=5.0)
+        assert op.rejection is not None and op.rejection.reason == Reason.TIMEOUT
 
 
 async def test_deadline_cancels_with_a_timeout_reject_and_tier_hint():
