@@ -337,6 +337,9 @@ class Lifecycle:
                 await asyncio.wait_for(task, 2)
         with contextlib.suppress(Exception):
             await self._flush_activity(time.time())
+        if self.leader:
+            with contextlib.suppress(Exception):
+                await self.ctx.store.lifecycle_heartbeat(self.ctx.gateway_id, stopping=True)
         if self._lease is not None:
             with contextlib.suppress(Exception):
                 await self._lease.release()

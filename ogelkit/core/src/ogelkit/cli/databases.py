@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import time
+
+import anyio
 import click
 
+from ogelkit.backend import Capability
 from ogelkit.cli.common import (
     CliState,
     echo_json,
@@ -101,11 +105,33 @@ def list_(state: CliState, tenant: str | None, as_json: bool) -> None:
 
     dbs = run_async(go)
     if as_json:
-        echo_json([{"tenant": d.tenant, "name": d.name, "kind": d.kind, "backend": d.backend,
-                    "state": d.state, "created_at": d.created_at} for d in dbs])
+        echo_json([_db_json(d) for d in dbs])
     else:
-        echo_table([[d.tenant, d.name, d.kind, d.backend, d.state] for d in dbs],
-                   ["TENANT", "NAME", "KIND", "BACKEND", "STATE"])
+        echo_table([[d.tenant, d.name, d.kind, d.backend, d.state, _cold_start(d)] for d in dbs],
+                   ["TENANT", "NAME", "KIND", "BACKEND", "STATE", "LAST COLD START"])
+
+
+def _db_json(d: DatabaseRecord) -> dict[str, object]:
+    return {"tenant": d.tenant, "name": d.name, "kind": d.kind, "backend": d.backend,
+            "state": d.state, "created_at": d.created_at,
+            "last_active_at": d.last_active_at or None,
+            "last_cold_start_at": d.last_cold_start_at,
+            "last_cold_start_seconds": d.last_cold_start_seconds,
+            "state_changed_at": d.state_changed_at or None,
+            "requested_state": d.requested_state}
+
+
+def _when(ts: float | None) -> str:
+    if not ts:
+        return "never"
+    return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(ts))
+
+
+def _cold_start(d: DatabaseRecord) -> str:
+    if d.last_cold_start_at is None:
+        return "-"
+    took = d.last_cold_start_seconds or 0.0
+    return f"{_when(d.last_cold_start_at)} ({took * 1000:.0f} ms)"
 
 
 @databases.command("delete")
@@ -138,3 +164,101 @@ def delete(state: CliState, tenant: str, name: str, yes: bool) -> None:
 
     run_async(go)
     click.echo(f"deleted database {name} of {tenant}")
+
+
+@databases.command("show")
+@click.argument("tenant")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+@click.pass_obj
+def show(state: CliState, tenant: str, name: str, as_json: bool) -> None:
+    """One database: kind, backend and lifecycle (state, last activity, last cold start)."""
+    config = state.config()
+
+    async def go():
+        async with opened_store(config) as store:
+            return await store.get_database(tenant, name)
+
+    db = run_async(go)
+    if db is None:
+        raise click.ClickException(f'tenant "{tenant}" has no database "{name}"')
+    if as_json:
+        echo_json(_db_json(db))
+        return
+    for label, value in (("tenant", db.tenant), ("name", db.name), ("kind", db.kind),
+                         ("backend", db.backend), ("state", db.state),
+                         ("since", _when(db.state_changed_at)),
+                         ("last client", _when(db.last_active_at)),
+                         ("last cold start", _cold_start(db)),
+                         ("requested", db.requested_state or "-"),
+                         ("created", _when(db.created_at))):
+        click.echo(f"{label + ':':17}{value}")
+
+
+#: A scheduler heartbeat older than this means no gateway will apply a request.
+_LEADER_FRESH = 5.0
+
+
+def _lifecycle_command(action: str):
+    want = "asleep" if action == "sleep" else "active"
+    capability = Capability.SLEEP if action == "sleep" else Capability.WAKE
+
+    @click.argument("tenant")
+    @click.argument("name")
+    @click.option("--wait", default=15.0, show_default=True, type=float,
+                  help="Seconds to wait for a running gateway to apply the request.")
+    @click.pass_obj
+    def command(state: CliState, tenant: str, name: str, wait: float) -> None:
+        config = state.config()
+        fresh = max(_LEADER_FRESH, 3 * config.lifecycle.check_every)
+
+        async def go() -> str:
+            async with opened_store(config) as store:
+                db = await store.get_database(tenant, name)
+                if db is None:
+                    raise click.ClickException(f'tenant "{tenant}" has no database "{name}"')
+                spec = config.backends.get(db.backend)
+                if spec is None:
+                    raise click.ClickException(f"database {name} lives on backend {db.backend}, "
+                                               "which this config does not define")
+                if capability not in spec.cls.capabilities:
+                    raise click.ClickException(f"backend type {spec.type} cannot {action} "
+                                               "databases (they are always ready)")
+                leader = await store.lifecycle_leader()
+                if leader is not None and time.time() - leader[1] < fresh:
+                    await store.request_database_state(tenant, name, want)
+                    with anyio.move_on_after(wait):
+                        while True:
+                            current = await store.get_database(tenant, name)
+                            if (current is not None and current.requested_state is None
+                                    and current.state == want):
+                                return f"gateway {leader[0]} applied it: {want}"
+                            await anyio.sleep(0.2)
+                    return (f"requested; gateway {leader[0]} applies it at its next "
+                            "scheduler tick")
+            # No gateway runs the scheduler: act on the backend directly.
+            async with tool_context(config, state.plugins, [db.backend]) as ctx:
+                backend = ctx.backends[db.backend]
+                started = time.monotonic()
+                if action == "sleep":
+                    await backend.sleep(db)
+                    await ctx.store.transition(tenant, name, "asleep", clear_request=True)
+                    return "no gateway is running: put to sleep directly"
+                await backend.wake(db)
+                took = time.monotonic() - started
+                await ctx.store.transition(tenant, name, "active", cold_start_seconds=took,
+                                           clear_request=True)
+                await ctx.store.touch_databases([(tenant, name, time.time())])
+                return f"no gateway is running: woken directly in {took * 1000:.0f} ms"
+
+        click.echo(f"{action} {tenant}/{name}: {run_async(go)}")
+
+    command.__doc__ = (f"{action.capitalize()} database NAME of TENANT now. With a gateway "
+                       "running, the request goes through the control plane and the gateway "
+                       "that runs the lifecycle scheduler applies it; without one, the "
+                       "backend is called directly.")
+    return command
+
+
+databases.command("sleep")(_lifecycle_command("sleep"))
+databases.command("wake")(_lifecycle_command("wake"))

@@ -300,13 +300,15 @@ class Store:
                                     "WHERE tenant = ? AND name = ?", state, tenant, name):
                 raise NotFound(f'tenant "{tenant}" has no database "{name}"')
 
-    async def lifecycle_heartbeat(self, gateway: str) -> None:
-        """The scheduler of ``gateway`` is running (one row; the latest writer wins)."""
+    async def lifecycle_heartbeat(self, gateway: str, *, stopping: bool = False) -> None:
+        """The scheduler of ``gateway`` is running (one row; the latest writer wins), or,
+        with ``stopping``, has stopped (so the CLI knows at once that nobody applies
+        requests)."""
         async with self.tx() as tx:
             await tx.execute("INSERT INTO lifecycle_leader (id, gateway, heartbeat_at) "
                              "VALUES (1, ?, ?) ON CONFLICT (id) DO UPDATE SET "
                              "gateway = excluded.gateway, heartbeat_at = excluded.heartbeat_at",
-                             gateway, time.time())
+                             gateway, 0.0 if stopping else time.time())
 
     async def lifecycle_leader(self) -> tuple[str, float] | None:
         """``(gateway id, last heartbeat)`` of the last scheduler, or None if none ever ran."""
