@@ -10,6 +10,7 @@ import time
 
 import asyncpg
 import attrs
+import httpx
 import pytest
 from ogelkit_postgres.backend import PostgresBackend
 from ogelkit_postgres.options import PostgresOptions
@@ -147,6 +148,10 @@ def test_an_idle_database_sleeps_and_its_next_client_is_served(sleepy):
     assert gw.running.metric("ogelkit_cold_start_seconds_count", kind="postgres") >= 1
     assert gw.running.metric("ogelkit_database_sleeps_total", kind="postgres") >= 1
     assert gw.running.metric("ogelkit_databases", state="active") >= 1
+    info = httpx.get(gw.running.url(f"/admin/tenants/{t.slug}"),
+                     headers={"authorization": "Bearer test-admin-token"}).json()
+    (listed,) = info["databases"]
+    assert listed["state"] == "active" and listed["last_cold_start_seconds"] is not None
     usage = next(layer for layer in gw.context.layers if layer.type_name == "usage")
     assert gw.call(usage.flush())
     (total,) = gw.call(gw.context.store.usage_totals(t.slug, 0, time.time() + 3600, "main"))

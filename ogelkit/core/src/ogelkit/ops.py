@@ -50,6 +50,17 @@ async def readiness(ctx: GatewayContext) -> tuple[bool, dict[str, Any]]:
     return ok, results
 
 
+def database_json(d: Any) -> dict[str, Any]:
+    """A tenant database in the admin API, with its lifecycle (state, last client, last
+    cold start, a pending ``databases sleep|wake`` request)."""
+    return {"name": d.name, "kind": d.kind, "backend": d.backend, "state": d.state,
+            "last_active_at": d.last_active_at or None,
+            "last_cold_start_at": d.last_cold_start_at,
+            "last_cold_start_seconds": d.last_cold_start_seconds,
+            "state_changed_at": d.state_changed_at or None,
+            "requested_state": d.requested_state}
+
+
 _METHODS = ["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"]
 
 
@@ -125,9 +136,7 @@ class AdminApi:
                 dbs = await store.list_databases(slug)
                 return json_response({**attrs.asdict(tenant),
                                       "sessions": self.ctx.sessions.count(slug),
-                                      "databases": [{"name": d.name, "kind": d.kind,
-                                                     "backend": d.backend, "state": d.state}
-                                                    for d in dbs]})
+                                      "databases": [database_json(d) for d in dbs]})
             if m == "PATCH":
                 body = await read_json(request)
                 if body.get("tier") is not None and body["tier"] not in self.ctx.tiers:
