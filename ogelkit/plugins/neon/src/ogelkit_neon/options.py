@@ -22,7 +22,7 @@ def _port_range(_inst: object, _attr: object, value: str) -> None:
         raise ValueError('port_range must be "LOW-HIGH" with 1024 <= LOW <= HIGH <= 65535')
 
 
-@attrs.define(kw_only=True)
+@attrs.define(kw_only=True, repr=False)
 class LocalOptions:
     data_dir: str = option("/var/lib/ogelkit/neon",
                            doc="Directory holding one data directory per branch "
@@ -58,8 +58,11 @@ class LocalOptions:
         True, doc="Stop the computes this process started when the gateway shuts down "
                   "(computes found running at startup are adopted, and left running).")
 
+    def __repr__(self) -> str:  # the docs' default column
+        return "its own defaults (table below)"
 
-@attrs.define(kw_only=True)
+
+@attrs.define(kw_only=True, repr=False)
 class CloudOptions:
     api_url: str = option("https://console.neon.tech/api/v2", doc="Base URL of Neon's API v2.")
     api_key_env: str = option("NEON_API_KEY", doc="Environment variable holding the API key "
@@ -84,6 +87,9 @@ class CloudOptions:
     retry_budget: Duration = option(60.0, validator=validators.positive,
                                     doc="How long 423/503/429 answers are retried before the "
                                         "call fails.")
+
+    def __repr__(self) -> str:  # the docs' default column
+        return "its own defaults (table below)"
 
 
 @attrs.define(kw_only=True)
