@@ -328,9 +328,15 @@ class PostgresBackend(ogelkit.Backend):
                                        "WHERE datname = $1", dbname)
 
     async def sleep(self, db: DatabaseRecord) -> None:
+        """Lifecycle: close every pooled server connection of ``db`` (and the planner's
+        EXPLAIN connection), so nothing of it stays open upstream."""
         pool = self.pools.get((db.tenant, db.name))
         if pool is not None:
             pool.sleep()
+        entry = self._explain.pop((db.tenant, db.name), None)
+        if entry is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(entry.conn.close(), 2)
 
     async def wake(self, db: DatabaseRecord) -> None:
         await self.pool_for(db).wake()
