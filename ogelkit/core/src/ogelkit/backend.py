@@ -125,7 +125,19 @@ class Backend(Component[OptionsT]):
         return None
 
     async def sleep(self, db: DatabaseRecord) -> None:
-        """Release upstream resources of an idle database (lifecycle: asleep)."""
+        """Lifecycle: release what ``db`` holds upstream (pooled connections, a compute).
+        Called by the gateway running the scheduler once ``db`` had no client for its
+        tier's ``idle_before_sleep``, by every other replica to release its own share, and
+        by ``ogelkit databases sleep``. Must be idempotent. See docs/dev/interfaces.md."""
 
     async def wake(self, db: DatabaseRecord) -> None:
-        """Get an asleep database ready again (lifecycle: waking)."""
+        """Lifecycle: get a sleeping ``db`` ready; return when a client can be served. The
+        gateway holds the database's clients meanwhile (one wake per database, however
+        many clients), bounded by ``[lifecycle] wake_timeout``; a raise leaves it asleep.
+        Must tolerate a concurrent wake from another replica."""
+
+    async def running(self, db: DatabaseRecord) -> bool | None:
+        """Lifecycle, at gateway start: whether anything runs upstream for ``db`` (a
+        compute process). ``False`` marks an active/idle database asleep; ``None`` (the
+        default) means the question does not apply."""
+        return None
