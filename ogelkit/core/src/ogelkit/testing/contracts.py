@@ -52,7 +52,7 @@ from ogelkit.layer import Layer
 from ogelkit.model import Operation, Reason, Reject, Session
 from ogelkit.testing import test_context
 
-__all__ = ["BackendContract", "LayerContract", "LayerDrive"]
+__all__ = ["BackendContract", "LayerContract", "LayerDrive", "check_describe"]
 
 pytestmark = pytest.mark.anyio
 
@@ -131,6 +131,13 @@ def _no_network(what: str) -> Iterator[list[str]]:
     finally:
         for restore in reversed(undo):
             restore()
+
+
+def _tasks() -> set[asyncio.Task[Any]]:
+    try:
+        return asyncio.all_tasks()
+    except RuntimeError:  # no running loop: a layer built from sync code starts no task
+        return set()
 
 
 def _where(session: Session) -> str:
@@ -438,25 +445,26 @@ class LayerContract(_ConfigChecks):
         or starts tasks (both belong in ``open()`` / ``run()``)."""
         cls = self.layer_class
         config = _config(self.config_class, self.options if options is None else options)
-        tasks_before = asyncio.all_tasks()
+        tasks_before = _tasks()
+        layer: Layer | None = None
         with _no_network(f"{cls.__name__}.__init__") as calls:
             try:
                 layer = cls(config, name=cls.type_name, context=ctx)
             except Exception:  # e.g. the guard's OSError, or what the layer made of it
                 if not calls:
                     raise
-                layer = None  # type: ignore[assignment]  # reported just below
         assert not calls, (
             f"{cls.__name__}.__init__ did network I/O ({', '.join(dict.fromkeys(calls))}): "
             "__init__ runs while the config is checked (ogelkit check) and before the event "
             "loop serves; connect in open(), which the runtime awaits before serving")
-        started = asyncio.all_tasks() - tasks_before
+        started = _tasks() - tasks_before
         for task in started:
             task.cancel()
         assert not started, (
             f"{cls.__name__}.__init__ started {len(started)} task(s) "
             f"({', '.join(sorted(t.get_name() for t in started))}): start background work "
             "in open() or run(), which the runtime awaits and cancels")
+        assert layer is not None
         return layer
 
     async def _layer(self, ctx: GatewayContext, options: dict[str, Any] | None = None) -> Layer:
