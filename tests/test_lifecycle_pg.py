@@ -31,6 +31,7 @@ TIER = '[tiers.nap]\nbase = "free"\nrank = 9\nidle_before_sleep = "2s"\n'
 @attrs.define(kw_only=True)
 class CountingOptions(PostgresOptions):
     wake_delay: Duration = option(0.0, doc="Extra seconds every wake takes (tests).")
+    running: bool | None = option(None, doc="What running(db) answers (tests).")
 
 
 class CountingPostgres(PostgresBackend):
@@ -53,6 +54,9 @@ class CountingPostgres(PostgresBackend):
     async def sleep(self, db):
         self.sleeps += 1
         await super().sleep(db)
+
+    async def running(self, db):
+        return self.config.running
 
 
 class _TestPlugin:
@@ -177,11 +181,14 @@ def _has_wakes(gw: PgGateway) -> bool:
     return True
 
 
-def test_a_pro_database_never_sleeps(sleepy):
+def test_a_pro_database_never_sleeps_until_its_tier_changes(sleepy):
     gw, t = sleepy, sleepy.t["pro"]
     assert gw.psql(t, "-c", "SELECT 1").returncode == 0
     time.sleep(3)
     assert gw.context.lifecycle.state_of(t.slug, "main") in ("active", "idle")
+    tenant = gw.call(gw.context.store.update_tenant(t.slug, tier="nap"))
+    gw.context.directory.apply(tenant)
+    assert _wait_state(gw, t, "asleep", timeout=10) < 10  # idle for 3 s > nap's 2 s
 
 
 def test_twenty_clients_of_a_sleeping_database_share_one_wake(sleepy):
@@ -257,6 +264,20 @@ def test_the_lifecycle_survives_a_gateway_restart(tmp_path):
         assert out.returncode == 0, out.stderr
         assert out.stdout.strip() == "42"
         assert gw.context.lifecycle.state_of(t.slug, "main") == "active"
+
+
+def test_a_database_whose_backend_runs_nothing_is_asleep_at_start():
+    t = Tenant(unique("dlz"), tier="pro", backend="fast")
+    backends = _backends(pg_dsn()).replace('wake_delay = "300ms"', 'running = false')
+    with pg_gateway([t], extra=TIER + _lifecycle(), backends=backends,
+                    plugins=_plugins()) as gw:
+        try:
+            # Seeded active, but its backend says nothing runs: asleep before any idle time.
+            assert gw.context.lifecycle.state_of(t.slug, "main") == "asleep"
+            assert gw.psql(t, "-c", "SELECT 1").returncode == 0
+            assert gw.backend("fast").wakes == 1
+        finally:
+            gw.call(_drop_counting(gw), timeout=60)
 
 
 def test_two_gateways_sharing_the_state_redis_run_one_scheduler():

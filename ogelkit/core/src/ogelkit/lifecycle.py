@@ -42,12 +42,11 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from ogelkit.backend import Capability
+from ogelkit.backend import Backend, Capability
 from ogelkit.model import Reason, Reject
 from ogelkit.units import format_duration
 
 if TYPE_CHECKING:
-    from ogelkit.backend import Backend
     from ogelkit.context import GatewayContext
     from ogelkit.control.records import DatabaseRecord
     from ogelkit.control.store import LifeRow
@@ -289,12 +288,10 @@ class Lifecycle:
             if row.state == "waking":
                 life.state = "asleep"
                 await store.transition(row.tenant, row.name, "asleep", expect=("waking",))
-            elif row.state in ("active", "idle") and backend is not None:
-                running = getattr(backend, "running", None)
-                if running is None:
-                    continue
+            elif (row.state in ("active", "idle") and backend is not None
+                  and type(backend).running is not Backend.running):
                 db = await store.get_database(row.tenant, row.name)
-                if db is not None and await running(db) is False:
+                if db is not None and await backend.running(db) is False:
                     life.state = "asleep"
                     await store.transition(row.tenant, row.name, "asleep")
                     log.info("nothing runs for this database: asleep",
