@@ -156,6 +156,13 @@ class LineFrontDoor(ogelkit.FrontDoor):
     def new_connection(self) -> LineConnection:
         return LineConnection(self)
 
+    @classmethod
+    def sniff(cls, head: bytes) -> bool | None:
+        """Every line-protocol client starts with a command word."""
+        if len(head) < 4:
+            return None if any(w.startswith(head) for w in (b"AUTH", b"PING")) else False
+        return head[:4] in (b"AUTH", b"PING")
+
     def bad_credentials(self, login: Login, user: str) -> Reject:
         return login.bad_credentials(f'password authentication failed for user "{user}"')
 

@@ -145,6 +145,13 @@ class Metrics:
             "ogelkit_lifecycle_leader", "1 when this gateway runs the lifecycle scheduler "
             "(holds the lease).", registry=r)
         self.ready = Gauge("ogelkit_ready", "1 when the gateway is ready to serve.", registry=r)
+        self.oneport = Counter(
+            "ogelkit_oneport_connections_total", "Connections on the one port ([listen] port) "
+            "by the protocol they were dispatched to (tls: terminated, then sniffed again; "
+            "none: closed unidentified).", ["protocol"], registry=r)
+        self.oneport_sniff_seconds = Histogram(
+            "ogelkit_oneport_sniff_seconds", "Time from accept to dispatch on the one port.",
+            buckets=(0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0), registry=r)
 
     def decision(self, layer: str, decision: str, reason: str, tier: str) -> None:
         self.decisions.labels(layer, decision, reason, tier).inc()

@@ -32,6 +32,7 @@ from ogelkit.layer import Layer
 from ogelkit.lifecycle import Lifecycle
 from ogelkit.metrics import Metrics
 from ogelkit.model import Reason, Reject
+from ogelkit.oneport import OnePort, make_server_tls
 from ogelkit.ops import ops_routes
 from ogelkit.plugins import Plugins
 from ogelkit.scram import make_verifier
@@ -56,6 +57,7 @@ class Gateway:
         self._hard_stop = anyio.Event()
         self.context: GatewayContext | None = None
         self.frontdoors: list[FrontDoor] = []
+        self.oneport: OnePort | None = None
         self.addresses: dict[str, list[tuple[str, int]]] = {}
 
     def request_stop(self) -> None:
@@ -113,6 +115,16 @@ class Gateway:
                                    f"{self.config.listen.host}:{port}: {exc.strerror or exc}") from exc
             self.frontdoors.append(fd)
             self.addresses[protocol] = addrs
+        listen = self.config.listen
+        if listen.port is not None:
+            tls = make_server_tls(listen.tls_cert, listen.tls_key) if listen.tls_cert else None
+            self.oneport = OnePort(ctx, self.frontdoors, host=listen.host, port=listen.port,
+                                   sniff_timeout=listen.sniff_timeout, tls=tls)
+            try:
+                self.addresses["port"] = await self.oneport.start()
+            except OSError as exc:
+                raise StartupError(f"cannot listen on the one port {listen.host}:{listen.port}: "
+                                   f"{exc.strerror or exc}") from exc
 
     def _http_server(self, ctx: GatewayContext) -> HttpServer:
         """The HTTP side (Starlette on uvicorn, in this loop): the core's ops routes first,
@@ -217,6 +229,8 @@ class Gateway:
         ctx.metrics.ready.set(0)
         log.info("draining", extra={"timeout": self.config.gateway.drain_timeout,
                                     "sessions": ctx.sessions.count()})
+        if self.oneport is not None:
+            await self.oneport.close()
         for fd in self.frontdoors:
             await fd.stop_accepting()
         with anyio.move_on_after(self.config.gateway.drain_timeout) as scope:

@@ -27,6 +27,13 @@ class ListenConfig:
                                          "backend exists.")
     mongodb: int | None = option(None, doc="MongoDB protocol port. Default 27017 when a "
                                            "mongodb backend exists.")
+    port: int | None = option(None, doc="One port for every database protocol (Postgres, "
+                                        "Redis, MongoDB, TLS), told apart by the first bytes "
+                                        "a client sends; the per-protocol ports stay. For "
+                                        "Railway's single public TCP proxy.")
+    sniff_timeout: Duration = option(5.0, doc="How long a client on the one port may "
+                                              "take to send its first bytes.",
+                                     validator=positive)
     ports: dict[str, int] = option(factory=dict, doc="Ports of other protocols that "
                                                      "third-party backends bring, by protocol "
                                                      "name.")
