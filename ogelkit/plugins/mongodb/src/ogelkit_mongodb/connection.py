@@ -245,7 +245,10 @@ class MongoConnection(asyncio.Protocol, Planner, ReplyMapper, LocalCommands):
         return 21 + size
 
     def _send_doc(self, response_to: int, doc: dict[str, Any]) -> int:
-        body = bson.encode(doc)
+        try:
+            body = bson.encode(doc)
+        except UnicodeEncodeError:  # a client's non-UTF-8 name (surrogate-escaped) quoted back
+            body = bson.encode(_printable(doc))
         return self._send_parts(response_to, [body], len(body))
 
     def malformed(self, message: str) -> None:
@@ -550,7 +553,8 @@ class MongoConnection(asyncio.Protocol, Planner, ReplyMapper, LocalCommands):
             try:
                 parts, size = self._map_reply(op, reply)
             except Exception as exc:  # a reply we cannot read must not take the gateway down
-                log.exception("unreadable upstream reply to %s", req.name)
+                self.malformed(f"unreadable upstream reply to {req.name[:100]}: "
+                               f"{type(exc).__name__}: {exc}")
                 op.error = "1"
                 parts = [bson.encode(errors.error_doc(errors.INTERNAL_ERROR,
                                                       f"unreadable upstream reply: {exc}"))]
@@ -609,3 +613,14 @@ class MongoConnection(asyncio.Protocol, Planner, ReplyMapper, LocalCommands):
             backend = op.request.backend
             if backend is not None:
                 backend.stop_running(up)
+
+
+def _printable(value: Any) -> Any:
+    """``value`` with every string made valid UTF-8 (undecodable bytes become U+FFFD)."""
+    if isinstance(value, str):
+        return value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    if isinstance(value, dict):
+        return {_printable(k): _printable(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_printable(v) for v in value]
+    return value

@@ -172,3 +172,119 @@ def mutate(frame: bytes, rng: random.Random) -> bytes:
     if rng.random() < 0.9:
         data[0:4] = struct.pack("<i", len(data))
     return bytes(data)
+
+
+# -- the socket-level fuzzer (bench/fuzz_mongodb.py, and a CI-sized run in the tests) --------
+
+MORE_TO_COME = 2
+PRE_AUTH_LIMIT = 64 * 1024
+
+
+class FuzzReport:
+    """What a fuzz run saw. ``exceptions`` is filled by the caller, who watches the gateway
+    (asyncio's exception handler, error log records)."""
+
+    def __init__(self) -> None:
+        self.frames = 0
+        self.replies = 0
+        self.closes = 0
+        self.hangs: list[str] = []  # hex of frames a complete message got no answer for
+        self.canary_ops = 0
+        self.canary_failures: list[str] = []
+        self.exceptions: list[Any] = []
+        self.logins = 0
+        self.seconds = 0.0
+
+    def summary(self) -> str:
+        rate = self.frames / self.seconds if self.seconds else 0.0
+        return (f"frames tried {self.frames} ({rate:.0f}/s, {self.seconds:.1f} s), replies "
+                f"{self.replies}, connections closed by the gateway {self.closes}, logins "
+                f"{self.logins}; gateway exceptions {len(self.exceptions)}, hangs "
+                f"{len(self.hangs)}, canary ops {self.canary_ops}, canary failures "
+                f"{len(self.canary_failures)}")
+
+
+def _expects_answer(frame: bytes, authenticated: bool) -> str:
+    """``"answer"``: a complete message the gateway must answer or close on; ``"once"``: the
+    same, but bytes follow it that desynchronise the framing (read one reply, then hang up);
+    ``"wait"``: the gateway may legitimately wait (a partial message, moreToCome)."""
+    if len(frame) < 16:
+        return "wait"
+    length, _req, _resp, opcode = struct.unpack_from("<iiii", frame)
+    limit = 48_000_000 if authenticated else PRE_AUTH_LIMIT
+    if length < 16 or length > limit:
+        return "answer"
+    if length > len(frame):
+        return "wait"
+    if opcode == OP_MSG and length >= 20 and struct.unpack_from("<I", frame, 16)[0] & MORE_TO_COME:
+        return "wait"  # no reply by design (or an error and a close: not waited for)
+    return "answer" if length == len(frame) else "once"
+
+
+def fuzz(port: int, user: str, password: str, *, frames: int, seed: int = 1,
+         db: str = "main", canary: Any = None, canary_every: int = 25,
+         reply_timeout: float = 5.0, host: str = "127.0.0.1") -> FuzzReport:
+    """Throw ``frames`` mutated frames at the gateway on ``port``, half of them on
+    connections authenticated as ``user``; run ``canary()`` (a client of another tenant that
+    raises on any problem) every ``canary_every`` frames."""
+    import time
+
+    rng = random.Random(seed)
+    corpus = seeds(db)
+    report = FuzzReport()
+    started = time.monotonic()
+    sock: socket.socket | None = None
+    authenticated = False
+    try:
+        for i in range(frames):
+            if sock is None:
+                sock = socket.create_connection((host, port), timeout=reply_timeout)
+                authenticated = False
+                if rng.random() < 0.5:
+                    reply = scram_login(sock, user, password, db)
+                    if not reply.get("ok"):
+                        raise RuntimeError(f"the fuzzer's own login failed: {reply}")
+                    authenticated = True
+                    report.logins += 1
+            frame = rng.choice(corpus)
+            for _ in range(rng.choice((1, 1, 2, 3))):
+                frame = mutate(frame, rng)
+            report.frames += 1
+            expect = _expects_answer(frame, authenticated)
+            try:
+                sock.sendall(frame)
+                if expect == "wait":
+                    sock.close()
+                    sock = None
+                else:
+                    try:
+                        reply = read_reply(sock)
+                    except TimeoutError:
+                        report.hangs.append(frame[:200].hex())
+                        reply = None
+                    except Exception:  # a reply the fuzzer cannot decode is the gateway's
+                        reply = {}    # business only if it is not BSON: count it answered
+                    if reply is None:
+                        report.closes += 1
+                        sock.close()
+                        sock = None
+                    else:
+                        report.replies += 1
+                        if expect == "once":
+                            sock.close()
+                            sock = None
+            except (BrokenPipeError, ConnectionResetError):
+                report.closes += 1
+                sock.close()
+                sock = None
+            if canary is not None and i % canary_every == 0:
+                report.canary_ops += 1
+                try:
+                    canary()
+                except Exception as exc:
+                    report.canary_failures.append(f"{type(exc).__name__}: {exc}"[:300])
+    finally:
+        if sock is not None:
+            sock.close()
+        report.seconds = time.monotonic() - started
+    return report
