@@ -201,14 +201,15 @@ class OnePort:
     def pick(self, head: bytes) -> FrontDoor | bool | None:
         """The door for ``head``; None when no door can claim it; True when more bytes may
         still decide."""
-        undecided = False
+        # Doors are asked in priority order: one that needs more bytes holds the decision,
+        # so a more permissive door further down cannot take a client too early.
         for door in self.doors:
             verdict = door.sniff(head)
             if verdict:
                 return door
             if verdict is None:
-                undecided = True
-        return True if undecided and len(head) < MAX_HEAD else None
+                return True if len(head) < MAX_HEAD else None
+        return None
 
 
 class Sniffer(asyncio.Protocol):
