@@ -219,6 +219,24 @@ def test_malformed_content_after_authentication_is_answered(watched):
     assert not problems, problems
 
 
+def test_non_utf8_names_quoted_in_errors_are_answered(watched):
+    """Found by bench/fuzz_mongodb.py: an error document quoting a client's non-UTF-8 name
+    failed to encode inside a task (a Task exception, and the client waited forever)."""
+    gw, problems = watched
+    frame = bytes.fromhex(
+        "550000000100000000000000dd0700000000000000400000000272656e616d65436f6c6c656374696f"
+        "6e00070000006d61696e2e610002746f00070000006d6169ffffffff02246462000600000061646d69"
+        "6e0000")
+    with _raw(gw) as sock:
+        assert scram_login(sock, gw.tenants["a"], PASSWORD, "main")["ok"] == 1.0
+        sock.sendall(frame)
+        reply = read_reply(sock)
+        assert reply is not None and reply["code"] == 13 and "\ufffd" in reply["errmsg"]
+        sock.sendall(op_msg({"ping": 1, "$db": "main"}))
+        assert read_reply(sock)["ok"] == 1.0
+    assert not problems, problems
+
+
 def test_malformed_input_is_logged_once_per_connection_without_traceback(make_gateway, caplog):
     gw = make_gateway()
     caplog.set_level(logging.INFO, logger="ogelkit.mongodb")
