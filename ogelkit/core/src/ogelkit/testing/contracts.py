@@ -575,17 +575,17 @@ class LayerContract(_ConfigChecks):
         async with test_context(config) as ctx:
             layer = await self._layer(ctx, options)
             try:
-                drive = await self._drive(ctx, layer, self.provoke_refusal)
-                assert drive.refusals, (
-                    f"provoke_refusal() did not make {layer.type_name} refuse anything: "
-                    "drive it until it says no (or drop provoke_refusal if it never does)")
-                check_describe(layer, "after its own refusals")
-
-                async def again(drive: LayerDrive) -> None:
+                async def refuse_then_serve(drive: LayerDrive) -> None:
+                    await self.provoke_refusal(drive)
+                    assert drive.refusals, (
+                        f"provoke_refusal() did not make {layer.type_name} refuse anything: "
+                        "drive it until it says no (or drop provoke_refusal if it never does)")
+                    drive.close()
+                    check_describe(layer, "after its own refusals")
                     tiers = list(ctx.tiers)
                     await self._one_tier(drive, tiers[-1], tiers[0])
 
-                await self._drive(ctx, layer, again)
+                await self._drive(ctx, layer, refuse_then_serve)
             finally:
                 await layer.close()
 
