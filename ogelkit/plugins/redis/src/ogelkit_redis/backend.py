@@ -402,6 +402,16 @@ class RedisBackend(Backend):
                                                               "database": tdb.name,
                                                               "error": str(exc)})
 
+    async def sleep(self, db: DatabaseRecord) -> None:
+        """Lifecycle: close the database's upstream connections (shared and dedicated);
+        they open again on the next client's first command. Never under a live client:
+        a database with sessions keeps its pools."""
+        if any(s.database == db.name for s in self.context.sessions.of(db.tenant)):
+            return
+        tdb = self.tdbs.pop((db.tenant, db.name), None)
+        if tdb is not None:
+            tdb.pools.close()
+
     async def storage_bytes(self, db: DatabaseRecord) -> int | None:
         tdb = self.tdbs.get((db.tenant, db.name))
         if tdb is None:
