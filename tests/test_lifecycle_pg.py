@@ -280,9 +280,14 @@ def test_a_database_whose_backend_runs_nothing_is_asleep_at_start():
             gw.call(_drop_counting(gw), timeout=60)
 
 
-def test_two_gateways_sharing_the_state_redis_run_one_scheduler():
+@pytest.mark.parametrize("lease", ["state-redis", "advisory-lock"])
+def test_two_gateways_sharing_a_control_plane_run_one_scheduler(lease):
+    """With [state]: a lease in Redis; without it, on a PostgreSQL control plane: a session
+    advisory lock."""
     t = Tenant(unique("dl2"), tier="nap")
-    extra = TIER + _lifecycle() + f'[state]\nurl = "{redis_url()}"\n'
+    extra = TIER + _lifecycle()
+    if lease == "state-redis":
+        extra += f'[state]\nurl = "{redis_url()}"\n'
     with scratch_pg_database() as control, \
             pg_gateway([t], extra=extra, control_url=control, plugins=_plugins()) as one, \
             pg_gateway([t], extra=extra, control_url=control, plugins=_plugins(),
