@@ -37,7 +37,11 @@ class MongoFrontDoor(ogelkit.FrontDoor):
     @classmethod
     def sniff(cls, head: bytes) -> bool | None:
         """A MongoDB message header: int32 length (at least a header), request id, response
-        to, and an opcode the gateway knows."""
+        to, and an opcode the gateway knows. The length alone rules other protocols out
+        after 4 bytes, so a short Redis ``PING`` is not held waiting for 16."""
+        if len(head) >= 4 and not wire.HEADER_SIZE <= int.from_bytes(head[:4], "little") \
+                <= 48_000_000:
+            return False
         if len(head) < wire.HEADER_SIZE:
             return None
         length, _req, _resp, opcode = wire.HEADER.unpack_from(head)
