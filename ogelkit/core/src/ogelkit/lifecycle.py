@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     from ogelkit.control.records import DatabaseRecord
     from ogelkit.control.store import LifeRow
     from ogelkit.model import Session
+    from ogelkit.tiers import Tier
 
 log = logging.getLogger("ogelkit.lifecycle")
 
@@ -120,10 +121,13 @@ class Lifecycle:
         self._sleeps = m.database_sleeps
         self._timeouts = m.wake_timeouts
         for state in STATES:
-            m.databases.labels(state).set_function(lambda s=state: self.count(s))
+            m.databases.labels(state).set_function(self._counter(state))
         m.lifecycle_leader.set_function(lambda: 1.0 if self.leader else 0.0)
 
     # -- views -------------------------------------------------------------------------------
+    def _counter(self, state: str) -> Callable[[], float]:
+        return lambda: float(self.count(state))
+
     def count(self, state: str) -> int:
         return sum(1 for life in self._dbs.values() if life.state == state)
 
@@ -421,7 +425,7 @@ class Lifecycle:
             log.warning("releasing a sleeping database's upstream resources failed: %s", exc,
                         extra={"tenant": row.tenant, "database": row.name})
 
-    async def _decide(self, row: LifeRow, tiers: dict[str, Any], now: float) -> None:
+    async def _decide(self, row: LifeRow, tiers: dict[str, Tier], now: float) -> None:
         life = self._dbs.get((row.tenant, row.name))
         if life is None or life.wake is not None:
             return
@@ -437,8 +441,7 @@ class Lifecycle:
         quiet = now - since
         tier = tiers.get(row.tenant)
         idle = tier.idle_before_sleep if tier is not None else None
-        can_sleep = Capability.SLEEP in backend.capabilities and idle is not None
-        if can_sleep and quiet >= idle:
+        if idle is not None and Capability.SLEEP in backend.capabilities and quiet >= idle:
             await self._sleep(life, backend, expect=("active", "idle"),
                               quiet_since=now - idle, why=f"no client for {quiet:.1f}s")
         elif (life.state == "active" and quiet >= IDLE_AFTER_TICKS * self.cfg.check_every
