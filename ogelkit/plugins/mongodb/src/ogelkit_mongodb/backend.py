@@ -93,6 +93,18 @@ class MongoBackend(Backend):
         if self._pool is not None:
             self._pool.close()
 
+    async def sleep(self, db: DatabaseRecord) -> None:
+        """Lifecycle: the upstream pool is shared by every tenant database of this backend,
+        so it is closed (reopened lazily by the next command) only when no client of any of
+        them is connected and no cursor is open; otherwise nothing is released."""
+        if self._pool is None or len(self.cursors):
+            return
+        sessions = self.context.sessions
+        if any(s.backend is self for slug in sessions.tenants() for s in sessions.of(slug)):
+            return
+        pool, self._pool = self._pool, None
+        pool.close()
+
     async def check(self) -> None:
         reply = await self.pool.command("admin", {"ping": 1})
         if not reply.get("ok"):
