@@ -80,6 +80,7 @@ class CountingLayer(ogelkit.Layer):
 class TestCountingLayerContract(LayerContract):
     layer_class = CountingLayer
     options = {"limit": 5}
+    never_refuses = True
 
 
 # -- the tutorial's layer, correct ---------------------------------------------------------------
@@ -381,3 +382,27 @@ def test_contract_requires_documented_options():
 
     with pytest.raises(AssertionError, match="has no doc"):
         Probe().test_config_is_attrs_and_documented()
+
+
+def test_a_contract_must_say_whether_its_layer_refuses():
+    class Undeclared(LayerContract):
+        layer_class = CountingLayer
+        options = {"limit": 5}
+
+    failures = contract_failures(Undeclared)
+    assert "test_own_refusal" in failures
+    assert "never_refuses" in str(failures["test_own_refusal"])
+
+
+def test_a_layer_declared_never_to_refuse_is_held_to_it():
+    class Refusing(CountingLayer):
+        def on_operation(self, op):
+            raise ogelkit.Reject(ogelkit.Reason.FORBIDDEN, "no")
+
+    class Declared(LayerContract):
+        layer_class = Refusing
+        options = {"limit": 5}
+        never_refuses = True
+
+    failures = contract_failures(Declared)
+    assert "declared never_refuses but refused" in str(failures.get("test_own_refusal"))

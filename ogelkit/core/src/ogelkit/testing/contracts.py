@@ -407,7 +407,8 @@ class LayerContract(_ConfigChecks):
     - ``session_backend(ctx)``: a backend to put on every session (for layers that use
       backend capabilities such as ``estimate_cost``); default none;
     - ``provoke_refusal(drive)``: how to make the layer refuse (a ``LayerDrive``); a layer
-      that can refuse must declare it, or its refusals go unchecked (the test is skipped);
+      that never refuses sets ``never_refuses = True`` instead, and the contract then checks
+      that it really refuses nothing on any tier (one of the two is required);
     - ``refusal_options`` / ``refusal_context_config``: the options and config that
       ``provoke_refusal`` runs with (default ``options`` / ``context_config``), e.g.
       ``mode = "enforce"`` when ``options`` shows warn mode.
@@ -420,6 +421,8 @@ class LayerContract(_ConfigChecks):
     refusal_options: ClassVar[dict[str, Any] | None] = None
     #: Extra config for ``test_own_refusal`` (default: ``context_config``).
     refusal_context_config: ClassVar[str | None] = None
+    #: The layer never refuses (metering, settings ...): checked instead of a refusal.
+    never_refuses: ClassVar[bool] = False
 
     @pytest.fixture
     def anyio_backend(self) -> str:
@@ -567,9 +570,11 @@ class LayerContract(_ConfigChecks):
         """The layer's own refusal: a checked ``Reject`` (``Reason`` member, message), its
         own log phases see it, and the layer keeps serving afterwards."""
         if type(self).provoke_refusal is LayerContract.provoke_refusal:
-            pytest.skip(f"{self.layer_class.__name__}'s contract declares no "
-                        "provoke_refusal: override it if the layer can refuse, so its refusals "
-                        "are checked")
+            assert self.never_refuses, (
+                f"{self.layer_class.__name__}'s contract declares neither provoke_refusal "
+                "(how the layer refuses, so its refusals are checked) nor never_refuses = True")
+            await self._never_refuses()
+            return
         options = self.refusal_options if self.refusal_options is not None else self.options
         config = self.refusal_context_config or self.context_config
         async with test_context(config) as ctx:
@@ -586,6 +591,27 @@ class LayerContract(_ConfigChecks):
                     await self._one_tier(drive, tiers[-1], tiers[0])
 
                 await self._drive(ctx, layer, refuse_then_serve)
+            finally:
+                await layer.close()
+
+    async def _never_refuses(self) -> None:
+        """A layer declared never to refuse: ordinary traffic on every tier, no refusal."""
+        async with test_context(self.context_config) as ctx:
+            layer = await self._layer(ctx)
+            try:
+                async def ordinary(drive: LayerDrive) -> None:
+                    tiers = list(ctx.tiers)
+                    for tier in tiers:
+                        for _ in range(3):
+                            session = await drive.connect(tier, tenant=f"never-{tier}")
+                            for _ in range(20):
+                                await drive.operation(session)
+                            drive.disconnect(session)
+                    assert not drive.refusals, (
+                        f"{layer.type_name} is declared never_refuses but refused: "
+                        f"{drive.refusals[0]!r}")
+
+                await self._drive(ctx, layer, ordinary)
             finally:
                 await layer.close()
 
