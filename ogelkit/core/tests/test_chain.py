@@ -113,3 +113,36 @@ def test_a_broken_observer_does_not_stop_the_others():
     op = make_operation(make_session())
     chain.complete(op)
     assert log == [("b", "complete", "ok")]
+
+
+async def test_an_operation_refusal_names_the_layer_that_refused():
+    class Fine(ogelkit.Layer):
+        type_name = "fine"
+
+        def on_operation(self, op):
+            return None
+
+    class Refuses(ogelkit.Layer):
+        type_name = "refuses"
+
+        def on_operation(self, op):
+            raise ogelkit.Reject(ogelkit.Reason.FORBIDDEN, "no")
+
+    class RefusesLater(ogelkit.Layer):
+        type_name = "later"
+
+        def on_operation(self, op):
+            async def wait():
+                raise ogelkit.Reject(ogelkit.Reason.RATE, "slow down")
+            return wait()
+
+    chain = Chain([Fine(None, name="a", context=None), Refuses(None, name="b", context=None)])
+    op = make_operation(make_session())
+    with pytest.raises(ogelkit.Reject):
+        chain.admit(op)
+    assert op.rejection.layer == "b"
+    chain = Chain([Fine(None, name="a", context=None), RefusesLater(None, name="c", context=None)])
+    op = make_operation(make_session())
+    with pytest.raises(ogelkit.Reject):
+        await chain.admit(op)
+    assert op.rejection.layer == "c"

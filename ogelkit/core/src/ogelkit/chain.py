@@ -30,7 +30,8 @@ def _after(hooks: tuple, fn: object) -> int:
 
 class Chain:
     __slots__ = (
-        "_auth", "_complete", "_connect", "_disconnect", "_operation", "_tier_change", "layers",
+        "_auth", "_complete", "_connect", "_disconnect", "_operation", "_operation_names",
+        "_tier_change", "layers",
     )
 
     def __init__(self, layers: Sequence[Layer]):
@@ -45,6 +46,8 @@ class Chain:
         self._auth = bound("on_auth")
         self._connect = bound("on_connect")
         self._operation = tuple(fn for _, fn in bound("on_operation"))
+        # Which layer refused an operation, filled in on the refusal path only.
+        self._operation_names = tuple(name for name, _ in bound("on_operation"))
         self._complete = tuple(fn for _, fn in bound("on_complete"))
         self._disconnect = bound("on_disconnect")
         self._tier_change = bound("on_tier_change")
@@ -93,18 +96,22 @@ class Chain:
         ``op.rejection`` set; the caller answers the client and still calls ``complete``.
         """
         hooks = self._operation
+        fn = None
         try:  # one handler for the whole loop: a try block costs nothing until it catches
             for fn in hooks:
                 pending = fn(op)
                 if pending is not None:
                     return self._admit_rest(op, pending, _after(hooks, fn))
         except Reject as rej:
+            if rej.layer is None and fn is not None:
+                rej.layer = self._operation_names[_after(hooks, fn) - 1]
             op.rejection = rej
             raise
         return None
 
     async def _admit_rest(self, op: Operation, pending: Awaitable[None], start: int) -> None:
         hooks = self._operation
+        i = start - 1  # the layer whose awaitable is pending
         try:
             await pending
             for i in range(start, len(hooks)):
@@ -112,6 +119,8 @@ class Chain:
                 if more is not None:
                     await more
         except Reject as rej:
+            if rej.layer is None:
+                rej.layer = self._operation_names[i]
             op.rejection = rej
             raise
 
