@@ -58,6 +58,9 @@ log = logging.getLogger("ogelkit.lifecycle")
 STATES = ("active", "idle", "asleep", "waking")
 #: A database with no client for this many scheduler periods is ``idle``.
 IDLE_AFTER_TICKS = 2
+#: A database with clients has its activity written every this many scheduler periods
+#: (so ``idle_before_sleep`` should be well above ``TOUCH_EVERY * check_every``).
+TOUCH_EVERY = 5
 #: A wake nobody waits for any more is still given this many wake timeouts to finish.
 WAKE_GIVE_UP = 10
 LEASE_KEY = "ogelkit:lifecycle:leader:"  # + a digest of the control plane URL
@@ -101,6 +104,7 @@ class _Life:
     last_cold_start_at: float | None = None
     last_cold_start_seconds: float | None = None
     wake: asyncio.Task[float] | None = None
+    written_at: float = 0.0  # last activity write
 
 
 class Lifecycle:
@@ -231,6 +235,7 @@ class Lifecycle:
         """The one wake of a database; every held client awaits this task."""
         started = time.monotonic()
         life.state = "waking"
+        life.changed_at = time.time()
         log.info("waking database", extra={"tenant": db.tenant, "database": db.name,
                                            "backend": backend.name})
         try:
@@ -238,6 +243,7 @@ class Lifecycle:
                 await asyncio.gather(backend.wake(db), self._persist(life, "waking"))
         except BaseException as exc:
             life.state = "asleep"
+            life.changed_at = time.time()
             life.wake = None
             self._wakes.labels(backend.kind, "failed").inc()
             log.warning("wake failed; the database stays asleep",
@@ -379,27 +385,38 @@ class Lifecycle:
             await self._decide(row, tiers, now)
 
     async def _flush_activity(self, now: float) -> None:
+        """Write client activity: a database whose client left at once (exact time), one
+        with clients every ``TOUCH_EVERY`` periods (a replica's clients keep it awake)."""
         touched = []
+        every = TOUCH_EVERY * self.cfg.check_every
         for life in self._dbs.values():
             if life.clients > 0:
                 life.last_active = now
-                life.dirty = True
+                if now - life.written_at >= every:
+                    life.dirty = True
             if life.dirty:
-                touched.append((life.tenant, life.name, life.last_active))
+                touched.append(life)
         if touched:
-            await self.ctx.store.touch_databases(touched)
-            for life in self._dbs.values():
+            await self.ctx.store.touch_databases(
+                [(life.tenant, life.name, life.last_active) for life in touched])
+            for life in touched:
                 life.dirty = False
+                life.written_at = now
 
     async def _follow(self, row: LifeRow) -> None:
         """Adopt the control plane's state; a sleep decided elsewhere releases what this
         gateway holds for the database too."""
         key = (row.tenant, row.name)
         life = self._dbs.get(key)
+        if life is not None and (life.wake is not None
+                                 or float(row.state_changed_at or 0) < life.changed_at):
+            # This gateway is waking it, or changed it after the row was written (its own
+            # write is on the way): the local state wins.
+            life.last_active = max(life.last_active, float(row.last_active_at or 0))
+            life.requested = row.requested_state
+            return
         before = life.state if life is not None else None
         life = self._adopt(row)
-        if life.wake is not None:
-            return  # this gateway is waking it: its own state wins
         if row.state == "asleep" and before not in (None, "asleep"):
             if life.clients > 0:  # a client arrived here as it was put to sleep
                 self._set_soon(life, "active")
