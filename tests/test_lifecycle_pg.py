@@ -32,6 +32,7 @@ TIER = '[tiers.nap]\nbase = "free"\nrank = 9\nidle_before_sleep = "2s"\n'
 class CountingOptions(PostgresOptions):
     wake_delay: Duration = option(0.0, doc="Extra seconds every wake takes (tests).")
     running: bool | None = option(None, doc="What running(db) answers (tests).")
+    wake_fails: bool = option(False, doc="Every wake raises (tests).")
 
 
 class CountingPostgres(PostgresBackend):
@@ -49,6 +50,8 @@ class CountingPostgres(PostgresBackend):
     async def wake(self, db):
         self.wakes += 1
         await asyncio.sleep(self.config.wake_delay)
+        if self.config.wake_fails:
+            raise OSError("the compute would not start (test)")
         await super().wake(db)
 
     async def sleep(self, db):
@@ -73,7 +76,8 @@ def _backends(dsn_text: str) -> str:
     return "".join(
         f'\n[backends.{bid}]\ntype = "countingpg"\ndsn = "{dsn_text}"\n'
         f'name_prefix = "{PREFIX}"\nmin_pool_size = 2\nwake_delay = "{delay}"\n'
-        for bid, delay in (("fast", "300ms"), ("slow", "4s")))
+        for bid, delay in (("fast", "300ms"), ("slow", "4s"), ("broken", "0s"))
+    ).replace('wake_delay = "0s"', 'wake_delay = "0s"\nwake_fails = true')
 
 
 def _lifecycle(check: str = "200ms", timeout: str = "1500ms") -> str:
@@ -118,6 +122,7 @@ def sleepy():
     tenants = {"pg": Tenant(unique("dls"), tier="nap"),
                "fast": Tenant(unique("dls"), tier="nap", backend="fast"),
                "slow": Tenant(unique("dls"), tier="nap", backend="slow"),
+               "broken": Tenant(unique("dls"), tier="nap", backend="broken"),
                "pro": Tenant(unique("dls"), tier="pro")}
     with pg_gateway(list(tenants.values()), backend_options="min_pool_size = 2",
                     extra=TIER + _lifecycle() + USAGE, backends=_backends(pg_dsn()),
@@ -236,6 +241,30 @@ def test_a_wake_longer_than_the_timeout_gives_a_clear_error(sleepy):
     # The wake went on in the background: once done, clients are served.
     _wait_state(gw, t, "active", timeout=15)
     assert asyncio.run(connect()) == 1
+
+
+def test_a_failed_wake_leaves_the_database_asleep_and_is_logged(sleepy, caplog):
+    gw, t = sleepy, sleepy.t["broken"]
+    _wait_state(gw, t, "asleep")
+    before = gw.backend("broken").wakes
+
+    async def connect():
+        conn = await asyncpg.connect(**gw.asyncpg_kw(t), timeout=20)
+        await conn.close()
+
+    with (caplog.at_level("WARNING", logger="ogelkit.lifecycle"),
+          pytest.raises(asyncpg.PostgresError) as info):
+        asyncio.run(connect())
+    assert info.value.sqlstate == "57P03"
+    assert "could not be woken up" in info.value.args[0] and info.value.hint
+    assert gw.backend("broken").wakes == before + 1
+    assert any(r.getMessage().startswith("wake failed") and "would not start" in
+               str(getattr(r, "error", "")) for r in caplog.records)
+    time.sleep(0.5)  # the state write is asynchronous
+    assert gw.call(gw.context.store.get_database(t.slug, "main")).state == "asleep"
+    assert gw.context.lifecycle.state_of(t.slug, "main") == "asleep"
+    assert gw.running.metric("ogelkit_database_wakes_total", kind="countingpg",
+                             outcome="failed") >= 1
 
 
 def test_the_lifecycle_survives_a_gateway_restart(tmp_path):
