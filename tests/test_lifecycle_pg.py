@@ -345,3 +345,48 @@ def _metric_or_zero(gw: PgGateway, name: str, **labels: str) -> float:
         return metric_value(gw.running.url("/metrics"), name, **labels)
     except AssertionError:
         return 0.0
+
+
+def test_fifty_databases_go_to_sleep_and_wake_with_their_data():
+    names = tuple(f"db{i:02d}" for i in range(50))
+    # One tenant, 50 databases: a tier with room for a pooled connection to each.
+    tier = '[tiers.nap50]\nbase = "pro"\nrank = 10\nidle_before_sleep = "2s"\n'
+    t = Tenant(unique("dl50"), tier="nap50", databases=names)
+    with pg_gateway([t], backend_options="min_pool_size = 1", extra=tier + _lifecycle(),
+                    plugins=_plugins()) as gw:
+
+        async def touch_all(write: bool) -> list[int]:
+            out = []
+            for name in names:
+                conn = await asyncpg.connect(**gw.asyncpg_kw(t, name), timeout=30)
+                try:
+                    if write:
+                        await conn.execute(f"CREATE TABLE w AS SELECT {len(out)} AS v")
+                    out.append(await conn.fetchval("SELECT v FROM w"))
+                finally:
+                    await conn.close()
+            return out
+
+        assert asyncio.run(touch_all(True)) == list(range(50))
+        dbnames = [d.upstream["dbname"]
+                   for d in gw.call(gw.context.store.list_databases(t.slug))]
+        assert len(dbnames) == 50
+
+        async def upstream_sessions() -> int:
+            conn = await asyncpg.connect(pg_dsn())
+            try:
+                return await conn.fetchval("SELECT count(*) FROM pg_stat_activity "
+                                           "WHERE datname = ANY($1::text[])", dbnames)
+            finally:
+                await conn.close()
+
+        assert asyncio.run(upstream_sessions()) >= 25  # pooled connections, before sleep
+        deadline = time.monotonic() + 60
+        while gw.context.lifecycle.count("asleep") < 50:
+            assert time.monotonic() < deadline, gw.context.lifecycle.count("asleep")
+            time.sleep(0.2)
+        assert sum(p.stats()["size"] for p in gw.pools().values()) == 0
+
+        assert asyncio.run(upstream_sessions()) == 0
+        assert gw.running.metric("ogelkit_databases", state="asleep") == 50
+        assert asyncio.run(touch_all(False)) == list(range(50))  # every one woke, data intact
