@@ -1,3 +1,14 @@
-"""Entry point ``convex = "ogelkit_convex.plugin"``: registers the convex backend (work in progress)."""
+"""Entry point ``convex = "ogelkit_convex.plugin"``: the convex backend and its front door
+(served on the gateway's HTTP port)."""
 
 from __future__ import annotations
+
+import ogelkit
+from ogelkit_convex.backend import ConvexBackend
+from ogelkit_convex.listener import ConvexDoor
+
+
+@ogelkit.hookimpl
+def ogelkit_register_backends(register) -> None:
+    register.backend(ConvexBackend)
+    register.frontdoor(ConvexDoor)

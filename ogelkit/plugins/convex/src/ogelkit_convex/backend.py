@@ -1,0 +1,105 @@
+"""``ConvexBackend``: registers existing Convex deployments as tenant databases.
+
+A tenant database of kind ``convex`` is a deployment URL, its admin (or deploy) key and a
+platform token the gateway issued for it; the three are stored encrypted in the control
+plane. Clients present the platform token; the gateway swaps it for the admin key.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Hashable
+from typing import Any
+
+import httpx
+
+import ogelkit
+from ogelkit import Operation
+from ogelkit_convex.options import ConvexOptions
+from ogelkit_convex.wire import canonical, new_token
+
+#: Compared against when a token names no known database, so both answers take as long.
+_DUMMY_TOKEN = new_token("x", "x")
+
+
+class ConvexBackend(ogelkit.Backend):
+    type_name = "convex"
+    Config = ConvexOptions
+    protocol = "convex"  # served on the gateway's HTTP port by ConvexDoor
+
+    def __init__(self, config: ConvexOptions, *, name: str, context: Any):
+        super().__init__(config, name=name, context=context)
+        self.options: ConvexOptions = config
+        self.http: httpx.AsyncClient | None = None
+
+    async def open(self) -> None:
+        self.http = httpx.AsyncClient(
+            timeout=httpx.Timeout(self.options.http_timeout, connect=self.options.connect_timeout),
+            limits=httpx.Limits(max_connections=512, max_keepalive_connections=128))
+
+    async def close(self) -> None:
+        if self.http is not None:
+            await self.http.aclose()
+            self.http = None
+
+    async def check(self) -> None:
+        """The default deployment answers HTTP (any status: it is up)."""
+        url = self.options.deployment_url
+        if not url or self.http is None:
+            return
+        await self.http.get(url.rstrip("/") + "/version", timeout=2.0)
+
+    # -- provisioning ------------------------------------------------------------------------
+    async def provision(self, tenant: Any, name: str, tier: Any, *,
+                        deployment_url: str | None = None,
+                        admin_key: str | None = None) -> dict[str, Any]:
+        """Register an existing deployment (``--deployment-url``/``--admin-key``, or the
+        backend's defaults) and issue the database's platform token."""
+        url = (deployment_url or self.options.deployment_url).rstrip("/")
+        key = admin_key or self.options.admin_key
+        if not url.startswith(("http://", "https://")):
+            raise ValueError("a convex database needs --deployment-url http(s)://... (or the "
+                             "backend's deployment_url option)")
+        if not key:
+            raise ValueError("a convex database needs --admin-key (or the backend's "
+                             "admin_key option)")
+        return {"deployment_url": url, "admin_key": key, "token": new_token(tenant.slug, name)}
+
+    async def deprovision(self, tenant: Any, db: Any) -> None:
+        """Forget the registration; the deployment itself is left as it is."""
+
+    def connection_string(self, tenant: Any, db: Any, password: str | None, host: str,
+                          port: int) -> str:
+        http_port = self.context.config.listen.http if self.context is not None else port
+        opts = self.options
+        default = {"http": 80, "https": 443}.get(opts.public_scheme)
+        suffix = "" if http_port in (default, 0) else f":{http_port}"
+        routed = f"{opts.public_scheme}://{db.name}--{tenant.slug}.{opts.domain}{suffix}"
+        plain = f"{opts.public_scheme}://{host}{suffix}"
+        return (f"{routed} (or {plain}) with platform token {db.upstream.get('token', '?')} "
+                "(client.set_auth(token))")
+
+    # -- the platform token ------------------------------------------------------------------
+    @staticmethod
+    def token_matches(db: Any, token: str) -> bool:
+        expected = db.upstream.get("token", "") if db is not None else ""
+        return hmac.compare_digest((expected or _DUMMY_TOKEN).encode(), token.encode()) and \
+            bool(expected)
+
+    # -- cost classes ------------------------------------------------------------------------
+    def cost_key(self, op: Operation) -> Hashable | None:
+        return (op.kind, op.text)
+
+    def function_cost(self, kind: str, path: str) -> float:
+        opts = self.options
+        cost = opts.function_costs.get(canonical(path))
+        if cost is not None:
+            return float(cost)
+        if kind == "query":
+            return opts.query_cost
+        if kind == "mutation":
+            return opts.mutation_cost
+        return opts.action_cost
+
+    async def estimate_cost(self, op: Operation) -> float | None:
+        return self.function_cost(op.kind, op.text or "")

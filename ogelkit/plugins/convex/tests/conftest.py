@@ -1,0 +1,8 @@
+"""Fixtures for the convex plugin's tests (helpers live in convex_support.py)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))

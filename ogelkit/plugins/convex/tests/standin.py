@@ -1,0 +1,382 @@
+"""A STAND-IN Convex deployment for tests and benchmarks (not Convex, not the gateway).
+
+A real Convex backend cannot be built on these machines (its V8 dependency downloads a
+prebuilt library), so the tests run the gateway against this small server. It implements the
+documented parts of a deployment that clients use:
+
+- the WebSocket sync protocol on ``/api/sync`` (convex-js ``protocol.ts``; convex-rs
+  ``base_client``): ``Connect``, ``Authenticate`` (admin key only), ``ModifyQuerySet`` with
+  per-session versions ``{querySet, identity, ts}``, a ``Transition`` whose ``startVersion``
+  is always the last ``endVersion`` sent, ``MutationResponse`` with ``ts`` followed by a
+  ``Transition`` whose ``endVersion.ts`` reaches it (re-running every subscribed query of
+  every session), ``ActionResponse``, ``AuthError``, ``FatalError`` and a ``Ping`` every
+  ``--ping`` seconds (the client gives up on a silent server after 30 s);
+- the HTTP API: ``POST /api/query|mutation|action|function`` (``{path, args, format}``) and
+  ``POST /api/run/<module>/<function>`` (``{args}``), answering 200 with ``status:
+  success|error``, and non-2xx ``{code, message}`` for infrastructure errors.
+
+Every function needs the deployment's admin key (``Authorization: Convex <key>`` or
+``Authenticate{tokenType: "Admin"}``), so the tests prove the gateway swaps platform tokens
+for it. The functions are plain Python (below). Run ``python standin.py --port 0 --name N
+--admin-key K``: it prints ``READY <port>`` once it accepts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import os
+import struct
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+DEBUG = bool(os.environ.get("STANDIN_DEBUG"))
+
+
+def encode_ts(ts: int) -> str:
+    return base64.b64encode(struct.pack("<Q", ts)).decode()
+
+
+class FunctionError(Exception):
+    def __init__(self, message: str, data: Any = None):
+        super().__init__(message)
+        self.data = data
+
+
+class Deployment:
+    """One deployment: its tables, functions, timestamp and live sync sessions."""
+
+    def __init__(self, name: str, admin_key: str, ping: float = 10.0):
+        self.name = name
+        self.admin_key = admin_key
+        self.ping = ping
+        self.ts = 1_000
+        self.messages: list[str] = []
+        self.sessions: set[SyncSession] = set()
+        self.calls: list[str] = []  # udfPaths run, in order (for tests)
+        self.queries: dict[str, Callable[[dict[str, Any]], Any]] = {
+            "messages:list": lambda a: list(self.messages),
+            "messages:count": lambda a: float(len(self.messages)),
+            "misc:whoami": lambda a: self.name,
+            "misc:fails": self._fails,
+        }
+        self.mutations: dict[str, Callable[[dict[str, Any]], Any]] = {
+            "messages:send": self._send,
+            "messages:clear": self._clear,
+            "misc:fails": self._fails,
+        }
+        self.actions: dict[str, Callable[[dict[str, Any]], Awaitable[Any]]] = {
+            "misc:echo": self._echo,
+            "misc:slow": self._slow,
+        }
+
+    # -- the test functions ------------------------------------------------------------------
+    def _send(self, args: dict[str, Any]) -> Any:
+        body = args.get("body")
+        if not isinstance(body, str):
+            raise FunctionError("body must be a string", {"field": "body"})
+        self.messages.append(body)
+        return f"{self.name}-{len(self.messages)}"
+
+    def _clear(self, args: dict[str, Any]) -> Any:
+        self.messages.clear()
+        return None
+
+    def _fails(self, args: dict[str, Any]) -> Any:
+        raise FunctionError("this function always fails", {"why": "test"})
+
+    async def _echo(self, args: dict[str, Any]) -> Any:
+        return args.get("value")
+
+    async def _slow(self, args: dict[str, Any]) -> Any:
+        await asyncio.sleep(float(args.get("seconds", 1.0)))
+        return "done"
+
+    # -- running them ------------------------------------------------------------------------
+    @staticmethod
+    def canonical(path: str) -> str:
+        module, _, fn = path.partition(":")
+        if module.endswith(".js"):
+            module = module[:-3]
+        return f"{module}:{fn or 'default'}"
+
+    def run_query(self, path: str, args: dict[str, Any]) -> Any:
+        fn = self.queries.get(self.canonical(path))
+        if fn is None:
+            raise FunctionError(f"Could not find public function for '{path}'")
+        return fn(args)
+
+    async def run(self, kind: str, path: str, args: dict[str, Any]) -> Any:
+        """Run a function of ``kind`` (query, mutation, action; or any for /api/function)."""
+        path = self.canonical(path)
+        self.calls.append(path)
+        if kind in ("query", "any") and path in self.queries and (
+                kind == "query" or path not in self.mutations):
+            return self.run_query(path, args)
+        if kind in ("mutation", "any") and path in self.mutations:
+            result = self.mutations[path](args)
+            self.ts += 1
+            await self.broadcast()
+            return result
+        if kind in ("action", "any") and path in self.actions:
+            return await self.actions[path](args)
+        raise FunctionError(f"Could not find public function for '{path}'")
+
+    async def broadcast(self) -> None:
+        """Every session: a Transition to the new ts with its queries re-run."""
+        for session in list(self.sessions):
+            try:
+                await session.transition(rerun=True)
+            except Exception:
+                pass
+
+    # -- HTTP API ------------------------------------------------------------------------------
+    async def http(self, request: Request) -> JSONResponse:
+        auth = request.headers.get("authorization", "")
+        if auth != f"Convex {self.admin_key}":
+            return JSONResponse({"code": "Unauthenticated",
+                                 "message": "stand-in: the admin key is required"}, 401)
+        try:
+            body = json.loads(await request.body() or b"{}")
+        except ValueError:
+            return JSONResponse({"code": "BadJsonBody", "message": "not JSON"}, 400)
+        route = request.path_params.get("kind", "")
+        if request.url.path.startswith("/api/run/"):
+            parts = request.path_params["rest"].strip("/").split("/")
+            path, kind, args = "/".join(parts[:-1]) + ":" + parts[-1], "any", body.get("args", {})
+        else:
+            kind = "any" if route == "function" else route
+            path, args = body.get("path", ""), body.get("args", {})
+        if isinstance(args, list):
+            args = args[0] if args else {}
+        try:
+            value = await self.run(kind, path, args or {})
+        except FunctionError as exc:
+            out: dict[str, Any] = {"status": "error", "errorMessage": str(exc)}
+            if exc.data is not None:
+                out["errorData"] = exc.data
+            return JSONResponse(out)
+        return JSONResponse({"status": "success", "value": value})
+
+    async def version(self, request: Request) -> PlainTextResponse:
+        return PlainTextResponse("standin-0.0.0")
+
+    def app(self) -> Starlette:
+        return Starlette(routes=[
+            WebSocketRoute("/api/sync", self.sync),
+            Route("/version", self.version),
+            Route("/api/run/{rest:path}", self.http, methods=["POST"]),
+            Route("/api/{kind:str}", self.http, methods=["POST"]),
+        ])
+
+    async def sync(self, ws: WebSocket) -> None:
+        await ws.accept()
+        session = SyncSession(self, ws)
+        self.sessions.add(session)
+        pinger = asyncio.create_task(session.pings())
+        try:
+            await session.serve()
+        except WebSocketDisconnect:
+            pass
+        finally:
+            pinger.cancel()
+            self.sessions.discard(session)
+
+
+class SyncSession:
+    """One client of ``/api/sync``: versions, live queries, message order."""
+
+    def __init__(self, deployment: Deployment, ws: WebSocket):
+        self.d = deployment
+        self.ws = ws
+        self.query_set = 0
+        self.identity = 0
+        self.ts = 0  # a new client starts at {querySet: 0, identity: 0, ts: 0}
+        self.admin = False
+        self.queries: dict[int, tuple[str, dict[str, Any]]] = {}
+        self.lock = asyncio.Lock()
+        self.tasks: set[asyncio.Task[Any]] = set()
+
+    def version(self) -> dict[str, Any]:
+        return {"querySet": self.query_set, "identity": self.identity, "ts": encode_ts(self.ts)}
+
+    async def send(self, msg: dict[str, Any]) -> None:
+        if DEBUG:
+            print(">>", msg, file=sys.stderr, flush=True)
+        await self.ws.send_text(json.dumps(msg))
+
+    async def pings(self) -> None:
+        while True:
+            await asyncio.sleep(self.d.ping)
+            async with self.lock:
+                await self.send({"type": "Ping"})
+
+    def _evaluate(self, query_id: int) -> dict[str, Any]:
+        path, args = self.queries[query_id]
+        if not self.admin:
+            return {"type": "QueryFailed", "queryId": query_id, "logLines": [],
+                    "errorMessage": "stand-in: Unauthenticated (the admin key is required)"}
+        try:
+            value = self.d.run_query(path, args)
+        except FunctionError as exc:
+            out = {"type": "QueryFailed", "queryId": query_id, "errorMessage": str(exc),
+                   "logLines": []}
+            if exc.data is not None:
+                out["errorData"] = exc.data
+            return out
+        return {"type": "QueryUpdated", "queryId": query_id, "value": value, "logLines": []}
+
+    async def transition(self, *, rerun: bool = False, query_set: int | None = None,
+                         identity: int | None = None,
+                         modifications: list[dict[str, Any]] | None = None) -> None:
+        async with self.lock:
+            start = self.version()
+            if query_set is not None:
+                self.query_set = query_set
+            if identity is not None:
+                self.identity = identity
+            self.ts = max(self.ts, self.d.ts)
+            mods = list(modifications or [])
+            if rerun:
+                touched = {m.get("queryId") for m in mods}
+                mods += [self._evaluate(q) for q in self.queries if q not in touched]
+            await self.send({"type": "Transition", "startVersion": start,
+                             "endVersion": self.version(), "modifications": mods})
+
+    async def serve(self) -> None:
+        while True:
+            msg = json.loads(await self.ws.receive_text())
+            if DEBUG:
+                print("<<", msg, file=sys.stderr, flush=True)
+            kind = msg.get("type")
+            if kind == "Connect":
+                continue
+            if kind == "Authenticate":
+                if msg.get("tokenType") == "Admin" and msg.get("value") == self.d.admin_key:
+                    self.admin = True
+                    await self.transition(identity=int(msg.get("baseVersion", 0)) + 1,
+                                          rerun=True)
+                else:
+                    async with self.lock:
+                        await self.send({"type": "AuthError", "baseVersion":
+                                         msg.get("baseVersion", 0),
+                                         "error": "stand-in: only the admin key is accepted"})
+                    await self.ws.close(1008)
+                    return
+            elif kind == "ModifyQuerySet":
+                if msg.get("baseVersion") != self.query_set:
+                    async with self.lock:
+                        await self.send({"type": "FatalError",
+                                         "error": "stand-in: ModifyQuerySet baseVersion mismatch"})
+                    await self.ws.close(1011)
+                    return
+                mods = []
+                for m in msg.get("modifications", []):
+                    if m.get("type") == "Add":
+                        args = m.get("args") or [{}]
+                        self.queries[m["queryId"]] = (m["udfPath"], args[0] if args else {})
+                        self.d.calls.append(Deployment.canonical(m["udfPath"]))
+                        mods.append(self._evaluate(m["queryId"]))
+                    elif m.get("type") == "Remove" and \
+                            self.queries.pop(m["queryId"], None) is not None:
+                        mods.append({"type": "QueryRemoved", "queryId": m["queryId"]})
+                await self.transition(query_set=msg["newVersion"], modifications=mods)
+            elif kind == "Mutation":
+                await self._mutation(msg)
+            elif kind == "Action":
+                task = asyncio.create_task(self._action(msg))
+                self.tasks.add(task)
+                task.add_done_callback(self.tasks.discard)
+
+    def _args(self, msg: dict[str, Any]) -> dict[str, Any]:
+        args = msg.get("args") or [{}]
+        return args[0] if isinstance(args, list) and args else {}
+
+    async def _mutation(self, msg: dict[str, Any]) -> None:
+        rid = msg["requestId"]
+        if not self.admin:
+            async with self.lock:
+                await self.send({"type": "MutationResponse", "requestId": rid, "success": False,
+                                 "result": "stand-in: Unauthenticated", "logLines": []})
+            return
+        path = Deployment.canonical(msg["udfPath"])
+        fn = self.d.mutations.get(path)
+        self.d.calls.append(path)
+        try:
+            if fn is None:
+                raise FunctionError(f"Could not find public function for '{path}'")
+            result = fn(self._args(msg))
+        except FunctionError as exc:
+            out = {"type": "MutationResponse", "requestId": rid, "success": False,
+                   "result": str(exc), "logLines": []}
+            if exc.data is not None:
+                out["errorData"] = exc.data
+            async with self.lock:
+                await self.send(out)
+            return
+        self.d.ts += 1
+        async with self.lock:
+            await self.send({"type": "MutationResponse", "requestId": rid, "success": True,
+                             "result": result, "ts": encode_ts(self.d.ts), "logLines": []})
+        await self.d.broadcast()  # this session's Transition reaches the mutation's ts
+
+    async def _action(self, msg: dict[str, Any]) -> None:
+        rid = msg["requestId"]
+        out: dict[str, Any]
+        path = Deployment.canonical(msg["udfPath"])
+        self.d.calls.append(path)
+        fn = self.d.actions.get(path)
+        try:
+            if not self.admin:
+                raise FunctionError("stand-in: Unauthenticated")
+            if fn is None:
+                raise FunctionError(f"Could not find public function for '{path}'")
+            result = await fn(self._args(msg))
+            out = {"type": "ActionResponse", "requestId": rid, "success": True,
+                   "result": result, "logLines": []}
+        except FunctionError as exc:
+            out = {"type": "ActionResponse", "requestId": rid, "success": False,
+                   "result": str(exc), "logLines": []}
+            if exc.data is not None:
+                out["errorData"] = exc.data
+        try:
+            async with self.lock:
+                await self.send(out)
+        except Exception:
+            pass
+
+
+async def serve(deployment: Deployment, port: int, host: str = "127.0.0.1") -> None:
+    import socket
+
+    import uvicorn
+
+    sock = socket.create_server((host, port))
+    config = uvicorn.Config(deployment.app(), lifespan="off", log_level="warning",
+                            ws="websockets-sansio", http="httptools")
+    server = uvicorn.Server(config)
+    print(f"READY {sock.getsockname()[1]}", flush=True)
+    await server.serve(sockets=[sock])
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--name", default="standin")
+    parser.add_argument("--admin-key", default="standin-admin-key")
+    parser.add_argument("--ping", type=float, default=10.0)
+    ns = parser.parse_args(argv)
+    asyncio.run(serve(Deployment(ns.name, ns.admin_key, ns.ping), ns.port))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
