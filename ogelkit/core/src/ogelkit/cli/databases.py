@@ -55,9 +55,17 @@ def _pick_backend(config, kind: str, backend_id: str | None) -> str:
 @click.argument("name")
 @click.option("--kind", required=True, help="postgres, neon, redis, mongodb, convex ...")
 @click.option("--backend", "backend_id", help="Backend id when several have this kind.")
+@click.option("--deployment-url", help="convex: URL of the existing deployment to register.")
+@click.option("--admin-key", help="convex: the deployment's admin or deploy key (stored "
+                                  "encrypted).")
 @click.pass_obj
-def create(state: CliState, tenant: str, name: str, kind: str, backend_id: str | None) -> None:
+def create(state: CliState, tenant: str, name: str, kind: str, backend_id: str | None,
+           deployment_url: str | None = None, admin_key: str | None = None) -> None:
     """Provision database NAME of TENANT and print a connection string to the gateway."""
+    # Backend-specific provisioning options, passed only when given (backends that take
+    # none keep the plain provision(tenant, name, tier) signature).
+    extra = {k: v for k, v in (("deployment_url", deployment_url), ("admin_key", admin_key))
+             if v is not None}
     if not name or not set(name) <= _NAME_CHARS or not name[0].isalpha() or len(name) > 40:
         raise click.BadParameter("lower-case letters, digits, '_' and '-', starting with a "
                                  "letter, at most 40 characters", param_hint="NAME")
@@ -69,7 +77,15 @@ def create(state: CliState, tenant: str, name: str, kind: str, backend_id: str |
             record = await require_tenant(ctx.store, tenant)
             backend = ctx.backends[bid]
             # Idempotent: rerunning after a failure half-way finishes the job.
-            upstream = await backend.provision(record, name, ctx.directory.tier(record.tier))
+            try:
+                upstream = await backend.provision(record, name, ctx.directory.tier(record.tier),
+                                                   **extra)
+            except TypeError:
+                if not extra:
+                    raise
+                raise click.UsageError(f"backend kind {kind} takes no "
+                                       f"{', '.join('--' + k.replace('_', '-') for k in extra)}"
+                                       ) from None
             db = await ctx.store.put_database(DatabaseRecord(tenant, name, backend.kind, bid, upstream))
             password = None
             if await ctx.store.get_verifier(tenant) is None:
