@@ -7,7 +7,14 @@ from ogelkit.control.records import (
     UsageEvent,
     UsageTotals,
 )
-from ogelkit.control.store import AlreadyExists, NotFound, Store, StoreError, open_store
+from ogelkit.control.store import (
+    AlreadyExists,
+    NotFound,
+    Store,
+    StoreError,
+    StoreUnavailable,
+    open_store,
+)
 
 __all__ = [
     "AlreadyExists",
@@ -16,6 +23,7 @@ __all__ = [
     "NotFound",
     "Store",
     "StoreError",
+    "StoreUnavailable",
     "TenantRecord",
     "UsageEvent",
     "UsageTotals",

@@ -42,6 +42,10 @@ class AlreadyExists(StoreError):
     pass
 
 
+class StoreUnavailable(ConnectionError):
+    """The control plane cannot be reached right now (not a bad request: retry later)."""
+
+
 class Tx:
     """A transaction handle: ``execute`` returns the affected row count, ``fetch`` rows."""
 
