@@ -16,6 +16,7 @@ import httpx
 import ogelkit
 from ogelkit import Operation
 from ogelkit_convex.options import ConvexOptions
+from ogelkit_convex.upstream import HttpUpstream
 from ogelkit_convex.wire import canonical, new_token
 
 #: Compared against when a token names no known database, so both answers take as long.
@@ -30,7 +31,8 @@ class ConvexBackend(ogelkit.Backend):
     def __init__(self, config: ConvexOptions, *, name: str, context: Any):
         super().__init__(config, name=name, context=context)
         self.options: ConvexOptions = config
-        self.http: httpx.AsyncClient | None = None
+        self.http: httpx.AsyncClient | None = None  # readiness probes
+        self.upstream = HttpUpstream(connect_timeout=config.connect_timeout)  # the HTTP API
 
     async def open(self) -> None:
         self.http = httpx.AsyncClient(
@@ -41,6 +43,7 @@ class ConvexBackend(ogelkit.Backend):
         if self.http is not None:
             await self.http.aclose()
             self.http = None
+        await self.upstream.close()
 
     async def check(self) -> None:
         """The default deployment answers HTTP (any status: it is up)."""

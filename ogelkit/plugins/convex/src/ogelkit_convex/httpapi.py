@@ -15,7 +15,6 @@ import json
 import time
 from typing import TYPE_CHECKING, Any
 
-import httpx
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -23,6 +22,7 @@ from ogelkit import Operation, Reason, Reject, Session
 from ogelkit.frontdoor import format_address
 from ogelkit_convex.connection import BAD_TOKEN, UNREACHABLE
 from ogelkit_convex.errors import http_error
+from ogelkit_convex.upstream import UpstreamError
 from ogelkit_convex.wire import canonical, token_target
 
 if TYPE_CHECKING:
@@ -124,7 +124,9 @@ async def _relay(door: ConvexDoor, request: Request, op: Operation, backend: Any
         url += "?" + request.url.query
     headers = {k: v for k, v in request.headers.items() if k.lower() not in _SKIP}
     headers["authorization"] = f"Convex {db.upstream['admin_key']}"
-    call = asyncio.ensure_future(backend.http.post(url, content=body, headers=headers))
+    headers.setdefault("content-type", "application/json")
+    call = asyncio.ensure_future(asyncio.wait_for(
+        backend.upstream.post(url, body, headers), backend.options.http_timeout))
     timed_out: list[Reject] = []
 
     def cancel(reject: Reject) -> None:
@@ -142,21 +144,21 @@ async def _relay(door: ConvexDoor, request: Request, op: Operation, backend: Any
         _complete(door, op, 0, None)
         status, out, hdrs = http_error(rej, op.session.tier)
         return _json(status, out, hdrs)
-    except httpx.HTTPError:
+    except (UpstreamError, TimeoutError):
         op.rejection = UNREACHABLE
         _complete(door, op, 0, "unreachable")
         status, out, hdrs = http_error(UNREACHABLE, op.session.tier)
         return _json(status, out, hdrs)
-    content = reply.content
+    status_code, reply_headers, content = reply
     error = None
-    if reply.status_code >= 400:
-        error = str(reply.status_code)
+    if status_code >= 400:
+        error = str(status_code)
     elif b'"status":"error"' in content.replace(b" ", b""):
         error = "error"
     _complete(door, op, len(content), error)
-    out_headers = {k: v for k, v in reply.headers.items()
-                   if k.lower() in ("content-type",) or k.lower().startswith("x-convex")}
-    return Response(content, reply.status_code, headers=out_headers)
+    out_headers = {k: v for k, v in reply_headers
+                   if k == "content-type" or k.startswith("x-convex")}
+    return Response(content, status_code, headers=out_headers)
 
 
 def _complete(door: ConvexDoor, op: Operation, nbytes: int, error: str | None) -> None:
