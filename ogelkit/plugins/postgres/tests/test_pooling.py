@@ -15,7 +15,7 @@ from ogelkit_postgres.connection import PostgresConnection
 from ogelkit_postgres.testing import Tenant, pg_gateway, unique
 
 import ogelkit
-from ogelkit.model import Reason, Reject
+from ogelkit import Reason, Reject
 from ogelkit.testing import isolated_plugins
 
 

@@ -203,7 +203,7 @@ async def _deprovision(t: Tenant) -> None:
     from ogelkit_postgres.backend import PostgresBackend
     from ogelkit_postgres.options import PostgresOptions
 
-    from ogelkit.control.records import DatabaseRecord, TenantRecord
+    from ogelkit import DatabaseRecord, TenantRecord
     from ogelkit.testing import test_context
     async with test_context() as ctx:
         backend = PostgresBackend(PostgresOptions(dsn=pg_dsn(), name_prefix=PREFIX), name="pg",

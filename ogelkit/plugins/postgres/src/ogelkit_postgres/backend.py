@@ -28,9 +28,7 @@ from ogelkit_postgres.sql import EXPLAINABLE, normalize
 from ogelkit_postgres.upstream import ServerConnection, open_server
 
 if TYPE_CHECKING:
-    from ogelkit.control.records import DatabaseRecord, TenantRecord
-    from ogelkit.model import Operation, Session
-    from ogelkit.tiers import Tier
+    from ogelkit import DatabaseRecord, Operation, Session, TenantRecord, Tier
 
 log = logging.getLogger("ogelkit.postgres")
 

@@ -17,7 +17,7 @@ import secrets
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ogelkit.context import GatewayContext
+    from ogelkit import GatewayContext
     from ogelkit_postgres.connection import PostgresConnection
 
 log = logging.getLogger("ogelkit.postgres")

@@ -26,9 +26,8 @@ from collections import deque
 from itertools import count
 from typing import TYPE_CHECKING, Any
 
-from ogelkit import format_duration
+from ogelkit import Operation, Reason, Reject, format_duration
 from ogelkit.frontdoor import peer_address
-from ogelkit.model import Operation, Reason, Reject
 from ogelkit_postgres import wire as pg
 from ogelkit_postgres.errors import (
     FEATURE_NOT_SUPPORTED,
@@ -40,8 +39,8 @@ from ogelkit_postgres.sql import verb_of
 from ogelkit_postgres.upstream import UpstreamError, client_sqlstate
 
 if TYPE_CHECKING:
+    from ogelkit import Session
     from ogelkit.frontdoor import Login
-    from ogelkit.model import Session
     from ogelkit_postgres.listener import PostgresFrontDoor
     from ogelkit_postgres.pool import Pool
     from ogelkit_postgres.upstream import ServerConnection
@@ -1097,8 +1096,8 @@ class PostgresConnection(asyncio.Protocol):
         session = self.session
         tier = session.tier if session is not None else None
         limit = tier.statement_timeout if tier is not None else None
-        if tier is None or limit is None or "statement_timeout" in self.startup_settings:
-            return None  # the client's own statement_timeout: PostgreSQL's words
+        if tier is None or limit is None:
+            return None
         ops = self.ops
         if ops and _monotonic() - ops[0][0].started < 0.9 * limit:
             return None  # fired well before the tier's limit: a SET of the client's

@@ -18,7 +18,7 @@ from ogelkit_postgres.connection import PostgresConnection
 from ogelkit_postgres.upstream import send_cancel
 
 if TYPE_CHECKING:
-    from ogelkit.model import Reject
+    from ogelkit import Reject
     from ogelkit_postgres.pool import Pool
     from ogelkit_postgres.upstream import ServerConnection
 
@@ -41,7 +41,10 @@ class PostgresFrontDoor(ogelkit.FrontDoor):
     @classmethod
     def sniff(cls, head: bytes) -> bool | None:
         """A startup-phase packet: int32 length, then a protocol code (3.0, SSLRequest,
-        GSSENCRequest or CancelRequest)."""
+        GSSENCRequest or CancelRequest). The length alone rules other protocols out after
+        4 bytes, so a short Redis ``PING`` is not held waiting for 8."""
+        if len(head) >= 4 and not 8 <= int.from_bytes(head[:4], "big") <= 10_000:
+            return False
         if len(head) < 8:
             return None
         code = int.from_bytes(head[4:8], "big")

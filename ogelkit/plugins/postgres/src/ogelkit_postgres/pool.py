@@ -17,8 +17,7 @@ from typing import TYPE_CHECKING, Any
 from ogelkit_postgres.upstream import ServerConnection, UpstreamError
 
 if TYPE_CHECKING:
-    from ogelkit.control.records import DatabaseRecord
-    from ogelkit.tiers import Tier
+    from ogelkit import DatabaseRecord, Tier
     from ogelkit_postgres.backend import PostgresBackend
 
 log = logging.getLogger("ogelkit.postgres")

@@ -20,7 +20,7 @@ from ogelkit.testing import gateway_thread, minimal_config
 from ogelkit.testing.services import pg_dsn
 
 if TYPE_CHECKING:
-    from ogelkit.plugins import Plugins
+    from ogelkit import Plugins
 
 PREFIX = "o7st_"  # upstream names of test tenants, so strays are easy to spot
 
