@@ -8,17 +8,13 @@ import asyncio
 import socket
 import threading
 import time
-import types
 
 import asyncpg
 import psycopg
 import pytest
 from ogelkit_postgres import wire as pg
-from ogelkit_postgres.connection import RELAY, PostgresConnection
-from ogelkit_postgres.testing import RawClient, Tenant, pg_gateway, unique
-
-from ogelkit.frontdoor import ClientSet
-from ogelkit.model import Session
+from ogelkit_postgres.connection import PostgresConnection
+from ogelkit_postgres.testing import RawClient, Tenant, pg_gateway, relay_connection, unique
 
 h, i32 = pg._h.pack, pg._i.pack
 
@@ -109,38 +105,7 @@ def _wait(predicate, timeout: float = 10.0) -> bool:
 
 # -- defect 3: no quadratic buffering --------------------------------------------------------
 
-class _Sink:
-    def __init__(self) -> None:
-        self.chunks: list[bytes] = []
-
-    def write(self, data) -> None:
-        self.chunks.append(bytes(data))
-
-    def is_closing(self) -> bool:
-        return False
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-
-def _relay_conn(session_mode: bool = True) -> tuple[PostgresConnection, _Sink, _Sink]:
-    """A relay-phase connection with both sockets replaced by sinks (no gateway)."""
-    door = types.SimpleNamespace(context=types.SimpleNamespace(chain=None), clients=ClientSet(),
-                                 metrics=types.SimpleNamespace(ok=0, error=0, rejected=0),
-                                 observe=False)
-    conn = PostgresConnection(door)  # type: ignore[arg-type]
-    client, server = _Sink(), _Sink()
-    conn.transport = client  # type: ignore[assignment]
-    conn.phase = RELAY
-    conn.session = Session("postgres", "test", "u")
-    conn.session_mode = session_mode
-    conn.max_msg = 200 * 1024 * 1024
-    conn.server = types.SimpleNamespace(transport=server, status=b"I", applied={},  # type: ignore[assignment]
-                                        to_deallocate=[])
-    return conn, client, server
+_relay_conn = relay_connection
 
 
 def test_a_60MB_query_is_scanned_once_not_per_chunk(monkeypatch):

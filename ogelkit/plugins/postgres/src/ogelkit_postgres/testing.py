@@ -16,6 +16,7 @@ import subprocess
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+import ogelkit
 from ogelkit.testing import gateway_thread, minimal_config
 from ogelkit.testing.services import pg_dsn
 
@@ -211,6 +212,46 @@ class RawClient:
 
     def close(self) -> None:
         self.sock.close()
+
+
+class _Sink:
+    def __init__(self) -> None:
+        self.chunks: list[bytes] = []
+
+    def write(self, data) -> None:
+        self.chunks.append(bytes(data))
+
+    def is_closing(self) -> bool:
+        return False
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
+
+def relay_connection(session_mode: bool = True, cls: Any = None) -> tuple[Any, _Sink, _Sink]:
+    """A relay-phase ``PostgresConnection`` with both sockets replaced by sinks and no
+    gateway around it (no layers, a stand-in server connection): for tests of the relay's
+    framing. Returns (connection, what the client got, what the server got)."""
+    import types
+
+    from ogelkit.frontdoor import ClientSet
+    from ogelkit_postgres.connection import RELAY, PostgresConnection
+    door = types.SimpleNamespace(context=types.SimpleNamespace(chain=None), clients=ClientSet(),
+                                 metrics=types.SimpleNamespace(ok=0, error=0, rejected=0),
+                                 observe=False)
+    conn = (cls or PostgresConnection)(door)
+    client, server = _Sink(), _Sink()
+    conn.transport = client  # type: ignore[assignment]
+    conn.phase = RELAY
+    conn.session = ogelkit.Session("postgres", "test", "u")
+    conn.session_mode = session_mode
+    conn.max_msg = 200 * 1024 * 1024
+    conn.server = types.SimpleNamespace(transport=server, status=b"I", applied={},  # type: ignore[assignment]
+                                        to_deallocate=[])
+    return conn, client, server
 
 
 def self_signed_cert(directory: str, name: str = "db.test") -> tuple[str, str]:

@@ -179,7 +179,11 @@ def parse_message(name: bytes, tail: bytes) -> bytes:
 
 
 def parse_startup(body: bytes) -> tuple[int, dict[str, str]]:
-    """(protocol version, parameters) of a StartupMessage body (after the length)."""
+    """(protocol version, parameters) of a StartupMessage body (after the length).
+
+    Total: raises ``ValueError`` (only) on a malformed body."""
+    if len(body) < 4:
+        raise ValueError("startup packet is too short")
     version = _i.unpack_from(body, 0)[0]
     params: dict[str, str] = {}
     parts = body[4:].split(b"\0")
@@ -192,6 +196,45 @@ def parse_startup(body: bytes) -> tuple[int, dict[str, str]]:
     for k, v in zip(items[::2], items[1::2], strict=True):
         params[k.decode("utf-8", "replace")] = v.decode("utf-8", "replace")
     return version, params
+
+
+# -- splitting the extended-protocol messages the relay looks into -------------------------
+# Total functions (None for a malformed body, never an exception): the relay's inline
+# versions in connection.py follow the same rules, and the property tests hold both to them.
+
+
+def split_parse(body: bytes) -> tuple[bytes, bytes, tuple[int, ...]] | None:
+    """Parse: (statement name, query text, parameter type oids), or None."""
+    nul = body.find(0)
+    if nul < 0:
+        return None
+    qnul = body.find(0, nul + 1)
+    if qnul < 0 or len(body) < qnul + 3:
+        return None
+    count = _h.unpack_from(body, qnul + 1)[0]
+    if count < 0 or len(body) != qnul + 3 + 4 * count:
+        return None
+    oids = struct.unpack_from(f"!{count}I", body, qnul + 3) if count else ()
+    return body[:nul], body[nul + 1:qnul], oids
+
+
+def split_bind(body: bytes) -> tuple[bytes, bytes] | None:
+    """Bind: (portal, statement name), or None (the rest is the server's to check)."""
+    pnul = body.find(0)
+    if pnul < 0:
+        return None
+    snul = body.find(0, pnul + 1)
+    if snul < 0:
+        return None
+    return body[:pnul], body[pnul + 1:snul]
+
+
+def split_execute(body: bytes) -> tuple[bytes, int] | None:
+    """Execute: (portal, maximum rows), or None."""
+    nul = body.find(0)
+    if nul < 0 or len(body) != nul + 5:
+        return None
+    return body[:nul], _i.unpack_from(body, nul + 1)[0]
 
 
 def quote_ident(name: str) -> str:
