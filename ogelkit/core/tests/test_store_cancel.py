@@ -14,6 +14,7 @@ import sqlite3
 import time
 
 import anyio
+import anyio.to_thread
 import asyncpg
 import pytest
 
@@ -162,6 +163,45 @@ async def test_sqlite_waits_for_another_process_lock_and_cancels_promptly(tmp_pa
         # and the other process can write again too
         other.execute("UPDATE tenants SET tier = 'pro' WHERE slug = 'acme'")
         assert (await store.get_tenant("acme")).tier == "pro"
+        await assert_healthy(store)
+    finally:
+        other.close()
+        await store.close()
+
+
+async def test_sqlite_reads_never_wait_for_another_writer(tmp_path):
+    """Login lookups and /readyz only read: they neither wait for the CLI's write lock nor
+    hold it off (so a login storm cannot make the CLI say "database is locked")."""
+    path = tmp_path / "control.db"
+    store = await opened(f"sqlite:///{path}")
+    await store.create_tenant("acme", "free")
+    other = sqlite3.connect(path, isolation_level=None, timeout=5, check_same_thread=False)
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        other.execute("UPDATE tenants SET tier = 'pro' WHERE slug = 'acme'")
+        with anyio.fail_after(2):  # far below busy_timeout
+            for _ in range(50):
+                await store.ping()
+                assert (await store.get_tenant("acme")).tier == "free"  # not committed yet
+                assert await store.get_verifier("acme") is None
+                assert await store.list_databases("acme") == []
+        other.execute("COMMIT")
+        assert (await store.get_tenant("acme")).tier == "pro"
+        # While the gateway reads in a loop, the other process still gets to write.
+        stop = anyio.Event()
+
+        async def reader() -> None:
+            while not stop.is_set():
+                await store.get_tenant("acme")
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(5):
+                tg.start_soon(reader)
+            for tier in ("free", "pro", "free"):
+                await anyio.to_thread.run_sync(
+                    other.execute, "UPDATE tenants SET tier = ? WHERE slug = 'acme'", (tier,))
+            stop.set()
+        assert (await store.get_tenant("acme")).tier == "free"
         await assert_healthy(store)
     finally:
         other.close()

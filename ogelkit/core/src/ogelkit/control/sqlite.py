@@ -20,7 +20,7 @@ import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -65,12 +65,12 @@ class _SqliteTx(Tx):
         return await self.store._call(lambda: conn.execute(sql, args).fetchall())
 
 
-def _begin(conn: sqlite3.Connection) -> None:
+def _begin(conn: sqlite3.Connection, verb: str) -> None:
     if conn.in_transaction:
         # Never expected (every transaction is ended below); heal rather than wedge.
         log.error("control plane: a transaction was left open; rolling it back")
         conn.execute("ROLLBACK")
-    conn.execute("BEGIN IMMEDIATE")
+    conn.execute(verb)
 
 
 def _end(conn: sqlite3.Connection, commit: bool) -> None:
@@ -140,12 +140,12 @@ class SqliteStore(Store):
                 await uninterrupted(asyncio.wrap_future(thread.submit(conn.close)))
             thread.shutdown(wait=False)
 
-    async def _begin(self, conn: sqlite3.Connection) -> None:
+    async def _begin(self, conn: sqlite3.Connection, verb: str) -> None:
         deadline = time.monotonic() + self.busy_timeout
         pause = 0.005
         while True:
             try:
-                await self._call(lambda: _begin(conn))
+                await self._call(lambda: _begin(conn, verb))
                 return
             except sqlite3.OperationalError as exc:
                 if not _busy(exc) or time.monotonic() >= deadline:
@@ -153,14 +153,24 @@ class SqliteStore(Store):
             await anyio.sleep(pause)  # cancellable: nothing is open here
             pause = min(pause * 2, 0.1)
 
+    def tx(self) -> AbstractAsyncContextManager[Tx]:
+        """A read-write transaction: it takes the write lock at once (BEGIN IMMEDIATE), so
+        it cannot fail half-way for a lock another process holds."""
+        return self._transaction("BEGIN IMMEDIATE")
+
+    def read(self) -> AbstractAsyncContextManager[Tx]:
+        """A read-only transaction (BEGIN DEFERRED): in WAL mode it never waits for, nor
+        holds off, a writer."""
+        return self._transaction("BEGIN")
+
     @asynccontextmanager
-    async def tx(self) -> AsyncIterator[Tx]:
+    async def _transaction(self, verb: str) -> AsyncIterator[Tx]:
         async with self._lock:
             conn = self._conn
             if conn is None:
                 raise RuntimeError("store is not open")
             try:
-                await self._begin(conn)
+                await self._begin(conn, verb)
                 yield _SqliteTx(self, conn)
             except BaseException:
                 await self._call(lambda: _end(conn, commit=False))

@@ -9,8 +9,8 @@ from __future__ import annotations
 import json
 import math
 import time
-from collections.abc import AsyncIterator, Iterable, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import Iterable, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import attrs
@@ -83,13 +83,18 @@ class Store:
     async def close(self) -> None:
         raise NotImplementedError
 
-    @asynccontextmanager
-    async def tx(self) -> AsyncIterator[Tx]:
+    def tx(self) -> AbstractAsyncContextManager[Tx]:
+        """A read-write transaction: committed when the block ends, rolled back when it
+        raises or is cancelled (at any await inside it)."""
         raise NotImplementedError
-        yield  # pragma: no cover
+
+    def read(self) -> AbstractAsyncContextManager[Tx]:
+        """A transaction that only reads: on SQLite it takes no write lock, so logins'
+        lookups never queue behind (or hold off) another process's write, the CLI's."""
+        return self.tx()
 
     async def ping(self) -> None:
-        async with self.tx() as tx:
+        async with self.read() as tx:
             await tx.fetch("SELECT 1")
 
     # -- migrations ----------------------------------------------------------------------------
@@ -117,7 +122,7 @@ class Store:
         return applied
 
     async def schema_version(self) -> int:
-        async with self.tx() as tx:
+        async with self.read() as tx:
             row = await tx.fetchone("SELECT MAX(version) FROM ogelkit_schema")
         return int(row[0] or 0) if row else 0
 
@@ -132,7 +137,7 @@ class Store:
         return TenantRecord(slug, tier, "active", now, now)
 
     async def get_tenant(self, slug: str) -> TenantRecord | None:
-        async with self.tx() as tx:
+        async with self.read() as tx:
             row = await tx.fetchone(f"SELECT {_TENANT_COLS} FROM tenants WHERE slug = ?", slug)
         return TenantRecord(*row) if row else None
 
@@ -143,12 +148,12 @@ class Store:
         return tenant
 
     async def list_tenants(self) -> list[TenantRecord]:
-        async with self.tx() as tx:
+        async with self.read() as tx:
             rows = await tx.fetch(f"SELECT {_TENANT_COLS} FROM tenants ORDER BY slug")
         return [TenantRecord(*r) for r in rows]
 
     async def tenants_changed_since(self, ts: float) -> list[TenantRecord]:
-        async with self.tx() as tx:
+        async with self.read() as tx:
             rows = await tx.fetch(
                 f"SELECT {_TENANT_COLS} FROM tenants WHERE updated_at > ? ORDER BY updated_at", ts)
         return [TenantRecord(*r) for r in rows]
@@ -191,7 +196,7 @@ class Store:
             await tx.execute("UPDATE tenants SET updated_at = ? WHERE slug = ?", now, slug)
 
     async def get_verifier(self, slug: str) -> str | None:
-        async with self.tx() as tx:
+        async with self.read() as tx:
             row = await tx.fetchone("SELECT verifier FROM credentials WHERE tenant = ?", slug)
         return row[0] if row else None
 
@@ -219,13 +224,13 @@ class Store:
         return attrs.evolve(db, created_at=created)
 
     async def get_database(self, tenant: str, name: str) -> DatabaseRecord | None:
-        async with self.tx() as tx:
+        async with self.read() as tx:
             row = await tx.fetchone(f"SELECT {_DB_COLS} FROM databases WHERE tenant = ? AND name = ?",
                                     tenant, name)
         return self._db(row) if row else None
 
     async def list_databases(self, tenant: str | None = None) -> list[DatabaseRecord]:
-        async with self.tx() as tx:
+        async with self.read() as tx:
             if tenant is None:
                 rows = await tx.fetch(f"SELECT {_DB_COLS} FROM databases ORDER BY tenant, name")
             else:
@@ -250,7 +255,7 @@ class Store:
     async def database_states(self) -> list[LifeRow]:
         """Every database's lifecycle columns (no upstream details to decrypt): what the
         lifecycle scheduler reads on every tick."""
-        async with self.tx() as tx:
+        async with self.read() as tx:
             rows = await tx.fetch(f"SELECT {_LIFE_COLS} FROM databases")
         return [LifeRow(*r) for r in rows]
 
@@ -316,7 +321,7 @@ class Store:
 
     async def lifecycle_leader(self) -> tuple[str, float] | None:
         """``(gateway id, last heartbeat)`` of the last scheduler, or None if none ever ran."""
-        async with self.tx() as tx:
+        async with self.read() as tx:
             row = await tx.fetchone("SELECT gateway, heartbeat_at FROM lifecycle_leader "
                                     "WHERE id = 1")
         return (str(row[0]), float(row[1])) if row else None
@@ -370,14 +375,14 @@ class Store:
             sql += " AND dbname = ?"
             args.append(database)
         sql += " GROUP BY dbname ORDER BY dbname"
-        async with self.tx() as tx:
+        async with self.read() as tx:
             rows = await tx.fetch(sql, *args)
         names = [f for f in USAGE_FIELDS if f != "storage_bytes"] + ["storage_bytes"]
         return [UsageTotals(tenant, r[0], {n: float(v or 0) for n, v in zip(names, r[1:], strict=True)})
                 for r in rows]
 
     async def count_usage_events(self, tenant: str | None = None) -> int:
-        async with self.tx() as tx:
+        async with self.read() as tx:
             if tenant is None:
                 row = await tx.fetchone("SELECT COUNT(*) FROM usage_events")
             else:
@@ -405,7 +410,7 @@ class Store:
         if subject is not None:
             sql += " AND subject = ?"
             args.append(subject)
-        async with self.tx() as tx:
+        async with self.read() as tx:
             rows = await tx.fetch(sql + " ORDER BY subject", *args)
         return [LayerReport(r[0], r[1], json.loads(r[2]), r[3], float(r[4])) for r in rows]
 
