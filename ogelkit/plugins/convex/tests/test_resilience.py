@@ -102,3 +102,28 @@ def test_deployment_killed_mid_subscription(setup):
     client.set_auth(gw.token("many"))
     assert bounded(client.query, "misc:whoami") == "many"
     assert httpx.get(gw.url("/healthz"), timeout=10).status_code == 200
+
+
+def test_sigterm_closes_idle_sockets_with_a_shutdown_error():
+    import signal
+
+    with standins("drain") as deps, convex_gateway(convex_config(deps, layers=LAYERS)) as gw:
+        url = gw.url("/api/sync").replace("http", "ws")
+        token = gw.token("drain")
+
+        async def main():
+            ws, _ = await _open(url, token)
+            assert await _subscribe(ws) == "drain"
+            gw.proc.signal(signal.SIGTERM)
+            error = None
+            try:
+                while True:
+                    msg = json.loads(await asyncio.wait_for(ws.recv(), 20))
+                    if msg["type"] == "FatalError":
+                        error = msg["error"]
+            except websockets.ConnectionClosed as closed:
+                assert closed.rcvd is not None and closed.rcvd.code == 1012
+            assert error is not None and error.startswith("shutdown:")
+
+        asyncio.run(asyncio.wait_for(main(), 60))
+        assert gw.proc.wait(30) == 0
