@@ -53,7 +53,8 @@ def railway(tmp_path):
             "OGELKIT_SECRET_KEY": test_secret_key(),
             "OGELKIT_ADMIN_TOKEN": "railway-admin",
             "OGELKIT_TCP_PORT": str(_free_port()),
-            "OGELKIT_PG_PORT": "0", "OGELKIT_REDIS_PORT": "0", "OGELKIT_MONGODB_PORT": "0",
+            "OGELKIT_GATEWAY_PG_PORT": "0", "OGELKIT_GATEWAY_REDIS_PORT": "0",
+            "OGELKIT_GATEWAY_MONGODB_PORT": "0",
         }
         text = (ROOT / "examples" / "railway.toml").read_text() + SEED
         proc = GatewayProcess(text, env=env, workdir=str(tmp_path)).start()
