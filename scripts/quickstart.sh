@@ -17,4 +17,13 @@ if [ ! -s .ogelkit/secret.key ]; then
 fi
 export OGELKIT_SECRET_KEY="${OGELKIT_SECRET_KEY:-$(cat .ogelkit/secret.key)}"
 .venv/bin/ogelkit check examples/local.toml
-exec .venv/bin/ogelkit run examples/local.toml
+# The demo tenant's Convex database fronts the tests' STAND-IN deployment (not Convex)
+# unless OGELKIT_CONVEX_URL names a real one.
+if [ -z "${OGELKIT_CONVEX_URL:-}" ]; then
+  .venv/bin/python ogelkit/plugins/convex/tests/standin.py --port 53210 --name demo \
+    --admin-key standin-admin-key > .ogelkit/convex-standin.log 2>&1 &
+  standin=$!
+  trap 'kill "$standin" 2>/dev/null || true' EXIT
+fi
+echo "Convex: ConvexClient(\"http://127.0.0.1:${OGELKIT_HTTP_PORT:-18080}\") with set_auth(\$(.venv/bin/ogelkit --config examples/local.toml convex token demo functions))"
+.venv/bin/ogelkit run examples/local.toml

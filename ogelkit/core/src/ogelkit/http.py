@@ -2,11 +2,11 @@
 routes plugins mount (the Convex front door's HTTP API and ``/api/sync`` WebSocket).
 
 It is a Starlette application served by uvicorn (httptools for HTTP/1.1, the
-``websockets`` library's sans-I/O protocol for WebSocket upgrades) *inside the gateway's own event loop*: ``uvicorn.Server.serve()``
-runs as one task of the runtime's task group, with ``lifespan="off"`` (the runtime opens
-and closes everything) and without uvicorn's signal handlers (the runtime owns SIGTERM and
-SIGINT). The runtime binds the listening sockets itself so ``::`` keeps meaning "both
-families" and ``PORT`` works as before.
+``websockets`` library's sans-I/O protocol for WebSocket upgrades) *inside the gateway's
+own event loop*: ``uvicorn.Server.serve()`` runs as one task of the runtime's task group,
+with ``lifespan="off"`` (the runtime opens and closes everything) and without uvicorn's
+signal handlers (the runtime owns SIGTERM and SIGINT). The runtime binds the listening
+sockets itself so ``::`` keeps meaning "both families" and ``PORT`` works as before.
 
 Why uvicorn rather than hypercorn: uvicorn's ``Server`` is designed to be embedded in an
 existing asyncio loop (``serve(sockets=...)``, ``should_exit``), its httptools parser and

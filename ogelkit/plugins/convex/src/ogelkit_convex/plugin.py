@@ -12,3 +12,11 @@ from ogelkit_convex.listener import ConvexDoor
 def ogelkit_register_backends(register) -> None:
     register.backend(ConvexBackend)
     register.frontdoor(ConvexDoor)
+
+
+@ogelkit.hookimpl
+def ogelkit_add_commands(cli) -> None:
+    """``ogelkit convex token`` and ``ogelkit convex usage``."""
+    from ogelkit_convex.cli import add_commands
+
+    add_commands(cli)
