@@ -105,6 +105,7 @@ class PostgresStore(Store):
         self.unavailable: str | None = None
         self._unavailable_since = 0.0
         self._probe: asyncio.Task[None] | None = None
+        self._reached = False  # a first transaction succeeded (startup errors stay errors)
 
     async def open(self) -> None:
         self._pool = await asyncpg.create_pool(self.url, min_size=self._sizes[0],
@@ -163,9 +164,10 @@ class PostgresStore(Store):
             async with self._transaction() as tx:
                 yield tx
         except _UNREACHABLE as exc:
-            if self._pool is not None and not isinstance(exc, StoreUnavailable):
+            if self._reached and self._pool is not None and not isinstance(exc, StoreUnavailable):
                 self._lost(exc)
             raise
+        self._reached = True
 
     async def _acquire(self, pool: asyncpg.Pool, within: float) -> asyncpg.Connection:
         getting = asyncio.ensure_future(pool.acquire(timeout=within))
