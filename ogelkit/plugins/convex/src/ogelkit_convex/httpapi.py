@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ogelkit import Operation, Reason, Reject, Session
-from ogelkit.frontdoor import format_address
+from ogelkit.frontdoor import SHUTDOWN, format_address
 from ogelkit_convex.connection import BAD_TOKEN, UNREACHABLE
 from ogelkit_convex.errors import http_error
 from ogelkit_convex.upstream import UpstreamError
@@ -57,6 +57,9 @@ async def serve_http(door: ConvexDoor, request: Request) -> Response:
         if not kind:
             return _json(404, {"code": "NotFound", "message": f"no route {request.url.path}"})
         udf = ""
+    if door.clients.draining is not None:
+        status, out, headers = http_error(SHUTDOWN)
+        return _json(status, out, headers)
     client = request.client
     peer = format_address(client.host, client.port) if client else "unknown"
     session = Session("convex", peer)
