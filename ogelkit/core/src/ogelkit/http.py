@@ -124,7 +124,7 @@ class HttpServer:
         self._done = asyncio.Event()
 
     def addresses(self) -> list[tuple[str, int]]:
-        return [tuple(s.getsockname()[:2]) for s in self.sockets]  # type: ignore[misc]
+        return [tuple(s.getsockname()[:2]) for s in self.sockets]
 
     async def serve(self) -> None:
         try:

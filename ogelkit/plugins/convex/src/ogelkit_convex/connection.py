@@ -22,18 +22,18 @@ import asyncio
 import json
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import websockets
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from ogelkit import Operation, Reason, Reject, Session
 from ogelkit.frontdoor import format_address
+from ogelkit_convex.backend import ConvexBackend
 from ogelkit_convex.errors import error_data, login_refusal
 from ogelkit_convex.wire import canonical, dumps, http_to_ws, initial_version, token_target
 
 if TYPE_CHECKING:
-    from ogelkit_convex.backend import ConvexBackend
     from ogelkit_convex.listener import ConvexDoor
 
 log = logging.getLogger("ogelkit.convex")
@@ -165,7 +165,7 @@ class SyncConnection:
         db = entry.databases.get(dbname) if entry is not None else None
         backend = self.ctx.backends.get(db.backend) if db is not None else None
         good = backend is not None and backend in door.backends and \
-            type(backend).token_matches(db, token)
+            ConvexBackend.token_matches(db, token)
         if named is not None and named != (tenant, dbname):
             good = False
         if not good:
@@ -174,7 +174,8 @@ class SyncConnection:
             login.use(db, backend)
         except Reject as rej:
             raise _Refused(rej, base) from None
-        self.tenant, self.dbname, self.db, self.backend = tenant, dbname, db, backend
+        self.tenant, self.dbname, self.db = tenant, dbname, db
+        self.backend = cast("ConvexBackend", backend)
 
     async def _open_upstream(self, login: Any, connect_text: str, auth: dict[str, Any]) -> None:
         opts = self.backend.options  # type: ignore[union-attr]
@@ -249,7 +250,7 @@ class SyncConnection:
             return text if await self._call(msg, kind, len(text)) else None
         if kind == "Authenticate":
             token = str(msg.get("value") or "")
-            if not token or not type(self.backend).token_matches(self.db, token):
+            if not token or not ConvexBackend.token_matches(self.db, token):
                 await self.send(dumps({"type": "AuthError", "error": BAD_TOKEN,
                                        "baseVersion": msg.get("baseVersion", 0)}))
                 raise WebSocketDisconnect(1008)

@@ -20,6 +20,7 @@ from starlette.responses import Response
 
 from ogelkit import Operation, Reason, Reject, Session
 from ogelkit.frontdoor import SHUTDOWN, format_address
+from ogelkit_convex.backend import ConvexBackend
 from ogelkit_convex.connection import BAD_TOKEN, UNREACHABLE
 from ogelkit_convex.errors import http_error
 from ogelkit_convex.upstream import UpstreamError
@@ -109,7 +110,7 @@ async def _login(door: ConvexDoor, login: Any, request: Request, token: str) -> 
     db = entry.databases.get(dbname) if entry is not None else None
     backend = door.context.backends.get(db.backend) if db is not None else None
     good = bool(token) and backend is not None and backend in door.backends and \
-        type(backend).token_matches(db, token)
+        ConvexBackend.token_matches(db, token)
     named = token_target(token) if token else None
     if named is not None and named != (tenant, dbname):
         good = False

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
+from typing import Any, cast
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -44,7 +44,7 @@ class ConvexDoor(FrontDoor):
     def target(self, host: str | None, token: str | None) -> tuple[str, str] | None:
         """(tenant, database) named by the Host header or, failing that, the token."""
         for backend in self.backends:
-            found = host_target(host or "", backend.options.domain)
+            found = host_target(host or "", cast(ConvexBackend, backend).options.domain)
             if found is not None:
                 return found
         return token_target(token) if token else None
