@@ -274,7 +274,9 @@ def run(frames: int = 20_000, seconds: float = 120.0, seed: int = 1, mode: str =
     max_msg = 1024 * 1024
     figures = Figures()
     handler = _Errors(figures)
-    logging.getLogger().addHandler(handler)
+    watched = [logging.getLogger("ogelkit"), logging.getLogger("asyncio")]
+    for logger in watched:  # on the loggers themselves: the gateway may stop propagation
+        logger.addHandler(handler)
     corpus = _corpus(pg)
     started = time.monotonic()
     try:
@@ -305,7 +307,8 @@ def run(frames: int = 20_000, seconds: float = 120.0, seed: int = 1, mode: str =
                 finally:
                     raw.close()
     finally:
-        logging.getLogger().removeHandler(handler)
+        for logger in watched:
+            logger.removeHandler(handler)
     figures.seconds = time.monotonic() - started
     return figures
 

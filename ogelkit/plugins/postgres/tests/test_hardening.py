@@ -385,3 +385,17 @@ def test_upstream_login_error_does_not_leak_the_role(gw):
         assert role not in text and f'"{QUICK.slug}"' in text, text
     finally:
         del backend.upstream_target
+
+
+def test_a_client_gone_mid_copydata_does_not_leave_its_server_in_the_pool(sgw):
+    """Part of a CopyData went upstream: resetting that server (or handing it on) would
+    feed the next bytes into the unfinished message; it is closed instead (found by
+    bench/fuzz_postgres.py: session-mode servers stuck in their reset, the pool exhausted)."""
+    for _ in range(3):
+        raw = logged_in(sgw, SESS)
+        raw.send(b"d" + pg.pack_i32(1004) + b"x" * 10)
+        time.sleep(0.1)
+        raw.close()
+        assert _wait(lambda: _server_conns_of(sgw, SESS) == 0), sgw.pool(SESS).stats()
+    with psycopg.connect(sgw.conninfo(SESS, sslmode="disable")) as conn:
+        assert conn.execute("SELECT 8").fetchone() == (8,)

@@ -1344,6 +1344,11 @@ class PostgresConnection(asyncio.Protocol):
         srv.client = None
         if srv.reading_paused:
             srv.resume()
+        if self.cskip:
+            # Part of a streamed message went upstream: the server waits for its rest, and
+            # no reset or next client may follow on this connection.
+            srv.close()
+            return
         running = self.z_recv < self.syncs_sent or self.unsynced or bool(self.swallow_z)
         if running:
             # Stop the query upstream before dropping the connection: PostgreSQL would
