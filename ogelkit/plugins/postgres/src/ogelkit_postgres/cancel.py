@@ -156,7 +156,7 @@ class CancelKeys:
         while True:
             try:
                 # Its own client: the shared one has a short read timeout for layer calls.
-                self._sub_client = aioredis.from_url(self.ctx.state_url, socket_timeout=None,
+                self._sub_client = aioredis.from_url(str(self.ctx.state_url), socket_timeout=None,
                                                      socket_connect_timeout=2.0)
                 pubsub = self._sub_client.pubsub(ignore_subscribe_messages=True)
                 await pubsub.subscribe(self.channel)

@@ -165,7 +165,7 @@ class PostgresConnection(asyncio.Protocol):
     def __init__(self, door: PostgresFrontDoor):
         self.door = door
         self.ctx = door.context
-        self.chain = door.context.chain
+        self.chain: Any = door.context.chain  # set whenever a connection exists
         self.metrics = door.metrics
         self.clients = door.clients
         self.login: Login | None = None
@@ -256,7 +256,7 @@ class PostgresConnection(asyncio.Protocol):
                     # copy of everything so far per chunk).
                     if rbuf.__class__ is bytes:
                         rbuf = self.rbuf = bytearray(rbuf)
-                    rbuf += data  # type: ignore[operator]
+                    rbuf += data
                     return
                 data = (rbuf if rbuf.__class__ is bytes else bytes(rbuf)) + data
                 self.rbuf = b""
@@ -913,7 +913,7 @@ class PostgresConnection(asyncio.Protocol):
             if self.sneed > len(sp) + len(data):  # a long message still incomplete
                 if sp.__class__ is bytes:
                     sp = self.spartial = bytearray(sp)
-                sp += data  # type: ignore[operator]
+                sp += data
                 return
             data = (sp if sp.__class__ is bytes else bytes(sp)) + data
             self.spartial = b""
@@ -1257,7 +1257,7 @@ class PostgresConnection(asyncio.Protocol):
                 transport.write_eof()
         except (OSError, RuntimeError):
             pass
-        self.door.loop.call_later(2.0, self.close)
+        asyncio.get_running_loop().call_later(2.0, self.close)
 
     def malformed(self, message: str) -> None:
         """A message the gateway cannot read: 08P01 to this client, which is closed (its
@@ -1283,7 +1283,7 @@ class PostgresConnection(asyncio.Protocol):
         if self.transport is not None and not self.transport.is_closing():
             self.transport.close()
             # A client that stopped reading must not keep the connection (and a server) alive.
-            self.door.loop.call_later(5.0, self._abort_if_stuck)
+            asyncio.get_running_loop().call_later(5.0, self._abort_if_stuck)
 
     def abort(self) -> None:
         """Drop the connection now (the end of a close's grace period)."""

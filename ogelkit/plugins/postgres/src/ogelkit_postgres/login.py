@@ -178,9 +178,9 @@ async def run_login(conn: PostgresConnection) -> None:
     except TimeoutError:
         if conn.phase != CLOSED:
             login = start_login(conn)
-            rej = login.refuse(Reject(Reason.TIMEOUT, "canceling authentication due to timeout"),
-                               "error")
-            conn.fatal(SQLSTATE[rej.reason], rej.message)
+            refused = login.refuse(
+                Reject(Reason.TIMEOUT, "canceling authentication due to timeout"), "error")
+            conn.fatal(SQLSTATE[refused.reason], refused.message)
     except asyncio.CancelledError:
         if conn.phase != CLOSED:  # gateway shutting down
             conn.close()
@@ -212,7 +212,7 @@ async def _startup_packet(conn: PostgresConnection) -> dict[str, str]:
                                              server_side=True)
             if transport is None:
                 raise ClientGone()
-            conn.transport = transport  # type: ignore[assignment]
+            conn.transport = transport
             sslobj = transport.get_extra_info("ssl_object")
             conn.sni = getattr(sslobj, "o7s_sni", None)
             tls = True

@@ -242,14 +242,14 @@ def relay_connection(session_mode: bool = True, cls: Any = None) -> tuple[Any, _
     door = types.SimpleNamespace(context=types.SimpleNamespace(chain=None), clients=ClientSet(),
                                  metrics=types.SimpleNamespace(ok=0, error=0, rejected=0),
                                  observe=False)
-    conn = (cls or PostgresConnection)(door)
+    conn: Any = (cls or PostgresConnection)(door)  # type: ignore[arg-type]
     client, server = _Sink(), _Sink()
-    conn.transport = client  # type: ignore[assignment]
+    conn.transport = client
     conn.phase = RELAY
     conn.session = ogelkit.Session("postgres", "test", "u")
     conn.session_mode = session_mode
     conn.max_msg = 200 * 1024 * 1024
-    conn.server = types.SimpleNamespace(transport=server, status=b"I", applied={},  # type: ignore[assignment]
+    conn.server = types.SimpleNamespace(transport=server, status=b"I", applied={},
                                         to_deallocate=[])
     return conn, client, server
 

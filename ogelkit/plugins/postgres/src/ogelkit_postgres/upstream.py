@@ -126,7 +126,7 @@ class ServerConnection(asyncio.Protocol):
                 sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 # Dead-peer detection for pooled connections that sit idle for minutes.
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
-        transport.write(pg.startup_message(self._startup))
+        transport.write(pg.startup_message(self._startup))  # type: ignore[attr-defined]
 
     def data_received(self, data: bytes) -> None:
         client = self.client
