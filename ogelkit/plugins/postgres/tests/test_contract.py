@@ -11,7 +11,7 @@ import psycopg
 from ogelkit_postgres.errors import reject_error
 from ogelkit_postgres.testing import PREFIX
 
-from ogelkit.model import Reject
+from ogelkit import Reject
 from ogelkit.testing.frontdoor import FrontDoorContract
 from ogelkit.testing.services import pg_dsn
 
