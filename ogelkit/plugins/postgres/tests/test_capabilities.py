@@ -11,8 +11,7 @@ import pytest
 from ogelkit_postgres.backend import PostgresBackend
 from ogelkit_postgres.sql import normalize, verb_of
 
-from ogelkit.backend import Capability
-from ogelkit.model import Operation
+from ogelkit import Capability, Operation
 from ogelkit.testing import make_session
 from ogelkit.testing.contracts import BackendContract
 from ogelkit.testing.services import pg_dsn

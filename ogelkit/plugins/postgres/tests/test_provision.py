@@ -126,7 +126,7 @@ def test_provision_is_idempotent_and_finishes_a_half_done_job(gw):
                 await admin.close()
         asyncio.run(check())
     finally:
-        from ogelkit.control.records import DatabaseRecord
+        from ogelkit import DatabaseRecord
         record = DatabaseRecord(A.slug, "half", "postgres", "pg", {"role": role, "dbname": dbname})
         gw.call(backend.deprovision(t, record))
         gw.call(backend.deprovision(t, record))  # idempotent
