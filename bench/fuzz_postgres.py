@@ -53,6 +53,7 @@ class Figures:
     crash_samples: list[str] = field(default_factory=list)
     hang_samples: list[str] = field(default_factory=list)
     logins_refused: int = 0
+    attacker_pool: dict[str, int] = field(default_factory=dict)
     refusal_samples: list[str] = field(default_factory=list)
 
     def line(self) -> str:
@@ -306,6 +307,8 @@ def run(frames: int = 20_000, seconds: float = 120.0, seed: int = 1, mode: str =
             finally:
                 stop.set()
                 watcher.join(10)
+            pool = gw.pool(attacker)
+            figures.attacker_pool = pool.stats() if pool is not None else {}
             # The gateway survived: the attacker and the canary can still log in and query.
             for tenant in (attacker, canary):
                 raw = RawClient(gw.port)
@@ -339,6 +342,7 @@ def main(argv: list[str] | None = None) -> int:
         print("  hang:", sample)
     for sample in figures.refusal_samples:
         print("  attacker refused:", sample)
+    print("  attacker's pool at the end:", figures.attacker_pool)
     return 1 if figures.crashes or figures.hangs or figures.canary_failures else 0
 
 
