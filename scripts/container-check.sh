@@ -37,7 +37,7 @@ PY
 RUNAS=()
 if [ "$(id -u)" = 0 ]; then
   id ogelkit-image >/dev/null 2>&1 || useradd --system --no-create-home --shell /usr/sbin/nologin ogelkit-image
-  chmod -R a+rX "$WORK"
+  chmod a+rx "$WORK"; chmod -R a+rX "$WORK"
   RUNAS=(runuser -u ogelkit-image --)
 fi
 cd "$WORK/app"
