@@ -23,6 +23,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("ogelkit.postgres")
 
 
+#: Seconds a server connection may sit outside the pool with no client before it is closed.
+ORPHAN_AFTER = 30.0
+#: Seconds a server connection's reset (DISCARD ALL) may go unanswered before it is closed.
+RESET_TIMEOUT = 5.0
+
+
 class PoolTimeout(Exception):
     """No server connection became free within ``query_wait_timeout``."""
 
@@ -174,6 +180,7 @@ class Pool:
     # -- maintenance -----------------------------------------------------------------------
     def maintain(self, now: float) -> None:
         cfg = self.cfg
+        self._close_orphans(now)
         floor = self._floor()
         open_count = len(self.members)
         for srv in list(self.idle):
@@ -186,6 +193,26 @@ class Pool:
         missing = floor - open_count - self.opening
         for _ in range(max(0, missing)):
             self._spawn(self._prewarm())
+
+    def _close_orphans(self, now: float) -> None:
+        """A server connection no client holds, not idle, with no cancel under way for
+        ``ORPHAN_AFTER`` seconds, or whose reset went unanswered for ``RESET_TIMEOUT``
+        seconds, is closed: whatever left it so (the fuzzer found session-mode resets that
+        a client's last messages kept upstream from answering), it must not hold a slot of
+        the pool forever."""
+        idle = self.idle
+        for srv in list(self.members):
+            if srv.client is not None or srv.cancels_pending or srv.closed or srv in idle:
+                srv.stuck_since = None
+                continue
+            if srv.stuck_since is None:
+                srv.stuck_since = now
+            elif now - srv.stuck_since > (RESET_TIMEOUT if srv.reset_pending else ORPHAN_AFTER):
+                log.warning("closing an orphaned server connection (status %r, resets "
+                            "pending %d)", srv.status, srv.reset_pending,
+                            extra={"backend": self.backend.name, "tenant": self.db.tenant,
+                                   "database": self.db.name})
+                srv.close()
 
     def _floor(self) -> int:
         if self.asleep or self.closed or not self.used:

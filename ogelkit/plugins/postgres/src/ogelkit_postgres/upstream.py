@@ -83,6 +83,7 @@ class ServerConnection(asyncio.Protocol):
         "reset_pending",
         "secret",
         "status",
+        "stuck_since",
         "to_deallocate",
         "transport",
     )
@@ -95,6 +96,7 @@ class ServerConnection(asyncio.Protocol):
         self.pid = 0
         self.secret = 0
         self.status = b"I"
+        self.stuck_since: float | None = None  # see Pool._close_orphans
         # Settings (a dict object) last applied with SET; compared at every checkout.
         self.applied: dict[str, str] | None = {}
         # Transaction mode: server-side prepared statements, name -> key, in LRU order.
