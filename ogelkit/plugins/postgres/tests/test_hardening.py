@@ -399,3 +399,24 @@ def test_a_client_gone_mid_copydata_does_not_leave_its_server_in_the_pool(sgw):
         assert _wait(lambda: _server_conns_of(sgw, SESS) == 0), sgw.pool(SESS).stats()
     with psycopg.connect(sgw.conninfo(SESS, sslmode="disable")) as conn:
         assert conn.execute("SELECT 8").fetchone() == (8,)
+
+
+def test_a_server_whose_reset_never_completes_is_closed(sgw):
+    """Found by the fuzzer in session mode: a DISCARD ALL upstream never answered kept its
+    server connection out of the pool for good; the pool's maintenance now closes it."""
+    with psycopg.connect(sgw.conninfo(SESS, sslmode="disable")) as conn:
+        conn.execute("SELECT 1")
+    pool = sgw.pool(SESS)
+    assert _wait(lambda: bool(pool.idle))
+
+    async def go():
+        srv = pool.idle.pop()
+        srv.reset_pending = 1  # as if its reset were still waiting for an answer
+        now = time.monotonic()
+        pool.maintain(now)
+        assert not srv.closed  # not at once: resets normally take a millisecond
+        pool.maintain(now + 6)
+        return srv.closed
+    assert sgw.call(go())
+    with psycopg.connect(sgw.conninfo(SESS, sslmode="disable")) as conn:
+        assert conn.execute("SELECT 9").fetchone() == (9,)
