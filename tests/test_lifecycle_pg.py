@@ -390,3 +390,29 @@ def test_fifty_databases_go_to_sleep_and_wake_with_their_data():
         assert asyncio.run(upstream_sessions()) == 0
         assert gw.running.metric("ogelkit_databases", state="asleep") == 50
         assert asyncio.run(touch_all(False)) == list(range(50))  # every one woke, data intact
+
+
+def test_a_wake_longer_than_the_login_timeout_is_still_served():
+    """The handshake deadline (login_timeout) stops while a sleeping database wakes: the
+    wake is bounded by [lifecycle] wake_timeout, not by the login's own limit."""
+    tenant = Tenant(unique("dls"), tier="nap", backend="slowish")
+    backends = (f'\n[backends.slowish]\ntype = "countingpg"\ndsn = "{pg_dsn()}"\n'
+                f'name_prefix = "{PREFIX}"\nwake_delay = "2500ms"\nlogin_timeout = "1s"\n')
+    with pg_gateway([tenant], backend_options='login_timeout = "1s"',
+                    extra=TIER + _lifecycle(timeout="8s"), backends=backends,
+                    plugins=_plugins()) as gw:
+        try:
+            _wait_state(gw, tenant, "asleep")
+
+            async def connect():
+                conn = await asyncpg.connect(**gw.asyncpg_kw(tenant), timeout=20)
+                try:
+                    return await conn.fetchval("SELECT 1")
+                finally:
+                    await conn.close()
+
+            started = time.monotonic()
+            assert asyncio.run(connect()) == 1
+            assert time.monotonic() - started > 2.0  # it really was held for the wake
+        finally:
+            gw.call(_drop_counting(gw), timeout=60)

@@ -168,8 +168,8 @@ def answer(conn: PostgresConnection, reject: Reject) -> None:
 
 async def run_login(conn: PostgresConnection) -> None:
     try:
-        async with asyncio.timeout(conn.door.handshake_timeout):
-            await _login(conn)
+        async with asyncio.timeout(conn.door.handshake_timeout) as deadline:
+            await _login(conn, deadline)
     except (LoginFailed, ClientGone):
         pass
     except Reject as rej:
@@ -263,7 +263,7 @@ async def _pick_tenant(conn: PostgresConnection, user: str, tenant_option: str |
     return user
 
 
-async def _login(conn: PostgresConnection) -> None:
+async def _login(conn: PostgresConnection, deadline: asyncio.Timeout | None = None) -> None:
     door = conn.door
     params = await _startup_packet(conn)
     user = params.get("user", "")
@@ -323,7 +323,15 @@ async def _login(conn: PostgresConnection) -> None:
     pairs = [(str(up.get("dbname") or ""), database), (str(up.get("role") or ""), user)]
     conn.hide = sorted(((o.encode(), n.encode()) for o, n in pairs if o and o != n),
                        key=lambda pair: -len(pair[0]))
+    # Admission has bounds of its own (the gatekeeper's queue wait, the lifecycle's
+    # wake_timeout): the handshake deadline stops while a sleeping database wakes.
+    loop = asyncio.get_running_loop()
+    left = deadline.when() - loop.time() if deadline is not None and deadline.when() else None
+    if deadline is not None:
+        deadline.reschedule(None)
     await login.admit(conn.close_with)
+    if deadline is not None and left is not None:
+        deadline.reschedule(loop.time() + max(left, 1.0))
     session = login.session
 
     cfg = backend.config  # type: ignore[union-attr]
