@@ -204,9 +204,9 @@ async def _startup_packet(conn: PostgresConnection) -> dict[str, str]:
             if tls or conn.sbuf:  # bytes after SSLRequest could be injected in plain text
                 fail(conn, PROTOCOL_VIOLATION, "unexpected data after SSLRequest")
             if door.ssl_context is None:
-                conn.transport.write(b"N")  # type: ignore[union-attr]
+                conn._write(b"N")
                 continue
-            conn.transport.write(b"S")  # type: ignore[union-attr]
+            conn._write(b"S")
             loop = asyncio.get_running_loop()
             transport = await loop.start_tls(conn.transport, conn, door.ssl_context,  # type: ignore[arg-type]
                                              server_side=True)
@@ -220,7 +220,7 @@ async def _startup_packet(conn: PostgresConnection) -> dict[str, str]:
         if code == pg.GSSENC_REQUEST:
             if conn.sbuf:
                 fail(conn, PROTOCOL_VIOLATION, "unexpected data after GSSENCRequest")
-            conn.transport.write(b"N")  # type: ignore[union-attr]
+            conn._write(b"N")
             continue
         if code == pg.CANCEL_REQUEST:
             if len(body) != 12:
@@ -241,7 +241,7 @@ async def _startup_packet(conn: PostgresConnection) -> dict[str, str]:
             fail(conn, PROTOCOL_VIOLATION, f"invalid startup packet layout: {exc}")
         unknown = [k for k in params if k.startswith("_pq_.")]
         if code & 0xFFFF or unknown:
-            conn.transport.write(pg.negotiate_protocol_version(0, unknown))  # type: ignore[union-attr]
+            conn._write(pg.negotiate_protocol_version(0, unknown))
         return {k: v for k, v in params.items() if not k.startswith("_pq_.")}
 
 
@@ -295,7 +295,7 @@ async def _login(conn: PostgresConnection, deadline: asyncio.Timeout | None = No
     # same exchange with a stable fake verifier, and gets the same answer as a wrong
     # password (as PostgreSQL answers for a role that does not exist).
     scram = ScramServer(login.verifier())
-    conn.transport.write(pg.auth_sasl([MECHANISM]))  # type: ignore[union-attr]
+    conn._write(pg.auth_sasl([MECHANISM]))
     body = await read_typed(conn, pg.T.PASSWORD)
     first = parse_sasl_initial(body)
     if first is None:
@@ -304,7 +304,7 @@ async def _login(conn: PostgresConnection, deadline: asyncio.Timeout | None = No
     if mechanism != MECHANISM:
         fail(conn, "28000", "client selected an invalid SASL authentication mechanism")
     try:
-        conn.transport.write(pg.auth_sasl_continue(scram.first(first_msg)))  # type: ignore[union-attr]
+        conn._write(pg.auth_sasl_continue(scram.first(first_msg)))
     except (ScramError, UnicodeDecodeError, ValueError) as exc:
         fail(conn, PROTOCOL_VIOLATION, f"malformed SCRAM message: {exc}")
     body = await read_typed(conn, pg.T.PASSWORD)
@@ -314,7 +314,7 @@ async def _login(conn: PostgresConnection, deadline: asyncio.Timeout | None = No
         raise login.bad_credentials(
             f'password authentication failed for user "{user}"') from None
     assert entry is not None  # a fake verifier never accepts a proof
-    conn.transport.write(pg.auth_sasl_final(final) + pg.AUTH_OK)  # type: ignore[union-attr]
+    conn._write(pg.auth_sasl_final(final) + pg.AUTH_OK)
 
     # Route: the same error for a database that does not exist and one of another kind.
     db = login.route(database, f'database "{database}" does not exist')
