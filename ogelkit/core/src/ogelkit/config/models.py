@@ -38,7 +38,8 @@ class ListenConfig:
                                                      "third-party backends bring, by protocol "
                                                      "name.")
     tls_cert: str | None = option(None, doc="PEM certificate for TLS on the database "
-                                            "protocols (Postgres SSLRequest). No TLS when unset.")
+                                            "protocols (Postgres SSLRequest; TLS-first clients "
+                                            "on the one port). No TLS when unset.")
     tls_key: str | None = option(None, doc="PEM private key matching tls_cert.")
 
     def port_for(self, protocol: str, default: int) -> int:
