@@ -11,6 +11,7 @@ scripts/services.sh up
 source .services/env.sh
 
 .venv/bin/ruff check .
+scripts/typecheck.sh
 # pytest's exit code 5 ("no tests collected") is a failure here too.
 if [ "$#" -eq 0 ]; then set -- ogelkit examples tests; fi
 exec .venv/bin/python -m pytest "$@"

@@ -326,7 +326,8 @@ async def _login(conn: PostgresConnection, deadline: asyncio.Timeout | None = No
     # Admission has bounds of its own (the gatekeeper's queue wait, the lifecycle's
     # wake_timeout): the handshake deadline stops while a sleeping database wakes.
     loop = asyncio.get_running_loop()
-    left = deadline.when() - loop.time() if deadline is not None and deadline.when() else None
+    when = deadline.when() if deadline is not None else None
+    left = when - loop.time() if when is not None else None
     if deadline is not None:
         deadline.reschedule(None)
     await login.admit(conn.close_with)
