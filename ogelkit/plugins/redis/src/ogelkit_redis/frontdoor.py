@@ -23,6 +23,16 @@ log = logging.getLogger("ogelkit.redis")
 class RedisFrontDoor(FrontDoor):
     protocol = "redis"
     default_port = 6379
+    #: On the one port, ask the stricter sniffers first: an inline command is any word.
+    sniff_last = True
+
+    @classmethod
+    def sniff(cls, head: bytes) -> bool | None:
+        """For the one port: a RESP array (``*``) or an inline command (a letter)."""
+        if not head:
+            return None
+        first = head[0]
+        return first == 0x2A or (0x41 <= first <= 0x5A) or (0x61 <= first <= 0x7A)
 
     def __init__(self, context: Any, *, host: str, port: int, backends: list):
         super().__init__(context, host=host, port=port, backends=backends)
