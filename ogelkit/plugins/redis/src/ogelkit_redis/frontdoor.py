@@ -26,6 +26,9 @@ class RedisFrontDoor(FrontDoor):
     #: On the one port, ask the stricter sniffers first: an inline command is any word.
     sniff_last = True
 
+    def new_connection(self) -> RedisClient:
+        return RedisClient(self)
+
     @classmethod
     def sniff(cls, head: bytes) -> bool | None:
         """For the one port: a RESP array (``*``) or an inline command (a letter)."""
