@@ -19,7 +19,8 @@ ROOT = Path(__file__).resolve().parent.parent
 def _addresses(proc: GatewayProcess) -> dict[str, int]:
     for line in proc.log().splitlines():
         if '"msg": "ready"' in line:
-            return {k: int(v[0].rsplit(":", 1)[1]) for k, v in json.loads(line)["addresses"].items()}
+            return {k: int(v[0].rsplit(":", 1)[1])
+                    for k, v in json.loads(line)["addresses"].items() if v}
     raise AssertionError(proc.log())
 
 
