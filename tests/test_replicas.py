@@ -61,7 +61,7 @@ RUN = uuid.uuid4().hex[:6]
 # name -> tier; one tenant (with one Postgres database, "main") per property
 TENANTS = {
     "cap": "free", "rate": "free", "cxl": "pro", "tier": "free",
-    "use1": "enterprise", "use2": "enterprise", "kcap": "free",
+    "use1": "enterprise", "use2": "enterprise", "kcap": "free", "life": "pro",
 }
 
 
@@ -427,11 +427,32 @@ async def test_lifecycle_scheduler_runs_on_one_replica(cluster):
     for _ in range(5):  # stable: never two leaders, never none
         assert sorted(await leaders(replicas)) == [0.0, 0.0, 1.0]
         await asyncio.sleep(0.3)
-    client = redis.Redis.from_url(redis_url())
+    leader = replicas[(await leaders(replicas)).index(1.0)]
+    # The scheduler's work is done once: `databases sleep` (the CLI, through the shared
+    # control plane) is applied by the leader alone.
+    out = await asyncio.to_thread(cluster.cli, "databases", "sleep", slug("life"), "main",
+                                  "--wait", "20")
+    assert out.returncode == 0 and "applied it: asleep" in out.stdout, out.stdout + out.stderr
+    slept = {r.pg_port: len(log_lines(r, "database asleep", slug("life"))) for r in replicas}
+    assert slept == {r.pg_port: int(r is leader) for r in replicas}, slept
+    # a client of another replica wakes it (held, not refused)
+    other = next(r for r in replicas if r is not leader)
+    conn = await connect(other, "life")
     try:
-        assert len(list(client.scan_iter(match="ogelkit:lifecycle:leader:*"))) >= 1
+        assert await conn.fetchval("SELECT 3") == 3
     finally:
-        client.close()
+        await conn.close()
+    assert len(log_lines(other, "waking database", slug("life"))) == 1
+
+
+def log_lines(replica: Replica, msg: str, tenant: str) -> list[dict[str, Any]]:
+    found = []
+    for line in replica.proc.log().splitlines():
+        with contextlib.suppress(ValueError):
+            entry = json.loads(line)
+            if entry.get("msg") == msg and entry.get("tenant") == tenant:
+                found.append(entry)
+    return found
 
 
 # -- 6. usage after SIGTERM under load ---------------------------------------------------
