@@ -169,8 +169,15 @@ class Directory:
                         session.close(Reject(Reason.UNKNOWN, "tenant was deleted"))
 
     def apply(self, tenant: TenantRecord) -> None:
-        """A tenant changed: refresh live sessions now, drop the cached entry."""
-        self.invalidate(tenant.slug)
+        """A tenant changed: refresh live sessions now, and mark the cached entry stale.
+
+        The entry is kept (with the new record and tier) rather than dropped, so that while
+        the control plane is unreachable the tenant is still served, under its new state."""
+        entry = self._cache.get(tenant.slug)
+        if entry is not None:
+            entry.tenant = tenant
+            entry.tier = self.tier(tenant.tier)
+            entry.fetched_at = float("-inf")  # refetched at the next lookup
         self._password_ok = {k: v for k, v in self._password_ok.items() if k[0] != tenant.slug}
         tier = self.tier(tenant.tier)
         for session in self.sessions.of(tenant.slug):
