@@ -62,3 +62,41 @@ async def test_an_unknown_tenant_needs_the_store(store, monkeypatch):
     _break(store, monkeypatch)
     with pytest.raises(Down):
         await directory.lookup("nobody")
+
+
+async def test_concurrent_lookups_of_one_tenant_share_one_fetch(store, monkeypatch):
+    import anyio
+
+    await store.create_tenant("acme", "free")
+    directory = Directory(store, DEFAULT_TIER_TABLE, ttl=60.0)
+    calls = 0
+    real = store.get_tenant
+
+    async def counted(slug):
+        nonlocal calls
+        calls += 1
+        await anyio.sleep(0.05)
+        return await real(slug)
+
+    monkeypatch.setattr(store, "get_tenant", counted)
+    results = []
+
+    async def one():
+        results.append(await directory.lookup("acme"))
+
+    async with anyio.create_task_group() as tg:
+        for _ in range(50):
+            tg.start_soon(one)
+    assert calls == 1
+    assert len(results) == 50 and all(r is results[0] for r in results)
+
+
+async def test_a_cancelled_lookup_does_not_cancel_the_others(store):
+    import anyio
+
+    await store.create_tenant("acme", "free")
+    directory = Directory(store, DEFAULT_TIER_TABLE, ttl=60.0)
+    with anyio.move_on_after(0):
+        await directory.lookup("acme")  # cancelled at once
+    entry = await directory.lookup("acme")
+    assert entry is not None and entry.tenant.slug == "acme"

@@ -8,6 +8,7 @@ updates the tier of live sessions, and closes sessions of suspended or deleted t
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import logging
@@ -80,6 +81,7 @@ class Directory:
         self.sessions = sessions or SessionRegistry()
         self.chain: Chain | None = None
         self._cache: dict[str, TenantEntry | None] = {}
+        self._fetching: dict[str, asyncio.Future[TenantEntry | None]] = {}
         self._mock_secret = os.urandom(32)
         self._password_ok: dict[tuple[str, bytes], float] = {}
         self._last_change = time.time()
@@ -96,6 +98,23 @@ class Directory:
         entry = self._cache.get(slug)
         if entry is not None and now - entry.fetched_at < self.ttl:
             return entry
+        # One fetch per tenant at a time: a reconnect storm of one tenant costs the control
+        # plane one round of queries, not one per connection. The fetch is shielded so a
+        # caller that gives up (client reset mid-login) does not cancel it for the others.
+        task = self._fetching.get(slug)
+        if task is None:
+            task = asyncio.ensure_future(self._fetch(slug, entry))
+            self._fetching[slug] = task
+            task.add_done_callback(lambda t: self._fetched(slug, t))
+        return await asyncio.shield(task)
+
+    def _fetched(self, slug: str, task: asyncio.Future[TenantEntry | None]) -> None:
+        self._fetching.pop(slug, None)
+        if not task.cancelled():
+            task.exception()  # retrieved here too: every waiter may have given up
+
+    async def _fetch(self, slug: str, entry: TenantEntry | None) -> TenantEntry | None:
+        now = time.monotonic()
         try:
             tenant = await self.store.get_tenant(slug)
             if tenant is None:
