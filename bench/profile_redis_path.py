@@ -215,7 +215,7 @@ async def load_mode(args) -> None:
 
 
 def _time_ops(session, chain, cmd, n: int, canceller) -> float:
-    from ogelkit_redis.client import RedisOperation
+    from ogelkit_redis.connection import RedisOperation
     monotonic = time.monotonic
     admit, complete = chain.admit, chain.complete
     argv = [b"GET", b"t:x:main:key:000000001"]
@@ -233,7 +233,7 @@ def _time_ops(session, chain, cmd, n: int, canceller) -> float:
 
 
 async def chain_mode(args) -> None:
-    from ogelkit_redis.client import RedisOperation
+    from ogelkit_redis.connection import RedisOperation
 
     from ogelkit.chain import Chain
     gw, config = _start(True)

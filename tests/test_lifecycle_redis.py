@@ -35,6 +35,11 @@ def test_an_idle_redis_database_sleeps_and_wakes_on_the_next_command():
             client = redis.Redis(host="127.0.0.1", port=gw.port("redis"), username=slug,
                                  password=password)
             client.set("k", "kept")
+            # A connected client, even an idle one, keeps its database awake: the door
+            # registers it with the lifecycle at admission and releases it at the end.
+            time.sleep(3)
+            assert gw.context.lifecycle.state_of(slug, "main") != "asleep"
+            assert client.get("k") == b"kept"
             client.close()
             assert _upstream_clients(acl_user) >= 1
             deadline = time.monotonic() + 20

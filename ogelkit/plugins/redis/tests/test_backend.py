@@ -8,9 +8,9 @@ import time
 
 import pytest
 import redis
-from ogelkit_redis import resp
+from ogelkit_redis import wire
 from ogelkit_redis.backend import RedisBackend
-from ogelkit_redis.client import RedisOperation
+from ogelkit_redis.connection import RedisOperation
 from ogelkit_redis.options import RedisOptions
 from redis_support import REDIS_HOST, REDIS_PORT, REDIS_URL, admin, gateway, new_tenants
 
@@ -186,22 +186,22 @@ def test_writes_over_the_key_quota_get_oom():
 
 
 def test_resp_codec():
-    argv, end = resp.parse_command(b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n*1", 0, 100)
+    argv, end = wire.parse_command(b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n*1", 0, 100)
     assert argv == [b"GET", b"k"] and end == 20
     partial = b"*2\r\n$3\r\nGET\r\n$10\r\nab"
-    argv, need = resp.parse_command(partial, 0, 100)
+    argv, need = wire.parse_command(partial, 0, 100)
     assert argv is None and need == len(partial) - 2 + 12  # waits for the whole value
-    assert resp.split_args(b'SET "a b\\x41" \'c\\\'d\'') == [b"SET", b"a bA", b"c'd"]
-    with pytest.raises(resp.ProtocolError):
-        resp.split_args(b'SET "open')
-    with pytest.raises(resp.ProtocolError, match="invalid bulk length"):
-        resp.parse_command(b"*1\r\n$101\r\n", 0, 100)
+    assert wire.split_args(b'SET "a b\\x41" \'c\\\'d\'') == [b"SET", b"a bA", b"c'd"]
+    with pytest.raises(wire.ProtocolError):
+        wire.split_args(b'SET "open')
+    with pytest.raises(wire.ProtocolError, match="invalid bulk length"):
+        wire.parse_command(b"*1\r\n$101\r\n", 0, 100)
     for raw in (b"+OK\r\n", b"$-1\r\n", b"*2\r\n$1\r\na\r\n:1\r\n", b"%1\r\n+a\r\n_\r\n",
                 b">3\r\n$7\r\nmessage\r\n$1\r\nc\r\n$1\r\nx\r\n", b",1.5\r\n", b"#t\r\n",
                 b"|1\r\n+ttl\r\n:3\r\n$1\r\nv\r\n", b"=8\r\ntxt:abcd\r\n"):
-        assert resp.reply_end(raw + b"+next", 0) == len(raw)
-        assert resp.reply_end(raw[:-1], 0) < 0
-        assert resp.encode(resp.decode(raw)[0]) == raw
+        assert wire.reply_end(raw + b"+next", 0) == len(raw)
+        assert wire.reply_end(raw[:-1], 0) < 0
+        assert wire.encode(wire.decode(raw)[0]) == raw
 
 
 def test_writes_over_the_memory_quota_get_oom():

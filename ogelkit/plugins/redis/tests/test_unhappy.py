@@ -153,3 +153,25 @@ def test_deleting_a_database_closes_its_clients():
         time.sleep(0.5)  # the directory's cache_ttl in these tests is 0.2s
         with pytest.raises(redis.RedisError, match="no Redis database"):
             gw.client(gw.a).get("k")
+
+
+def test_a_client_that_never_authenticates_is_timed_out():
+    tenants = new_tenants(1)
+    with gateway(tenants, backend='handshake_timeout = "0.5s"') as gw:
+        import socket
+        silent = socket.create_connection(("127.0.0.1", gw.port), timeout=5)
+        chatty = socket.create_connection(("127.0.0.1", gw.port), timeout=5)
+        chatty.sendall(b"PING\r\n")  # commands before AUTH do not extend the deadline
+        assert chatty.recv(100).startswith(b"-NOAUTH")
+        ok = gw.client(gw.a)  # an authenticated client is not affected
+        assert ok.ping()
+        started = time.monotonic()
+        for sock in (silent, chatty):
+            data = b""
+            while chunk := sock.recv(1000):
+                data += chunk
+            assert data.endswith(b"-ERR authentication timed out: AUTH within 0.5 s of "
+                                 b"connecting\r\n"), data
+            sock.close()
+        assert 0.3 < time.monotonic() - started < 3
+        assert ok.ping() and ok.connection_pool._created_connections == 1

@@ -465,8 +465,10 @@ class MongoConnection(asyncio.Protocol, Planner, ReplyMapper, LocalCommands):
         if m.more_to_come and req.local is not None:
             self._finish(op)  # nothing to answer
             return
+        chain = self.ctx.chain
+        assert chain is not None  # built before any door accepts a client
         try:
-            pending = self.ctx.chain.admit(op)
+            pending = chain.admit(op)
         except Reject as rej:
             self._reject(op, rej)
             return
@@ -580,7 +582,9 @@ class MongoConnection(asyncio.Protocol, Planner, ReplyMapper, LocalCommands):
             m.error += 1
         else:
             m.ok += 1
-        self.ctx.chain.complete(op)
+        chain = self.ctx.chain
+        assert chain is not None  # built before any door accepts a client
+        chain.complete(op)
 
     def _resume(self) -> None:
         if self.closed:

@@ -63,7 +63,7 @@ class MongoFrontDoor(ogelkit.FrontDoor):
         }
         timeouts = [i.get("logicalSessionTimeoutMinutes") for i in infos]
         if all(t is not None for t in timeouts):
-            out["logicalSessionTimeoutMinutes"] = min(timeouts)  # type: ignore[type-var]
+            out["logicalSessionTimeoutMinutes"] = min(timeouts)
         out["minWireVersion"] = 0
         out["maxWireVersion"] = min(MAX_WIRE_VERSION, *(i["maxWireVersion"] for i in infos))
         return out

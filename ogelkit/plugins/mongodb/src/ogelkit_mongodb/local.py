@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from ogelkit_mongodb import errors
 from ogelkit_mongodb.commands import Refusal
@@ -36,7 +36,7 @@ class LocalCommands:
         for record in self.databases.values():
             by_backend.setdefault(record.backend, []).append(record.upstream["database"])
         for bid, names in by_backend.items():
-            backend: MongoBackend = self.ctx.backends[bid]
+            backend = cast("MongoBackend", self.ctx.backends[bid])
             reply = await backend.pool.command("admin", {"listDatabases": 1})
             if not reply.get("ok"):
                 raise Refusal((int(reply.get("code", 1)), str(reply.get("codeName", "Error"))),
@@ -45,7 +45,7 @@ class LocalCommands:
             for item in reply.get("databases", []):
                 if item.get("name") in wanted:
                     sizes[item["name"]] = item
-        out = []
+        out: list[dict[str, Any]] = []
         for name, record in sorted(self.databases.items()):
             up = sizes.get(record.upstream["database"], {})
             size = int(up.get("sizeOnDisk", 0))
@@ -77,7 +77,7 @@ class LocalCommands:
         return errors.error_doc(errors.COMMAND_NOT_FOUND, f"no such command: '{name}'")
 
     def _build_info(self) -> dict[str, Any]:
-        info = self.door.backends[0].build_info or {}
+        info = cast("MongoBackend", self.door.backends[0]).build_info or {}
         version = str(info.get("version", "7.0.0"))
         parts = [int(p) if p.isdigit() else 0 for p in version.split(".")[:3]]
         limits = self.door.server_limits()

@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("ogelkit.mongodb")
 
-Respond = Callable[[dict[str, Any]], None]
+Respond = Callable[[dict[str, Any]], object]
 
 #: The one answer to a wrong password and to an unknown tenant (what MongoDB itself says).
 AUTH_FAILED = "Authentication failed."

@@ -9,7 +9,7 @@ a value of the wrong type is a ``Refusal`` answered in protocol, never an except
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import bson
 
@@ -79,7 +79,7 @@ class Planner:
         record = self._record(db)
         req.mode = mode
         req.record = record
-        backend: MongoBackend = self.ctx.backends[record.backend]
+        backend = cast("MongoBackend", self.ctx.backends[record.backend])
         req.backend = backend
         req.upstream_db = record.upstream["database"]
         req.body = data[m.body_start:m.body_end]
@@ -242,7 +242,7 @@ class Planner:
             edits.append((to_el[2], to_el[3], string_value(self._map_ns(dst))))
         req.mode = commands.GENERIC
         req.record = record
-        req.backend = self.ctx.backends[record.backend]
+        req.backend = cast("MongoBackend", self.ctx.backends[record.backend])
         req.upstream_db = "admin"
         req.body = data[m.body_start:m.body_end]
         self._build(req, m, edits)

@@ -106,7 +106,7 @@ class ReplyMapper:
         if req.name == "listCollections" and op.rows:
             return self._filter_collections(op, reply, s, e)
         edits: list[bsonraw.Edit] = []
-        if ns:
+        if ns and ns_el is not None:
             db, dot, rest = ns.partition(".")
             mine = self.unmap.get(db)
             if mine is not None:

@@ -241,9 +241,9 @@ def fuzz(port: int, user: str, password: str, *, frames: int, seed: int = 1,
                 sock = socket.create_connection((host, port), timeout=reply_timeout)
                 authenticated = False
                 if rng.random() < 0.5:
-                    reply = scram_login(sock, user, password, db)
-                    if not reply.get("ok"):
-                        raise RuntimeError(f"the fuzzer's own login failed: {reply}")
+                    login = scram_login(sock, user, password, db)
+                    if not login.get("ok"):
+                        raise RuntimeError(f"the fuzzer's own login failed: {login}")
                     authenticated = True
                     report.logins += 1
             frame = rng.choice(corpus)
@@ -275,7 +275,8 @@ def fuzz(port: int, user: str, password: str, *, frames: int, seed: int = 1,
                             sock = None
             except (BrokenPipeError, ConnectionResetError):
                 report.closes += 1
-                sock.close()
+                if sock is not None:
+                    sock.close()
                 sock = None
             if canary is not None and i % canary_every == 0:
                 report.canary_ops += 1

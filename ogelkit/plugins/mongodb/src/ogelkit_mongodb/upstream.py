@@ -32,8 +32,8 @@ log = logging.getLogger("ogelkit.mongodb.upstream")
 #: Replies decoded for the gateway's own use (never re-encoded towards clients).
 #: Invalid UTF-8 an upstream echoes back (a client's own bytes in an error message) becomes
 #: U+FFFD instead of failing the decode.
-DECODE_OPTIONS = CodecOptions(datetime_conversion=DatetimeConversion.DATETIME_AUTO,
-                              unicode_decode_error_handler="replace")
+DECODE_OPTIONS: CodecOptions[dict[str, Any]] = CodecOptions(
+    datetime_conversion=DatetimeConversion.DATETIME_AUTO, unicode_decode_error_handler="replace")
 
 #: ``callback(reply_bytes, None)`` or ``callback(None, error_text)``.
 Callback = Callable[[bytes | None, str | None], None]

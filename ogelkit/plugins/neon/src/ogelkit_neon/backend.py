@@ -163,10 +163,10 @@ class NeonBackend(PostgresBackend):
         if parent is None:
             raise ValueError(f"the parent {parent_name} of {db.name} no longer exists")
         await self._drop_connections(db, close_pool=False)
-        result = await self.driver.reset(db, parent)
+        await self.driver.reset(db, parent)
         log.info("reset neon branch", extra={"tenant": tenant.slug, "database": db.name,
                                               "parent": parent_name})
-        return result
+        return None
 
     async def on_tier_change(self, tenant: TenantRecord, db: DatabaseRecord, tier: Tier) -> None:
         pool = self.pools.get((db.tenant, db.name))

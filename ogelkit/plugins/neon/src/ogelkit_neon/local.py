@@ -244,7 +244,7 @@ class LocalDriver:
         self.admin_password = secret.read_text().strip()
 
     def _branch_dirs(self) -> list[Path]:
-        out = []
+        out: list[Path] = []
         for tenant in self.root.iterdir():
             if tenant.name.startswith(".") or not tenant.is_dir():
                 continue

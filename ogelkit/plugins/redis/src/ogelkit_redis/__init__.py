@@ -6,7 +6,7 @@ and an ACL user limited to that prefix. See docs/plugins/redis.md.
 """
 
 from ogelkit_redis.backend import RedisBackend
-from ogelkit_redis.frontdoor import RedisFrontDoor
+from ogelkit_redis.listener import RedisFrontDoor
 from ogelkit_redis.options import RedisOptions
 
 __all__ = ["RedisBackend", "RedisFrontDoor", "RedisOptions"]

@@ -14,21 +14,16 @@ from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit
 
-from ogelkit.backend import Backend
-from ogelkit.model import Reason, Reject
-from ogelkit.units import format_size
-from ogelkit_redis import resp
+from ogelkit import Backend, Reason, Reject, format_size
+from ogelkit_redis import wire
 from ogelkit_redis.commands import CommandTable, to_python
-from ogelkit_redis.frontdoor import RedisFrontDoor
 from ogelkit_redis.namespace import Namespace, glob_escape
 from ogelkit_redis.options import RedisOptions
 from ogelkit_redis.pools import Pools
 
 if TYPE_CHECKING:
-    from ogelkit.control.records import DatabaseRecord, TenantRecord
-    from ogelkit.model import Operation
-    from ogelkit.tiers import Tier
-    from ogelkit_redis.client import RedisClient
+    from ogelkit import DatabaseRecord, Operation, TenantRecord, Tier
+    from ogelkit_redis.connection import RedisConnection
 
 log = logging.getLogger("ogelkit.redis.backend")
 
@@ -78,8 +73,7 @@ class TenantDb:
 class RedisBackend(Backend):
     type_name = "redis"
     Config = RedisOptions
-    protocol = "redis"
-    frontdoor = RedisFrontDoor
+    protocol = "redis"  # served by RedisFrontDoor (registered in plugin.py)
 
     def __init__(self, config: RedisOptions, *, name: str, context: Any):
         super().__init__(config, name=name, context=context)
@@ -145,22 +139,22 @@ class RedisBackend(Backend):
                 "upstream": {f"{k[0]}/{k[1]}": t.pools.stats() for k, t in self.tdbs.items()}}
 
     # -- admin calls -------------------------------------------------------------------------
-    async def call(self, *argv: bytes) -> resp.Frame:
+    async def call(self, *argv: bytes) -> wire.Frame:
         """One command on the admin connection; raises RedisCallError on an error reply."""
         up = await self.admin.get_shared(2, 0)
         raw = await up.call(*argv)
-        frame, _ = resp.decode(raw)
+        frame, _ = wire.decode(raw)
         if frame.is_error:
             raise RedisCallError(frame.value.decode("utf-8", "replace"))
         return frame
 
-    async def calls(self, commands: list[list[bytes]]) -> list[resp.Frame]:
+    async def calls(self, commands: list[list[bytes]]) -> list[wire.Frame]:
         """Several commands pipelined on the admin connection (errors returned, not raised)."""
         if not commands:
             return []
         up = await self.admin.get_shared(2, 0)
         raws = await asyncio.gather(*(up.call(*argv) for argv in commands))
-        return [resp.decode(raw)[0] for raw in raws]
+        return [wire.decode(raw)[0] for raw in raws]
 
     async def scan_prefix(self, ns: Namespace, count: int = 1000):
         """Every key name of a namespace (full names), batch by batch."""
@@ -272,19 +266,19 @@ class RedisBackend(Backend):
 
     # -- emulated commands --------------------------------------------------------------------
     async def emulate(self, name: str, tdb: TenantDb, argv: list[bytes],
-                      client: RedisClient) -> bytes:
+                      client: RedisConnection) -> bytes:
         ns = tdb.ns
         proto = client.proto
         if name == "dbsize":
             if len(argv) != 1:
-                return resp.error("ERR wrong number of arguments for 'dbsize' command")
+                return wire.error("ERR wrong number of arguments for 'dbsize' command")
             n = 0
             async for batch in self.scan_prefix(ns):
                 n += len(batch)
-            return resp.integer(n)
+            return wire.integer(n)
         if name == "keys":
             if len(argv) != 2:
-                return resp.error("ERR wrong number of arguments for 'keys' command")
+                return wire.error("ERR wrong number of arguments for 'keys' command")
             found: dict[bytes, None] = {}  # SCAN may repeat a key; KEYS lists it once
             cursor = b"0"
             pattern = ns.pattern(argv[1])
@@ -295,23 +289,23 @@ class RedisBackend(Backend):
                     found[item.value] = None
                 if cursor == b"0":
                     break
-            return resp.array([resp.bulk(ns.strip(k)) for k in found])
+            return wire.array([wire.bulk(ns.strip(k)) for k in found])
         if name == "randomkey":
             if len(argv) != 1:
-                return resp.error("ERR wrong number of arguments for 'randomkey' command")
+                return wire.error("ERR wrong number of arguments for 'randomkey' command")
             async for batch in self.scan_prefix(ns):
-                return resp.bulk(ns.strip(random.choice(batch)))
-            return resp.null(proto)
+                return wire.bulk(ns.strip(random.choice(batch)))
+            return wire.null(proto)
         if name == "flushdb":
             if len(argv) > 2 or (len(argv) == 2 and argv[1].upper() not in (b"ASYNC", b"SYNC")):
-                return resp.error("ERR syntax error")
+                return wire.error("ERR syntax error")
             await self.delete_keys(ns)
-            return resp.OK
+            return wire.OK
         if name == "info":
             return await self._info(tdb, argv, client)
-        return resp.error(f"ERR {name.upper()} is not supported through the gateway")
+        return wire.error(f"ERR {name.upper()} is not supported through the gateway")
 
-    async def _info(self, tdb: TenantDb, argv: list[bytes], client: RedisClient) -> bytes:
+    async def _info(self, tdb: TenantDb, argv: list[bytes], client: RedisConnection) -> bytes:
         wanted = {a.decode("utf-8", "replace").lower() for a in argv[1:]} or {"default"}
         every = bool(wanted & {"all", "everything", "default"})
         out: list[str] = []
@@ -336,7 +330,7 @@ class RedisBackend(Backend):
             if keys:
                 out.append(f"db0:keys={keys},expires={expires},avg_ttl=0")
             out.append("")
-        return resp.verbatim("\r\n".join(out).encode(), client.proto)
+        return wire.verbatim("\r\n".join(out).encode(), client.proto)
 
     # -- quotas (background sampling) ---------------------------------------------------------
     async def sample(self, tdb: TenantDb) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ogelkit_redis.resp import Frame
+from ogelkit_redis.wire import Frame
 
 # -- key specifications ---------------------------------------------------------------------
 
@@ -205,7 +205,7 @@ class Command:
         full = raw[0].decode().lower()
         self.full_name = full
         self.name = full.split("|")[-1]
-        self.op_name = (parent.op_name if parent is not None else full.upper())
+        self.op_name: str = (parent.op_name if parent is not None else full.upper())
         self.arity = int(raw[1])
         self.flags = {f.decode().lower() for f in raw[2]}
         self.categories = {c.decode().lower().lstrip("@") for c in raw[6]} if len(raw) > 6 else set()

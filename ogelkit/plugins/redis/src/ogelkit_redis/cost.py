@@ -23,11 +23,10 @@ sort               SORT, SORT_RO                                             n *
 from __future__ import annotations
 
 import math
-from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from ogelkit.model import Operation
+    from ogelkit import Operation
 
 KEYSPACE = {"keys", "dbsize", "randomkey", "flushdb", "info"}
 SIZE_OF = {
@@ -71,7 +70,7 @@ def _bounded(name: str, argv: list[bytes]) -> int | None:
     return None
 
 
-def cost_key(op: Operation) -> Hashable | None:
+def cost_key(op: Operation) -> tuple[Any, ...] | None:
     cmd = getattr(op, "command", None)
     argv: list[bytes] | None = getattr(op, "argv", None)
     if cmd is None or argv is None:
@@ -98,7 +97,7 @@ async def estimate_cost(backend: Any, op: Operation) -> float | None:
     name, keys, bound = key
     if name in _STORE_DEST_FIRST:
         keys = keys[1:]
-    size_cmd = SIZE_OF[name]
+    size_cmd: bytes | None = SIZE_OF[name]
     total = 0
     if size_cmd == b"SIZE":  # SORT: list, set or sorted set
         frames = await backend.calls([[b"TYPE", keys[0]]]) if keys else []

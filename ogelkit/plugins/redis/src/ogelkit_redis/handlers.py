@@ -1,6 +1,6 @@
 """Command handlers by kind (``Command.kind``), for everything that is not a plain
 key-taking command: connection state kept in the gateway, transactions, pub/sub, key
-patterns, emulated commands and refusals. Each returns like ``RedisClient._execute``."""
+patterns, emulated commands and refusals. Each returns like ``RedisConnection._execute``."""
 
 from __future__ import annotations
 
@@ -8,22 +8,22 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from ogelkit.model import Reason, Reject
-from ogelkit_redis import resp
+from ogelkit import Reason, Reject
+from ogelkit_redis import wire
 from ogelkit_redis.namespace import ChannelRefused
 
 if TYPE_CHECKING:
-    from ogelkit_redis.client import RedisClient
     from ogelkit_redis.commands import Command
+    from ogelkit_redis.connection import RedisConnection
     from ogelkit_redis.upstream import Upstream
 
-Handler = Callable[["RedisClient", "Command", list[bytes], bytes], bool]
+Handler = Callable[["RedisConnection", "Command", list[bytes], bytes], bool]
 
 _IN_MULTI = "is not supported inside MULTI through the gateway"
 
 
-def _arity_error(c: RedisClient, cmd: Command) -> bool:
-    c.reply(resp.error(f"ERR wrong number of arguments for '{cmd.full_name.replace('|', ' ')}' "
+def _arity_error(c: RedisConnection, cmd: Command) -> bool:
+    c.reply(wire.error(f"ERR wrong number of arguments for '{cmd.full_name.replace('|', ' ')}' "
                        "command"))
     if c.in_multi:
         c.multi_error = True
@@ -35,13 +35,13 @@ def _arity_ok(cmd: Command, argv: list[bytes]) -> bool:
     return len(argv) == a if a >= 0 else len(argv) >= -a
 
 
-def _not_in_multi(c: RedisClient, cmd: Command) -> bool:
+def _not_in_multi(c: RedisConnection, cmd: Command) -> bool:
     c.multi_error = True
-    c.reply(resp.error(f"ERR {cmd.full_name.replace('|', ' ').upper()} {_IN_MULTI}"))
+    c.reply(wire.error(f"ERR {cmd.full_name.replace('|', ' ').upper()} {_IN_MULTI}"))
     return True
 
 
-def _strip_for(c: RedisClient, name: str) -> Callable[[bytes], bytes] | None:
+def _strip_for(c: RedisConnection, name: str) -> Callable[[bytes], bytes] | None:
     ns = c.ns
     if name in ("xread", "xreadgroup"):
         return ns.strip_streams
@@ -50,7 +50,7 @@ def _strip_for(c: RedisClient, name: str) -> Callable[[bytes], bytes] | None:
     return None
 
 
-def _quota(c: RedisClient, cmd: Command, argv: list[bytes]) -> bool:
+def _quota(c: RedisConnection, cmd: Command, argv: list[bytes]) -> bool:
     """True when the write must be refused (tenant over its key or memory quota)."""
     if cmd.denyoom and c.tdb.over_quota is not None:
         c._refuse(cmd, argv, c.tdb.over_quota)
@@ -59,7 +59,7 @@ def _quota(c: RedisClient, cmd: Command, argv: list[bytes]) -> bool:
 
 
 # -- plain key commands ---------------------------------------------------------------------
-def keyed(c: RedisClient, cmd: Command, argv: list[bytes], raw: bytes) -> bool:
+def keyed(c: RedisConnection, cmd: Command, argv: list[bytes], raw: bytes) -> bool:
     """Key commands whose replies name keys (LMPOP, ZMPOP ...)."""
     if _quota(c, cmd, argv):
         return True
@@ -68,14 +68,14 @@ def keyed(c: RedisClient, cmd: Command, argv: list[bytes], raw: bytes) -> bool:
     return c._send(cmd, argv, out, _strip_for(c, cmd.full_name))
 
 
-def container(c: RedisClient, cmd: Command, argv: list[bytes], raw: bytes) -> bool:
+def container(c: RedisConnection, cmd: Command, argv: list[bytes], raw: bytes) -> bool:
     """OBJECT, XINFO, XGROUP, MEMORY, SCRIPT, FUNCTION: the subcommand decides."""
     sub = cmd.subcommands.get(argv[1].lower()) if len(argv) > 1 else None
     if sub is None:
         if len(argv) < 2:
             return _arity_error(c, cmd)
         shown = argv[1][:64].decode("utf-8", "replace")
-        c.reply(resp.error(f"ERR unknown subcommand '{shown}'. Try "
+        c.reply(wire.error(f"ERR unknown subcommand '{shown}'. Try "
                            f"{cmd.full_name.upper()} HELP."))
         if c.in_multi:
             c.multi_error = True
@@ -89,14 +89,14 @@ def container(c: RedisClient, cmd: Command, argv: list[bytes], raw: bytes) -> bo
     return c._send(sub, argv, out, None)
 
 
-def copy(c: RedisClient, cmd: Command, argv: list[bytes], raw: bytes) -> bool:
+def copy(c: RedisConnection, cmd: Command, argv: list[bytes], raw: bytes) -> bool:
     if any(a.upper() == b"DB" for a in argv[3:]):
         return c.refuse_text(cmd, "COPY ... DB: each tenant database has a single logical "
                                   "database (0)")
     return keys(c, cmd, argv, raw)
 
 
-def keys(c: RedisClient, cmd: Command, argv: list[bytes], raw: bytes) -> bool:
+def keys(c: RedisConnection, cmd: Command, argv: list[bytes], raw: bytes) -> bool:
     if _quota(c, cmd, argv):
         return True
     positions = cmd.key_positions(argv)
@@ -104,16 +104,16 @@ def keys(c: RedisClient, cmd: Command, argv: list[bytes], raw: bytes) -> bool:
     return c._send(cmd, argv, out, None)
 
 
-def refuse(c: RedisClient, cmd: Command, argv: list[bytes], raw: bytes) -> bool:
+def refuse(c: RedisConnection, cmd: Command, argv: list[bytes], raw: bytes) -> bool:
     return c.refuse_text(cmd, cmd.reason)
 
 
 # -- blocking -------------------------------------------------------------------------------
-def _unblock(c: RedisClient) -> None:
+def _unblock(c: RedisConnection) -> None:
     c.blocked -= 1
 
 
-def _send_blocking(c: RedisClient, cmd: Command, argv: list[bytes], out: bytes,
+def _send_blocking(c: RedisConnection, cmd: Command, argv: list[bytes], out: bytes,
                    transform: Callable[[bytes], bytes] | None, raw: bytes) -> bool:
     if c.in_multi:  # queued: runs without blocking at EXEC
         return c._send(cmd, argv, out, transform)
@@ -124,7 +124,7 @@ def _send_blocking(c: RedisClient, cmd: Command, argv: list[bytes], out: bytes,
     return c.with_dedicated(argv, raw, then)
 
 
-def blocking(c: RedisClient, cmd: Command, argv: list[bytes], raw: bytes) -> bool:
+def blocking(c: RedisConnection, cmd: Command, argv: list[bytes], raw: bytes) -> bool:
     if _quota(c, cmd, argv):
         return True
     positions = cmd.key_positions(argv)
@@ -132,7 +132,7 @@ def blocking(c: RedisClient, cmd: Command, argv: list[bytes], raw: bytes) -> boo
     return _send_blocking(c, cmd, argv, out, _strip_for(c, cmd.full_name), raw)
 
 
-def xread(c: RedisClient, cmd: Command, argv: list[bytes], raw: bytes) -> bool:
+def xread(c: RedisConnection, cmd: Command, argv: list[bytes], raw: bytes) -> bool:
     if _quota(c, cmd, argv):
         return True
     is_blocking = False
@@ -150,7 +150,7 @@ def xread(c: RedisClient, cmd: Command, argv: list[bytes], raw: bytes) -> bool:
 
 
 # -- local: connection state kept in the gateway ----------------------------------------------
-def local(c: RedisClient, cmd: Command, argv: list[bytes], raw: bytes) -> bool:
+def local(c: RedisConnection, cmd: Command, argv: list[bytes], raw: bytes) -> bool:
     name = cmd.full_name
     if name in ("ping", "echo"):
         if not _arity_ok(cmd, argv):
@@ -158,9 +158,9 @@ def local(c: RedisClient, cmd: Command, argv: list[bytes], raw: bytes) -> bool:
         if c.dedicated is not None:  # keep order with pub/sub and MULTI on that connection
             return c._send(cmd, argv, raw, None)
         if name == "echo":
-            c.reply(resp.bulk(argv[1]))
+            c.reply(wire.bulk(argv[1]))
         else:
-            c.reply(resp.PONG if len(argv) == 1 else resp.bulk(argv[1]))
+            c.reply(wire.PONG if len(argv) == 1 else wire.bulk(argv[1]))
         return True
     if name == "hello":
         return c._hello(argv)
@@ -168,7 +168,7 @@ def local(c: RedisClient, cmd: Command, argv: list[bytes], raw: bytes) -> bool:
         if len(argv) == 3:
             return c._spawn(c._auth(argv[1], argv[2], None))
         if len(argv) == 2:
-            c.reply(resp.error("WRONGPASS the gateway needs a user name: AUTH <tenant> "
+            c.reply(wire.error("WRONGPASS the gateway needs a user name: AUTH <tenant> "
                                "<password>"))
             return True
         return _arity_error(c, cmd)
@@ -185,19 +185,19 @@ def local(c: RedisClient, cmd: Command, argv: list[bytes], raw: bytes) -> bool:
             try:
                 int(argv[1])
             except ValueError:
-                c.reply(resp.error("ERR value is not an integer or out of range"))
+                c.reply(wire.error("ERR value is not an integer or out of range"))
                 return True
-            c.reply(resp.error("ERR DB index is out of range (each tenant database has one "
+            c.reply(wire.error("ERR DB index is out of range (each tenant database has one "
                                "logical database, 0; log in as <tenant>.<database> to use "
                                "another tenant database)"))
             return True
-        c.reply(resp.OK)
+        c.reply(wire.OK)
         return True
     if name in ("quit", "reset"):
         if c.recv != c.sent:
             return c._stall(lambda: local(c, cmd, argv, raw))
         if name == "quit":
-            c.reply(resp.OK)
+            c.reply(wire.OK)
             c.close()
             return True
         c.deauthenticate()
@@ -207,7 +207,7 @@ def local(c: RedisClient, cmd: Command, argv: list[bytes], raw: bytes) -> bool:
         return _client(c, cmd, argv)
     if name == "acl":
         if len(argv) >= 2 and argv[1].lower() == b"whoami":
-            c.reply(resp.bulk(c.session.user.encode()))
+            c.reply(wire.bulk(c.session.user.encode()))
             return True
         sub = argv[1].decode("utf-8", "replace").upper() if len(argv) > 1 else ""
         return c.refuse_text(cmd, f"ACL {sub}: users and permissions are managed by the "
@@ -215,7 +215,7 @@ def local(c: RedisClient, cmd: Command, argv: list[bytes], raw: bytes) -> bool:
     return c.refuse_text(cmd, "not supported through the gateway")
 
 
-def _client_line(c: RedisClient) -> bytes:
+def _client_line(c: RedisConnection) -> bytes:
     s = c.session
     age = int(time.monotonic() - s.opened_at)
     name = (c.name or b"").decode("utf-8", "replace")
@@ -231,24 +231,24 @@ def _client_line(c: RedisClient) -> bytes:
             ).encode()
 
 
-def _client(c: RedisClient, cmd: Command, argv: list[bytes]) -> bool:
+def _client(c: RedisConnection, cmd: Command, argv: list[bytes]) -> bool:
     if len(argv) < 2:
         return _arity_error(c, cmd)
     sub = argv[1].lower()
     if sub == b"id":
-        c.reply(resp.integer(c.session.id))
+        c.reply(wire.integer(c.session.id))
     elif sub == b"getname":
-        c.reply(resp.bulk(c.name, c.proto))
+        c.reply(wire.bulk(c.name, c.proto))
     elif sub == b"setname":
         if len(argv) != 3:
             return _arity_error(c, cmd)
         name = argv[2]
         if any(ch <= 32 or ch > 126 for ch in name):
-            c.reply(resp.error("ERR Client names cannot contain spaces, newlines or special "
+            c.reply(wire.error("ERR Client names cannot contain spaces, newlines or special "
                                "characters."))
             return True
         c.name = name or None
-        c.reply(resp.OK)
+        c.reply(wire.OK)
     elif sub in (b"info", b"list"):
         if sub == b"list" and len(argv) > 2:
             # CLIENT LIST ID <own id> works; anything naming others does not.
@@ -256,30 +256,30 @@ def _client(c: RedisClient, cmd: Command, argv: list[bytes]) -> bool:
             if ids is None or any(a != str(c.session.id).encode() for a in ids):
                 return c.refuse_text(cmd, "CLIENT LIST shows only your own connection "
                                           "through the gateway")
-        c.reply(resp.verbatim(_client_line(c), c.proto) if sub == b"info"
-                else resp.bulk(_client_line(c)))
+        c.reply(wire.verbatim(_client_line(c), c.proto) if sub == b"info"
+                else wire.bulk(_client_line(c)))
     elif sub == b"no-evict":
         if len(argv) != 3 or argv[2].lower() not in (b"on", b"off"):
-            c.reply(resp.error("ERR syntax error"))
+            c.reply(wire.error("ERR syntax error"))
             return True
         c.no_evict = argv[2].lower() == b"on"  # the upstream connection is the gateway's
-        c.reply(resp.OK)
+        c.reply(wire.OK)
     elif sub == b"reply":
         mode = argv[2].lower() if len(argv) == 3 else b""
         if mode == b"on":
             c.reply_off = c.skip_next = False
-            c.reply(resp.OK)
+            c.reply(wire.OK)
         elif mode == b"off":
             c.reply_off = True
         elif mode == b"skip":
             c.skip_next = True
         else:
-            c.reply(resp.error("ERR syntax error"))
+            c.reply(wire.error("ERR syntax error"))
     elif sub == b"help":
         lines = [b"CLIENT <subcommand> [<arg> ...]. Through the gateway:",
                  b"ID", b"GETNAME", b"SETNAME <name>", b"INFO", b"LIST [ID <own id>]",
                  b"NO-EVICT (ON|OFF)", b"REPLY (ON|OFF|SKIP)", b"HELP"]
-        c.reply(resp.array([b"+%s\r\n" % line for line in lines]))
+        c.reply(wire.array([b"+%s\r\n" % line for line in lines]))
     elif sub in (b"kill", b"pause", b"unpause", b"unblock"):
         shown = sub.decode().upper()
         return c.refuse_text(cmd, f"CLIENT {shown} could act on other tenants' connections")
@@ -292,11 +292,11 @@ def _client(c: RedisClient, cmd: Command, argv: list[bytes]) -> bool:
 
 
 # -- transactions ---------------------------------------------------------------------------
-def tx(c: RedisClient, cmd: Command, argv: list[bytes], raw: bytes) -> bool:
+def tx(c: RedisConnection, cmd: Command, argv: list[bytes], raw: bytes) -> bool:
     name = cmd.full_name
     if name == "multi":
         if c.in_multi:
-            c.reply(resp.error("ERR MULTI calls can not be nested"))
+            c.reply(wire.error("ERR MULTI calls can not be nested"))
             return True
 
         def then(up: Upstream) -> bool:
@@ -308,7 +308,7 @@ def tx(c: RedisClient, cmd: Command, argv: list[bytes], raw: bytes) -> bool:
         return c.with_dedicated(argv, raw, then)
     if name == "exec":
         if not c.in_multi:
-            c.reply(resp.error("ERR EXEC without MULTI"))
+            c.reply(wire.error("ERR EXEC without MULTI"))
             return True
         transforms = c.multi_transforms
         c.in_multi = c.watching = False
@@ -316,13 +316,13 @@ def tx(c: RedisClient, cmd: Command, argv: list[bytes], raw: bytes) -> bool:
         if c.multi_error:
             c.multi_error = False
             c.skip_next = True  # the DISCARD's own +OK
-            c._send(cmd, argv, resp.encode_command([b"DISCARD"]), None)
-            c.reply(resp.error("EXECABORT Transaction discarded because of previous errors."))
+            c._send(cmd, argv, wire.encode_command([b"DISCARD"]), None)
+            c.reply(wire.error("EXECABORT Transaction discarded because of previous errors."))
             return True
         return c._send(cmd, argv, raw, c.ns.exec_transform(transforms))
     if name == "discard":
         if not c.in_multi:
-            c.reply(resp.error("ERR DISCARD without MULTI"))
+            c.reply(wire.error("ERR DISCARD without MULTI"))
             return True
         c.in_multi = c.watching = c.multi_error = False
         c.multi_transforms = []
@@ -343,12 +343,12 @@ def tx(c: RedisClient, cmd: Command, argv: list[bytes], raw: bytes) -> bool:
     if c.dedicated is not None:
         c.watching = False
         return c._send(cmd, argv, raw, None)
-    c.reply(resp.OK)
+    c.reply(wire.OK)
     return True
 
 
 # -- pub/sub --------------------------------------------------------------------------------
-def subscribe(c: RedisClient, cmd: Command, argv: list[bytes], raw: bytes) -> bool:
+def subscribe(c: RedisConnection, cmd: Command, argv: list[bytes], raw: bytes) -> bool:
     name = cmd.full_name
     is_pattern = name in ("psubscribe", "punsubscribe")
     unsub = "unsubscribe" in name
@@ -369,14 +369,14 @@ def subscribe(c: RedisClient, cmd: Command, argv: list[bytes], raw: bytes) -> bo
                 c.suspended = False
                 return subscribe(c, cmd, argv, raw)
             return c._spawn(grant())
-    out = resp.encode_command(out_argv)
+    out = wire.encode_command(out_argv)
     if unsub and c.dedicated is None:
         # Not subscribed: the server's answer, without asking it.
         kind = argv[0].lower()
-        names = argv[1:] or [None]
+        names: list[bytes | None] = [*argv[1:]] or [None]
         push = b">" if c.proto == 3 else b"*"
         for ch in names:
-            c.reply(resp.array([resp.bulk(kind), resp.bulk(ch, c.proto), resp.integer(0)],
+            c.reply(wire.array([wire.bulk(kind), wire.bulk(ch, c.proto), wire.integer(0)],
                                push))
         return True
     if c.in_multi:  # would switch the connection to pub/sub at EXEC, behind our back
@@ -398,17 +398,17 @@ def subscribe(c: RedisClient, cmd: Command, argv: list[bytes], raw: bytes) -> bo
     return c.with_dedicated(argv, raw, then)
 
 
-def publish(c: RedisClient, cmd: Command, argv: list[bytes], raw: bytes) -> bool:
+def publish(c: RedisConnection, cmd: Command, argv: list[bytes], raw: bytes) -> bool:
     if len(argv) != 3:
         return _arity_error(c, cmd)
     try:
         channel = c.ns.channel(argv[1])
     except ChannelRefused as exc:
         return c.refuse_text(cmd, str(exc))
-    return c._send(cmd, argv, resp.encode_command([argv[0], channel, argv[2]]), None)
+    return c._send(cmd, argv, wire.encode_command([argv[0], channel, argv[2]]), None)
 
 
-def pubsub(c: RedisClient, cmd: Command, argv: list[bytes], raw: bytes) -> bool:
+def pubsub(c: RedisConnection, cmd: Command, argv: list[bytes], raw: bytes) -> bool:
     sub = cmd.subcommands.get(argv[1].lower()) if len(argv) > 1 else None
     if sub is None:
         return container(c, cmd, argv, raw)
@@ -421,20 +421,20 @@ def pubsub(c: RedisClient, cmd: Command, argv: list[bytes], raw: bytes) -> bool:
         if len(argv) > 3:
             return _arity_error(c, sub)
         pattern = ns.channel(argv[2], pattern=True) if len(argv) == 3 else ns.escaped + b"*"
-        out = resp.encode_command([argv[0], argv[1], pattern])
+        out = wire.encode_command([argv[0], argv[1], pattern])
         return send_admin(c, sub, argv, out, ns.strip_channels)
     if sub.name in ("numsub", "shardnumsub"):
         try:
             chans = [ns.channel(a) for a in argv[2:]]
         except ChannelRefused as exc:
             return c.refuse_text(sub, str(exc))
-        out = resp.encode_command([argv[0], argv[1], *chans])
+        out = wire.encode_command([argv[0], argv[1], *chans])
         return send_admin(c, sub, argv, out, ns.strip_numsub)
     return c._send(sub, argv, raw, None)
 
 
 # -- key patterns: on the gateway's admin connection ----------------------------------------
-def send_admin(c: RedisClient, cmd: Command, argv: list[bytes], out: bytes,
+def send_admin(c: RedisConnection, cmd: Command, argv: list[bytes], out: bytes,
                transform: Callable[[bytes], bytes] | None) -> bool:
     admin = c.backend.admin
     up = admin.shared_now(c.proto, 0)
@@ -448,7 +448,7 @@ def send_admin(c: RedisClient, cmd: Command, argv: list[bytes], out: bytes,
     return c._spawn(connect())
 
 
-def pattern(c: RedisClient, cmd: Command, argv: list[bytes], raw: bytes) -> bool:
+def pattern(c: RedisConnection, cmd: Command, argv: list[bytes], raw: bytes) -> bool:
     if c.in_multi:
         return _not_in_multi(c, cmd)
     if not _arity_ok(cmd, argv):
@@ -470,10 +470,10 @@ def pattern(c: RedisClient, cmd: Command, argv: list[bytes], raw: bytes) -> bool
             i += 1  # the server reports the syntax error
     if not matched:
         new += [b"MATCH", ns.pattern(b"*")]
-    return send_admin(c, cmd, argv, resp.encode_command(new), ns.strip_scan)
+    return send_admin(c, cmd, argv, wire.encode_command(new), ns.strip_scan)
 
 
-def sort(c: RedisClient, cmd: Command, argv: list[bytes], raw: bytes) -> bool:
+def sort(c: RedisConnection, cmd: Command, argv: list[bytes], raw: bytes) -> bool:
     """SORT key [BY pattern] [LIMIT o c] [GET pattern ...] [ASC|DESC] [ALPHA] [STORE dst].
 
     BY/GET patterns name other keys: they get the prefix too. Redis refuses BY/GET to users
@@ -504,7 +504,7 @@ def sort(c: RedisClient, cmd: Command, argv: list[bytes], raw: bytes) -> bool:
             i += 1
     if stores and c.tdb.over_quota is not None:
         return c._refuse(cmd, argv, c.tdb.over_quota)
-    out = resp.encode_command(new)
+    out = wire.encode_command(new)
     if needs_admin:
         if c.in_multi:
             return _not_in_multi(c, cmd)
@@ -513,7 +513,7 @@ def sort(c: RedisClient, cmd: Command, argv: list[bytes], raw: bytes) -> bool:
 
 
 # -- emulated: answered from a scan of the tenant's prefix ----------------------------------
-def emulate(c: RedisClient, cmd: Command, argv: list[bytes], raw: bytes) -> bool:
+def emulate(c: RedisConnection, cmd: Command, argv: list[bytes], raw: bytes) -> bool:
     if c.in_multi:
         return _not_in_multi(c, cmd)
     if c.recv != c.sent:
@@ -526,7 +526,7 @@ def emulate(c: RedisClient, cmd: Command, argv: list[bytes], raw: bytes) -> bool
         except Reject:
             raise
         except Exception as exc:
-            reply = resp.error(f"ERR {cmd.full_name.upper()} failed in the gateway: {exc}")
+            reply = wire.error(f"ERR {cmd.full_name.upper()} failed in the gateway: {exc}")
         if op is not None:
             op.ended = time.monotonic()
             op.bytes_out = len(reply)

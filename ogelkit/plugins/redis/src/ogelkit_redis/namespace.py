@@ -6,8 +6,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 
-from ogelkit_redis import resp
-from ogelkit_redis.resp import Frame
+from ogelkit_redis import wire
+from ogelkit_redis.wire import Frame
 
 _GLOB = re.compile(rb"([*?\[\]\\])")
 _KEYSPACE = re.compile(rb"^__keyspace@(\d+|\*)__:")
@@ -40,7 +40,7 @@ class Namespace:
         prefix = self.prefix
         for i in positions:
             argv[i] = prefix + argv[i]
-        return resp.encode_command(argv)
+        return wire.encode_command(argv)
 
     def strip(self, key: bytes | None) -> bytes | None:
         if key is not None and key.startswith(self.prefix):
@@ -91,74 +91,74 @@ class Namespace:
         """KEYS: every element is a key name."""
         if raw[0] not in b"*~":
             return raw
-        frame, _ = resp.decode(raw)
+        frame, _ = wire.decode(raw)
         for item in frame.value or ():
             item.value = self.strip(item.value)
-        return resp.encode(frame)
+        return wire.encode(frame)
 
     def strip_scan(self, raw: bytes) -> bytes:
         if raw[0] != 42:
             return raw
-        frame, _ = resp.decode(raw)
+        frame, _ = wire.decode(raw)
         keys = frame.value[1]
         for item in keys.value or ():
             item.value = self.strip(item.value)
-        return resp.encode(frame)
+        return wire.encode(frame)
 
     def strip_single(self, raw: bytes) -> bytes:
         """RANDOMKEY-style: a bulk string that is a key name."""
         if raw[0] != 36:
             return raw
-        frame, _ = resp.decode(raw)
+        frame, _ = wire.decode(raw)
         frame.value = self.strip(frame.value)
-        return resp.encode(frame)
+        return wire.encode(frame)
 
     def strip_first(self, raw: bytes) -> bytes:
         """BLPOP/BZPOPMIN/LMPOP...: the first element of the reply is the key name."""
         if raw[0] not in b"*~>":
             return raw
-        frame, _ = resp.decode(raw)
+        frame, _ = wire.decode(raw)
         if frame.value:
             frame.value[0].value = self.strip(frame.value[0].value)
-        return resp.encode(frame)
+        return wire.encode(frame)
 
     def strip_streams(self, raw: bytes) -> bytes:
         """XREAD/XREADGROUP: ``[[key, entries], ...]`` (RESP2) or ``{key: entries}`` (RESP3)."""
         kind = raw[0]
         if kind == 37:  # map
-            frame, _ = resp.decode(raw)
+            frame, _ = wire.decode(raw)
             for item in frame.value[0::2]:
                 item.value = self.strip(item.value)
-            return resp.encode(frame)
+            return wire.encode(frame)
         if kind != 42:
             return raw
-        frame, _ = resp.decode(raw)
+        frame, _ = wire.decode(raw)
         for pair in frame.value or ():
             if pair.value:
                 pair.value[0].value = self.strip(pair.value[0].value)
-        return resp.encode(frame)
+        return wire.encode(frame)
 
     def strip_channels(self, raw: bytes) -> bytes:
         """PUBSUB CHANNELS."""
         if raw[0] not in b"*~":
             return raw
-        frame, _ = resp.decode(raw)
+        frame, _ = wire.decode(raw)
         for item in frame.value or ():
             item.value = self.strip_channel(item.value)
-        return resp.encode(frame)
+        return wire.encode(frame)
 
     def strip_numsub(self, raw: bytes) -> bytes:
         """PUBSUB NUMSUB: ``[ch, n, ch, n]`` or a map."""
         if raw[0] not in b"*%":
             return raw
-        frame, _ = resp.decode(raw)
+        frame, _ = wire.decode(raw)
         for item in (frame.value or ())[0::2]:
             item.value = self.strip_channel(item.value)
-        return resp.encode(frame)
+        return wire.encode(frame)
 
     def strip_message(self, raw: bytes) -> bytes:
         """A pub/sub event: message, pmessage, smessage and (un)subscribe confirmations."""
-        frame, _ = resp.decode(raw)
+        frame, _ = wire.decode(raw)
         items = frame.value
         if not items:
             return raw
@@ -168,7 +168,7 @@ class Namespace:
             items[2].value = self.strip_channel(items[2].value)
         elif len(items) > 1:
             items[1].value = self.strip_channel(items[1].value)
-        return resp.encode(frame)
+        return wire.encode(frame)
 
     def exec_transform(self, transforms: list[Callable[[bytes], bytes] | None]
                        ) -> Callable[[bytes], bytes] | None:
@@ -180,14 +180,14 @@ class Namespace:
         def transform(raw: bytes) -> bytes:
             if raw[0] not in b"*":
                 return raw
-            frame, _ = resp.decode(raw)
+            frame, _ = wire.decode(raw)
             items = frame.value
             if items is None:
                 return raw
             for i, t in enumerate(transforms):
                 if t is not None and i < len(items):
-                    items[i], _ = resp.decode(t(resp.encode(items[i])))
-            return resp.encode(frame)
+                    items[i], _ = wire.decode(t(wire.encode(items[i])))
+            return wire.encode(frame)
         return transform
 
 

@@ -43,6 +43,10 @@ class RedisOptions:
                   "keyspace is extrapolated from them.")
     connect_timeout: Duration = ogelkit.option(
         5.0, doc="Deadline for connecting and authenticating to the upstream Redis.")
+    handshake_timeout: Duration = ogelkit.option(
+        10.0, doc="Seconds a client may stay connected without a successful AUTH (or HELLO "
+                  "with AUTH); then it gets an error and is closed, so idle unauthenticated "
+                  "sockets cannot pile up.")
     delete_batch: int = ogelkit.option(
         500, doc="Keys per SCAN/UNLINK batch when a tenant database is deleted or FLUSHDB runs.")
 

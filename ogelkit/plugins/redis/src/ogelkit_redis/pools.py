@@ -7,7 +7,7 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
-from ogelkit.model import Reason, Reject
+from ogelkit import Reason, Reject
 from ogelkit_redis.upstream import Upstream, UpstreamError, open_upstream
 
 if TYPE_CHECKING:

@@ -21,13 +21,15 @@ import logging
 from collections import deque
 from collections.abc import Callable
 from itertools import repeat
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-from ogelkit.model import Operation, Reject
-from ogelkit_redis import resp
+from ogelkit import Operation, Reject
+from ogelkit_redis import wire
+from ogelkit_redis.errors import reject_error
 
 if TYPE_CHECKING:
-    from ogelkit_redis.client import RedisClient
+    from ogelkit_redis.commands import Command
+    from ogelkit_redis.connection import RedisConnection
 
 log = logging.getLogger("ogelkit.redis.upstream")
 
@@ -45,7 +47,7 @@ class Pending:
 
     __slots__ = ("client", "done", "post", "transform")
 
-    def __init__(self, client: RedisClient | None, transform: Callable[[bytes], bytes] | None = None,
+    def __init__(self, client: RedisConnection | None, transform: Callable[[bytes], bytes] | None = None,
                  done: Callable[[bytes], None] | None = None,
                  post: Callable[[Any], None] | None = None):
         self.client = client
@@ -62,6 +64,13 @@ class RedisOperation(Operation):
 
     __slots__ = ("argv", "client", "command", "post", "queued", "transform", "up")
     done = None  # never an internal waiter
+    argv: list[bytes]
+    client: RedisConnection
+    command: Command
+    post: Callable[[Any], None] | None
+    queued: bool
+    transform: Callable[[bytes], bytes] | None
+    up: Upstream
 
     def cancel(self, reason: Reject) -> bool:
         """Answer the client with ``reason`` now (the reply, when it comes, is dropped) and
@@ -69,7 +78,6 @@ class RedisOperation(Operation):
         False before the command went upstream or after its reply."""
         if not self.queued or self.ended is not None:
             return False
-        from ogelkit_redis.client import reject_error
         self.rejection = reason
         self.client.reply_now_or_later(reject_error(reason))
         if self.up.dedicated:
@@ -93,9 +101,9 @@ class Upstream(asyncio.Protocol):
         self._need = 0
         self.closed = False
         self.paused = False
-        self.paused_clients: list[RedisClient] = []
-        self.pubsub_client: RedisClient | None = None  # receives push/pubsub messages
-        self.holder: RedisClient | None = None  # the client of a dedicated connection
+        self.paused_clients: list[RedisConnection] = []
+        self.pubsub_client: RedisConnection | None = None  # receives push/pubsub messages
+        self.holder: RedisConnection | None = None  # the client of a dedicated connection
         self.attached: list[int] = [0]  # the pool's clients per shared index
         self.index = -1  # shared connection index; -1: dedicated (one client at a time)
         self.ready: asyncio.Future[None] | None = None
@@ -103,14 +111,8 @@ class Upstream(asyncio.Protocol):
 
     # -- asyncio callbacks -------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            import socket
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
+        # A stream (TCP) transport: asyncio has already set TCP_NODELAY on it.
+        self.transport = cast("asyncio.Transport", transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
@@ -118,7 +120,7 @@ class Upstream(asyncio.Protocol):
         waiters, self.waiters = self.waiters, deque()
         if self.ready is not None and not self.ready.done():
             self.ready.set_exception(UpstreamError(f"connection closed: {exc}"))
-        error = resp.error("ERR upstream Redis connection lost; the command may or may not "
+        error = wire.error("ERR upstream Redis connection lost; the command may or may not "
                            "have run")
         for w in waiters:
             try:
@@ -190,7 +192,7 @@ class Upstream(asyncio.Protocol):
                     break
                 end = eol + 2
             else:
-                end = resp.reply_end(data, pos)
+                end = wire.reply_end(data, pos)
                 if end < 0:
                     break
             if pubsub is not None and (t == 62 or (t == 42 and self._is_event(data[pos:end]))):
@@ -251,7 +253,7 @@ class Upstream(asyncio.Protocol):
                         cur.collect_out()
                         collecting = True
                     cur.deliver_run(data[start:pos], count, errors)
-                else:
+                elif cur is not None:
                     self._finish(cur, data, start, pos, count, errors, collecting)
                     cur, collecting = None, False
                 start = -1
@@ -281,11 +283,11 @@ class Upstream(asyncio.Protocol):
             rest = data[pos:]
             self._chunks = [rest]
             self._have = len(rest)
-            need = -resp.reply_end(rest, 0)
+            need = -wire.reply_end(rest, 0)
             self._need = need if need > 0 else self._have + 1
 
     @staticmethod
-    def _finish(cur: RedisClient, data: bytes, start: int, pos: int, count: int, errors: int,
+    def _finish(cur: RedisConnection, data: bytes, start: int, pos: int, count: int, errors: int,
                 collecting: bool) -> None:
         """Hand ``cur`` its open run (if any) and flush what it collected."""
         if start >= 0:
@@ -321,7 +323,7 @@ class Upstream(asyncio.Protocol):
             self._flush_scheduled = True
             self.loop.call_soon(self._flush)
 
-    def send_run(self, outs: list[bytes], client: RedisClient) -> None:
+    def send_run(self, outs: list[bytes], client: RedisConnection) -> None:
         """``send`` for several pass-through commands of one client in a row (one parsed
         chunk): one write or queue entry for all of them, one waiter per command."""
         k = len(outs)
@@ -388,7 +390,7 @@ class Upstream(asyncio.Protocol):
         for argv in cmds:
             fut: asyncio.Future[bytes] = self.loop.create_future()
             futures.append(fut)
-            self.send(resp.encode_command(argv), Pending(None, done=_resolver(fut)))
+            self.send(wire.encode_command(argv), Pending(None, done=_resolver(fut)))
         for fut in futures:
             raw = await fut
             if raw.startswith(b"-"):
@@ -397,7 +399,7 @@ class Upstream(asyncio.Protocol):
     async def call(self, *argv: bytes) -> bytes:
         """One command on this connection (off the hot path), raw reply."""
         fut: asyncio.Future[bytes] = self.loop.create_future()
-        self.send(resp.encode_command(list(argv)), Pending(None, done=_resolver(fut)))
+        self.send(wire.encode_command(list(argv)), Pending(None, done=_resolver(fut)))
         return await fut
 
 
@@ -425,7 +427,7 @@ async def open_upstream(owner: Any, host: str, port: int, proto: int, *, user: s
                             f"{exc.strerror or exc}") from None
     except UpstreamError:
         try:
-            up.close()  # type: ignore[possibly-undefined]
+            up.close()
         except NameError:
             pass
         raise

@@ -9,7 +9,8 @@ in pub/sub messages).
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, cast
 
 CRLF = b"\r\n"
 MAX_INLINE = 64 * 1024  # Redis refuses inline requests longer than this too
@@ -45,7 +46,7 @@ def parse_command(buf: bytes, pos: int, max_bulk: int, max_args: int = MAX_ARGS
     p = eol + 2
     if count <= 0:
         return [], p
-    argv = []
+    argv: list[bytes] = []
     append = argv.append
     for _ in range(count):
         if p >= n:
@@ -156,18 +157,19 @@ def _encode_command(argv: list[bytes] | tuple[bytes, ...]) -> bytes:
 try:  # hiredis (C) parses requests ~8x and encodes them ~2x faster than the code here
     import hiredis as _hiredis
 except ImportError:  # pragma: no cover - hiredis is a dependency; this keeps it optional
-    _hiredis = None
+    _hiredis = None  # type: ignore[assignment]  # the pure-Python codec below is used
 
 if _hiredis is not None:
-    #: ``encode_command`` for a tuple, without a Python call in between (hot path).
-    encode_tuple = _hiredis.pack_command
+    #: ``encode_command`` for a tuple, without a Python call in between (hot path). (cast:
+    #: hiredis's stub types the argument as a 1-tuple; it takes a tuple of any length.)
+    encode_tuple = cast("Callable[[tuple[bytes, ...]], bytes]", _hiredis.pack_command)
 
     def encode_command(argv: list[bytes] | tuple[bytes, ...]) -> bytes:
         """``*N`` multibulk encoding of an argument list."""
         return encode_tuple(tuple(argv))
 
     def new_reader():
-        """A hiredis reader for complete multibulk requests (see ``RedisClient._process``)."""
+        """A hiredis reader for complete multibulk requests (see ``RedisConnection._process``)."""
         return _hiredis.Reader()
 
     FastProtocolError: type[Exception] = _hiredis.ProtocolError

@@ -1,6 +1,6 @@
 """One client connection of the Redis front door (an ``asyncio.Protocol``).
 
-The path of a command: parse (``resp.parse_command``) -> look the command up in the table the
+The path of a command: parse (``wire.parse_command``) -> look the command up in the table the
 upstream reported -> rewrite its keys -> (layers, only when some layer looks at operations)
 -> append it to the client's current upstream connection. Replies come back through
 ``deliver``/``deliver_pending`` in order, several at a time per write.
@@ -22,13 +22,17 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable
 from time import monotonic as _monotonic
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-from ogelkit.model import Reason, Reject, Session
-from ogelkit_redis import resp
-from ogelkit_redis.commands import Command
+from ogelkit import Reason, Reject, Session
+from ogelkit.frontdoor import peer_address
+from ogelkit_redis import wire
+from ogelkit_redis.commands import Command, CommandTable
+from ogelkit_redis.errors import NOAUTH, WRONGPASS, protocol_error, reject_error
+from ogelkit_redis.login import authenticate
 from ogelkit_redis.namespace import Namespace, first_word
-from ogelkit_redis.resp import (
+from ogelkit_redis.upstream import Pending, RedisOperation, Upstream
+from ogelkit_redis.wire import (
     FastProtocolError,
     ProtocolError,
     encode_command,
@@ -36,44 +40,31 @@ from ogelkit_redis.resp import (
     new_reader,
     parse_command,
 )
-from ogelkit_redis.upstream import Pending, RedisOperation, Upstream
 
 if TYPE_CHECKING:
+    from ogelkit.frontdoor import Login
     from ogelkit_redis.backend import RedisBackend, TenantDb
-    from ogelkit_redis.frontdoor import RedisFrontDoor
+    from ogelkit_redis.listener import RedisFrontDoor
+
+#: Stands for "not authenticated yet" in the attributes authenticated() sets (see there).
+_UNSET: Any = None
 
 log = logging.getLogger("ogelkit.redis.client")
 
 PREAUTH_MAX_BULK = 16 * 1024  # like Redis for unauthenticated clients
 PREAUTH_MAX_ARGS = 16
 MAX_PENDING_INPUT = 8 * 1024 * 1024  # input buffered while stalled before we stop reading
-NOAUTH = b"-NOAUTH Authentication required.\r\n"
-WRONGPASS = b"-WRONGPASS invalid username-password pair or user is disabled.\r\n"
 
 
-def reject_error(rej: Reject) -> bytes:
-    """A ``Reject`` as a RESP error, per docs/dev/frontdoors.md."""
-    code = {Reason.AUTH: "WRONGPASS", Reason.QUOTA: "OOM", Reason.TIMEOUT: "TIMEOUT"}.get(
-        rej.reason, "ERR")
-    message = rej.message
-    head = message.split(" ", 1)[0]
-    if head.isupper() and head.isalpha():
-        code, message = head, message[len(head):].lstrip()
-    text = f"{code} {message}"
-    if rej.detail:
-        text += f" ({rej.detail})"
-    if rej.hint:
-        text += f". {rej.hint}"
-    elif rej.retry_after is not None:
-        text += f". Retry after {round(rej.retry_after * 1000)} ms."
-    return resp.error(text)
-
-
-class RedisClient(asyncio.Protocol):
+class RedisConnection(asyncio.Protocol):
     def __init__(self, door: RedisFrontDoor):
         self.door = door
         self.ctx = door.context
-        self.loop = door.loop
+        self.clients = door.clients
+        self.metrics = door.metrics
+        self.login: Login | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self.loop = asyncio.get_running_loop()  # protocols are made by the running loop
         self.transport: asyncio.Transport | None = None
         self.session: Session = Session("redis", "")
         self.proto = 2
@@ -81,10 +72,13 @@ class RedisClient(asyncio.Protocol):
         self.closing = False
         self.closed = False
         self.name: bytes | None = None
-        self.backend: RedisBackend | None = None
-        self.tdb: TenantDb | None = None
-        self.ns: Namespace | None = None
-        self.table: Any = None
+        # Set by authenticated(). Every command handler runs after it (before it, _preauth
+        # answers every command), so they are typed as present; only the connection's own
+        # bookkeeping (cleanup, HELLO before AUTH) looks at them earlier and checks.
+        self.backend: RedisBackend = _UNSET
+        self.tdb: TenantDb = _UNSET
+        self.ns: Namespace = _UNSET
+        self.table: CommandTable = _UNSET
         self.max_bulk = PREAUTH_MAX_BULK
         self.max_args = PREAUTH_MAX_ARGS
         self.shared_index = 0
@@ -112,37 +106,39 @@ class RedisClient(asyncio.Protocol):
         self._reading_paused = False
         self._task: asyncio.Task[None] | None = None
         self.observe = False  # some layer looks at operations
-        self.chain = None
+        self.chain: Any = None  # the layer chain; only used when self.observe says it exists
         self._reader = new_reader()
         self._out: list[bytes] | None = None
         self._shared: Upstream | None = None  # cached shared connection (this protocol)
 
     # == asyncio callbacks ======================================================================
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-        peer = transport.get_extra_info("peername")
-        if isinstance(peer, tuple):
-            host, port = peer[0], peer[1]
-            self.session.client_addr = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-        else:
-            self.session.client_addr = str(peer or "unix")
-        sock = transport.get_extra_info("socket")
-        if sock is not None:
-            import socket
-            try:
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            except OSError:
-                pass
-        self.door.opened(self)
-        chain = self.ctx.chain
-        self.chain = chain
+        self.transport = cast("asyncio.Transport", transport)  # asyncio set TCP_NODELAY
+        self.session.client_addr = peer_address(transport)
+        self.chain = self.ctx.chain
         self.observe = self.door.observe
+        self._timer = self.loop.call_later(self.door.handshake_timeout, self._handshake_expired)
+        self.clients.add(self)
+
+    def _handshake_expired(self) -> None:
+        self._timer = None
+        if self.authed or self.closing:
+            return
+        login = self.login
+        if login is not None and not login.ended and login.session.rejection is None:
+            login.refuse(Reject(Reason.TIMEOUT, "authentication timed out"), "error")
+        self._write(wire.error("ERR authentication timed out: AUTH within "
+                               f"{self.door.handshake_timeout:g} s of connecting"))
+        self.close()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.closing = True
         self.transport = None
-        self.door.closed(self)
+        self.clients.discard(self)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         if self._task is not None and not self._task.done():
             return  # auth or a gateway-side command is running: it finishes the cleanup
         self._cleanup()
@@ -151,7 +147,7 @@ class RedisClient(asyncio.Protocol):
         self._drop_dedicated()
         if self.tdb is not None:
             self.tdb.pools.detach(self.shared_index)
-            self.tdb = None
+            self.tdb = _UNSET
         self._end_session()
 
     def pause_writing(self) -> None:
@@ -283,7 +279,7 @@ class RedisClient(asyncio.Protocol):
                             continue
                         self.upstream = up
                         self.session.operations += 1
-                        self.door.ops += 1
+                        self.metrics.ok += 1
                         if not self._admit(cmd, argv, encode_tuple(tuple(argv)), None, up, None):
                             self._stash(cmds, i)  # admission went asynchronous
                             return
@@ -302,7 +298,7 @@ class RedisClient(asyncio.Protocol):
                 if self.closing:
                     return
         except (TypeError, AttributeError):  # not an array of bulk strings
-            if outs:
+            if outs and up is not None:
                 self._send_run(up, outs)
             self._protocol_error("expected '$', got something else")
 
@@ -318,7 +314,7 @@ class RedisClient(asyncio.Protocol):
         self.upstream = up
         self.sent += k
         self.session.operations += k
-        self.door.ops += k
+        self.metrics.ok += k
         if up.paused:
             up.paused_clients.append(self)
             self._pause_reading()
@@ -376,7 +372,7 @@ class RedisClient(asyncio.Protocol):
             raise
         except Exception:
             log.exception("redis command failed in the gateway")
-            self.reply(resp.error("ERR internal gateway error"))
+            self.reply(wire.error("ERR internal gateway error"))
         if self.closed:
             if resumable is not False or self._task is None or self._task.done() \
                     or self._task is asyncio.current_task():
@@ -430,7 +426,8 @@ class RedisClient(asyncio.Protocol):
         """One upstream reply for this client (pass-through)."""
         self.recv += 1
         if raw[0] == 45:  # '-'
-            self.door.op_errors += 1
+            self.metrics.error += 1
+            self.metrics.ok -= 1
         self._write(raw)
         if self.held:
             self._release_held()
@@ -442,7 +439,8 @@ class RedisClient(asyncio.Protocol):
         with no dedicated connection and no stall (``Upstream.data_received``)."""
         self.recv += count
         if errors:
-            self.door.op_errors += errors
+            self.metrics.error += errors
+            self.metrics.ok -= errors
         if self.transport is not None:
             self.session.bytes_out += len(raw)
             out = self._out
@@ -462,9 +460,10 @@ class RedisClient(asyncio.Protocol):
                 raw = w.transform(raw)
             except Exception:
                 log.exception("reply transformation failed")
-                raw = resp.error("ERR the gateway could not read the upstream reply")
+                raw = wire.error("ERR the gateway could not read the upstream reply")
         if raw[:1] == b"-":
-            self.door.op_errors += 1
+            self.metrics.error += 1
+            self.metrics.ok -= 1
         post = w.post
         self.recv += 1
         if raw:
@@ -488,10 +487,11 @@ class RedisClient(asyncio.Protocol):
                     raw = transform(raw)
                 except Exception:
                     log.exception("reply transformation failed")
-                    raw = resp.error("ERR the gateway could not read the upstream reply")
+                    raw = wire.error("ERR the gateway could not read the upstream reply")
         error = raw[:1] == b"-"
         if error:
-            self.door.op_errors += 1
+            self.metrics.error += 1
+            self.metrics.ok -= 1
         if op.rejection is not None:  # cancelled (timeout layer): already answered
             raw = b""
             error = False
@@ -531,7 +531,7 @@ class RedisClient(asyncio.Protocol):
             self._after_reply()
 
     def _count_subscriptions(self, raw: bytes) -> None:
-        frame, _ = resp.decode(raw)
+        frame, _ = wire.decode(raw)
         items = frame.value or []
         if len(items) < 3 or items[0].value is None:
             return
@@ -561,8 +561,8 @@ class RedisClient(asyncio.Protocol):
             up.pubsub_client = up.holder = None
             if self.tdb is not None:
                 self.tdb.pools.release(up)
-        if self.door.draining and self.is_idle():
-            self.close()
+        if self.clients.draining is not None and self.is_idle():
+            self.clients.idle(self)
 
     def upstream_lost(self, up: Upstream) -> None:
         """The dedicated connection died. Subscriptions, MULTI and WATCH lived there and
@@ -576,7 +576,7 @@ class RedisClient(asyncio.Protocol):
         self.in_multi = self.watching = False
         self.blocked = 0
         if stateful:
-            self.reply(resp.error("ERR upstream Redis connection lost; subscriptions and "
+            self.reply(wire.error("ERR upstream Redis connection lost; subscriptions and "
                                   "transaction state were dropped"))
             self.close()
 
@@ -587,7 +587,7 @@ class RedisClient(asyncio.Protocol):
 
     # == closing ================================================================================
     def _protocol_error(self, message: str) -> None:
-        self.reply(resp.error(f"ERR Protocol error: {message}"))
+        self.reply(protocol_error(message))
         self.close()
 
     def close(self) -> None:
@@ -619,15 +619,10 @@ class RedisClient(asyncio.Protocol):
             self.tdb.pools.discard(up)
 
     def _end_session(self) -> None:
-        s = self.session
-        if s.closed_at is not None:
-            return
-        s.closed_at = time.monotonic()
-        if s.authenticated and self.authed:
-            self.ctx.sessions.discard(s)
-            self.door.active_sessions -= 1
-        if self.chain is not None:
-            self.chain.disconnect(s)
+        """The session's end (registry, log phase): once, for an attempted login only."""
+        login, self.login = self.login, None
+        if login is not None:
+            login.end()
 
     # == dispatch ===============================================================================
     def _execute(self, argv: list[bytes], data: bytes | None, start: int, end: int) -> bool:
@@ -662,7 +657,7 @@ class RedisClient(asyncio.Protocol):
         self._refused_op("UNKNOWN", argv, Reject(Reason.FORBIDDEN, "unknown command"))
         if self.in_multi:
             self.multi_error = True
-        self.reply(resp.error(f"ERR unknown command '{name}', with args beginning with: {args}"))
+        self.reply(wire.error(f"ERR unknown command '{name}', with args beginning with: {args}"))
         return True
 
     def _refuse(self, cmd: Command, argv: list[bytes], rej: Reject) -> bool:
@@ -679,7 +674,7 @@ class RedisClient(asyncio.Protocol):
         return self._refuse(cmd, [], rej)
 
     def _refused_op(self, name: str, argv: list[bytes], rej: Reject) -> None:
-        self.door.op_rejected += 1
+        self.metrics.rejected += 1
         if not self.observe:
             return
         op = RedisOperation(self.session, "command", name, None, sum(len(a) for a in argv))
@@ -697,19 +692,20 @@ class RedisClient(asyncio.Protocol):
 
     def _send(self, cmd: Command, argv: list[bytes], out: bytes,
               transform: Callable[[bytes], bytes] | None, *, up: Upstream | None = None,
-              post: Callable[[RedisClient], None] | None = None) -> bool:
+              post: Callable[[RedisConnection], None] | None = None) -> bool:
         explicit = up
         if up is not None and up.closed:
-            self.reply(resp.error("ERR upstream Redis connection lost"))
+            self.reply(wire.error("ERR upstream Redis connection lost"))
             return True
         if up is None:
             up = self.dedicated
             if up is None:
                 up = self._shared
                 if up is None or up.closed:
-                    up = self._shared = self.tdb.pools.shared_now(self.proto, self.shared_index)
+                    up = self.tdb.pools.shared_now(self.proto, self.shared_index)
                     if up is None:
                         return self._spawn(self._connect_then(cmd, argv, out, transform, post))
+                    self._shared = up
         if up is not self.upstream and self.recv != self.sent:
             return self._stall(lambda: self._send(cmd, argv, out, transform, up=explicit, post=post))
         if self.in_multi and up is self.dedicated:
@@ -717,7 +713,7 @@ class RedisClient(asyncio.Protocol):
             transform = None
         self.upstream = up
         self.session.operations += 1
-        self.door.ops += 1
+        self.metrics.ok += 1
         if self.observe:
             return self._admit(cmd, argv, out, transform, up, post)
         if up.paused:
@@ -736,14 +732,14 @@ class RedisClient(asyncio.Protocol):
 
     async def _connect_then(self, cmd: Command, argv: list[bytes], out: bytes,
                             transform: Callable[[bytes], bytes] | None,
-                            post: Callable[[RedisClient], None] | None) -> bool:
+                            post: Callable[[RedisConnection], None] | None) -> bool:
         await self.tdb.pools.get_shared(self.proto, self.shared_index)
         self.suspended = False
         return self._send(cmd, argv, out, transform, post=post)
 
     def _admit(self, cmd: Command, argv: list[bytes], out: bytes,
                transform: Callable[[bytes], bytes] | None, up: Upstream,
-               post: Callable[[RedisClient], None] | None) -> bool:
+               post: Callable[[RedisConnection], None] | None) -> bool:
         """Layer admission, then the command goes upstream with its operation as the reply
         waiter (one object per command)."""
         op = RedisOperation(self.session, "command", cmd.op_name, None, len(out))
@@ -776,8 +772,8 @@ class RedisClient(asyncio.Protocol):
     def _admission_refused(self, op: RedisOperation, rej: Reject) -> None:
         op.ended = _monotonic()
         self.chain.complete(op)
-        self.door.op_rejected += 1
-        self.door.ops -= 1
+        self.metrics.rejected += 1
+        self.metrics.ok -= 1
         if self.in_multi:
             self.multi_error = True
         self.reply(reject_error(rej))
@@ -793,7 +789,7 @@ class RedisClient(asyncio.Protocol):
             op.ended = _monotonic()
             op.error = "ERR"
             self.chain.complete(op)
-            self.reply(resp.error("ERR upstream Redis connection lost"))
+            self.reply(wire.error("ERR upstream Redis connection lost"))
             return
         self._queue(op, out)
 
@@ -843,15 +839,15 @@ class RedisClient(asyncio.Protocol):
             if len(argv) == 3:
                 return self._spawn(self._auth(argv[1], argv[2], None))
             if len(argv) == 2:
-                self.reply(resp.error("WRONGPASS the gateway needs a user name: "
+                self.reply(wire.error("WRONGPASS the gateway needs a user name: "
                                       "AUTH <tenant> <password> (or <tenant>.<database>)"))
                 return True
-            self.reply(resp.error("ERR wrong number of arguments for 'auth' command"))
+            self.reply(wire.error("ERR wrong number of arguments for 'auth' command"))
             return True
         if name == b"hello":
             return self._hello(argv)
         if name == b"quit":
-            self._write(resp.OK)
+            self._write(wire.OK)
             self.close()
             return True
         if name == b"reset":
@@ -870,13 +866,13 @@ class RedisClient(asyncio.Protocol):
         if self.authed:
             await self._reauth(user_s, password_s, hello)
             return
-        ok = await self.door.authenticate(self, user_s, password_s, hello)
+        ok = await authenticate(self, user_s, password_s, hello)
         if ok and hello is not None:
             self.proto = hello
             self._shared = None
             self.reply(self._hello_reply())
         elif ok:
-            self.reply(resp.OK)
+            self.reply(wire.OK)
 
     async def _reauth(self, user: str, password: str, hello: int | None) -> None:
         s = self.session
@@ -885,10 +881,10 @@ class RedisClient(asyncio.Protocol):
         same = (entry is not None and s.tenant is not None and entry.tenant.slug == s.tenant.slug
                 and (not dbname or dbname == s.database))
         if not same:
-            self.reply(resp.error("ERR the gateway does not switch tenant or database on an "
+            self.reply(wire.error("ERR the gateway does not switch tenant or database on an "
                                   "open connection; open a new connection"))
             return
-        if not await self.ctx.directory.check_password(entry, password):
+        if entry is None or not await self.ctx.directory.check_password(entry, password):
             self.reply(WRONGPASS)
             return
         if hello is not None:
@@ -896,7 +892,7 @@ class RedisClient(asyncio.Protocol):
             self._shared = None
             self.reply(self._hello_reply())
         else:
-            self.reply(resp.OK)
+            self.reply(wire.OK)
 
     def _hello(self, argv: list[bytes]) -> bool:
         proto = self.proto
@@ -906,10 +902,10 @@ class RedisClient(asyncio.Protocol):
             try:
                 proto = int(argv[1])
             except ValueError:
-                self.reply(resp.error("ERR Protocol version is not an integer or out of range"))
+                self.reply(wire.error("ERR Protocol version is not an integer or out of range"))
                 return True
             if proto not in (2, 3):
-                self.reply(resp.error("NOPROTO unsupported protocol version"))
+                self.reply(wire.error("NOPROTO unsupported protocol version"))
                 return True
             i = 2
             while i < len(argv):
@@ -921,24 +917,24 @@ class RedisClient(asyncio.Protocol):
                     name = argv[i + 1]
                     i += 2
                 else:
-                    self.reply(resp.error(f"ERR Syntax error in HELLO option "
+                    self.reply(wire.error(f"ERR Syntax error in HELLO option "
                                           f"'{argv[i].decode('utf-8', 'replace')}'"))
                     return True
         if proto != self.proto and (self.dedicated is not None or self.in_multi):
-            self.reply(resp.error("ERR cannot switch the protocol during a transaction, WATCH "
+            self.reply(wire.error("ERR cannot switch the protocol during a transaction, WATCH "
                                   "or a subscription through the gateway"))
             return True
         if proto != self.proto and self.recv != self.sent:
             return self._stall(lambda: self._hello(argv))
         if auth is None and not self.authed:
-            self.reply(resp.error("NOAUTH HELLO must be called with the client already "
+            self.reply(wire.error("NOAUTH HELLO must be called with the client already "
                                   "authenticated, otherwise the HELLO <proto> AUTH <user> <pass> "
                                   "option can be used to authenticate the client and select "
                                   "the RESP protocol version at the same time"))
             return True
         if name is not None:
             if b" " in name or b"\n" in name:
-                self.reply(resp.error("ERR Client names cannot contain spaces, newlines or "
+                self.reply(wire.error("ERR Client names cannot contain spaces, newlines or "
                                       "special characters."))
                 return True
             self.name = name or None
@@ -953,15 +949,15 @@ class RedisClient(asyncio.Protocol):
         p = self.proto
         version = self.backend.version if self.backend is not None else self.door.version
         pairs = [
-            (resp.bulk(b"server"), resp.bulk(b"redis")),
-            (resp.bulk(b"version"), resp.bulk(version.encode())),
-            (resp.bulk(b"proto"), resp.integer(p)),
-            (resp.bulk(b"id"), resp.integer(self.session.id)),
-            (resp.bulk(b"mode"), resp.bulk(b"standalone")),
-            (resp.bulk(b"role"), resp.bulk(b"master")),
-            (resp.bulk(b"modules"), resp.array([])),
+            (wire.bulk(b"server"), wire.bulk(b"redis")),
+            (wire.bulk(b"version"), wire.bulk(version.encode())),
+            (wire.bulk(b"proto"), wire.integer(p)),
+            (wire.bulk(b"id"), wire.integer(self.session.id)),
+            (wire.bulk(b"mode"), wire.bulk(b"standalone")),
+            (wire.bulk(b"role"), wire.bulk(b"master")),
+            (wire.bulk(b"modules"), wire.array([])),
         ]
-        return resp.mapping(pairs, p)
+        return wire.mapping(pairs, p)
 
     def authenticated(self, backend: RedisBackend, tdb: TenantDb, index: int) -> None:
         """Called by the front door once the session is admitted."""
@@ -970,10 +966,12 @@ class RedisClient(asyncio.Protocol):
         self.ns = tdb.ns
         self.table = backend.table
         self.max_bulk = backend.config.max_bulk_size
-        self.max_args = resp.MAX_ARGS
+        self.max_args = wire.MAX_ARGS
         self.shared_index = index
         self.authed = True
-        self.session.closer = self.close_with
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     def deauthenticate(self) -> None:
         """RESET: back to an unauthenticated connection with a fresh session."""
@@ -983,7 +981,8 @@ class RedisClient(asyncio.Protocol):
         self._end_session()
         self.session = Session("redis", self.session.client_addr)
         self.authed = False
-        self.backend = self.tdb = self.ns = self.table = None
+        self._timer = self.loop.call_later(self.door.handshake_timeout, self._handshake_expired)
+        self.backend = self.tdb = self.ns = self.table = _UNSET
         self.max_bulk = PREAUTH_MAX_BULK
         self.max_args = PREAUTH_MAX_ARGS
         self.upstream = None
