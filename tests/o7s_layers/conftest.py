@@ -1,5 +1,8 @@
 """End-to-end tests of the session, usage and intelligence layers through the Postgres front
-door, with real clients (psql, psycopg, asyncpg) and the real test PostgreSQL.
+door, with real clients (psql, psycopg, asyncpg) and the real test PostgreSQL. Tests that
+take the ``backend`` fixture run twice: against the shared Postgres backend (``pg``) and
+against Neon-local databases (``neon``: a PostgreSQL compute per database), since layers
+must behave identically for both.
 
 Gateways run in a thread (``gateway_thread``) or as ``ogelkit run`` subprocesses
 (``GatewayProcess``, for SIGTERM/SIGKILL), always on a SQLite control plane *file* so the
@@ -28,7 +31,7 @@ from ogelkit.testing import GatewayProcess, gateway_thread, test_secret_key
 from ogelkit.testing.redis_server import free_port
 from ogelkit.testing.services import pg_dsn, scratch_pg_database
 
-PLUGINS = "postgres,session,usage,intelligence"
+PLUGINS = "postgres,neon,session,usage,intelligence"
 NAME_PREFIX = "o7sl_"  # upstream roles/databases of these tests
 
 
@@ -37,17 +40,43 @@ def unique(prefix: str) -> str:
 
 
 class Tenant:
-    def __init__(self, tier: str = "free", prefix: str = "lay", databases=("main",)):
+    def __init__(self, tier: str = "free", prefix: str = "lay", databases=("main",),
+                 backend: str = "pg"):
         self.slug = unique(prefix)
         self.tier = tier
         self.databases = tuple(databases)
+        self.backend = backend  # "pg" (shared Postgres) or "neon" (Neon-local)
         self.password = "pw-" + secrets.token_hex(8)
+
+
+@pytest.fixture(params=["pg", "neon"])
+def backend(request) -> str:
+    """The backend of the tenants' databases: every such test runs against both."""
+    return request.param
+
+
+@contextlib.contextmanager
+def _neon_data_dir(tenants: list[Tenant]) -> Iterator[str | None]:
+    """A throw-away Neon-local data directory when some tenant uses Neon."""
+    if not any(t.backend == "neon" for t in tenants):
+        yield None
+        return
+    from ogelkit_neon.testing import new_data_dir, remove_data_dir
+    path = new_data_dir()
+    try:
+        yield path
+    finally:
+        remove_data_dir(path)
 
 
 def config_text(tenants: list[Tenant], *, layers: str, control_url: str, port: int = 0,
                 mode: str = "transaction", state_url: str | None = None,
-                extra: str = "", drain: str = "5s") -> str:
+                extra: str = "", drain: str = "5s", neon_dir: str | None = None) -> str:
     state = f'[state]\nurl = "{state_url}"\n' if state_url else ""
+    neon = ""
+    if neon_dir is not None:
+        from ogelkit_neon.testing import neon_backend_toml
+        neon = neon_backend_toml(neon_dir, extra=f'pool_mode = "{mode}"')
     text = f"""[listen]
 host = "127.0.0.1"
 http = 0
@@ -68,14 +97,14 @@ type = "postgres"
 dsn = "{pg_dsn()}"
 pool_mode = "{mode}"
 name_prefix = "{NAME_PREFIX}"
-
+{neon}
 {layers}
 {extra}
 """
     for t in tenants:
         text += f'\n[tenants.{t.slug}]\ntier = "{t.tier}"\npassword = "{t.password}"\n'
         for db in t.databases:
-            text += f'[tenants.{t.slug}.databases.{db}]\nbackend = "pg"\n'
+            text += f'[tenants.{t.slug}.databases.{db}]\nbackend = "{t.backend}"\n'
     return text
 
 
@@ -154,16 +183,18 @@ def thread_gateway(workdir: Path, tenants: list[Tenant], *, layers: str,
     from ogelkit.plugins import load_plugins
 
     control = f"sqlite:///{workdir}/control.db"
-    text = config_text(tenants, layers=layers, control_url=control, **kw)
-    path = workdir / "config.toml"
-    path.write_text(text)
-    cli = Cli(path)
-    plugins = load_plugins(entry_points=True)
-    try:
-        with gateway_thread(text, plugins=plugins) as running:
-            yield Gateway(running.port("postgres"), tenants, cli, running=running)
-    finally:
-        _drop(cli, tenants)
+    with _neon_data_dir(tenants) as neon_dir:
+        text = config_text(tenants, layers=layers, control_url=control, neon_dir=neon_dir,
+                           **kw)
+        path = workdir / "config.toml"
+        path.write_text(text)
+        cli = Cli(path)
+        plugins = load_plugins(entry_points=True)
+        try:
+            with gateway_thread(text, plugins=plugins) as running:
+                yield Gateway(running.port("postgres"), tenants, cli, running=running)
+        finally:
+            _drop(cli, tenants)
 
 
 @contextlib.contextmanager
@@ -172,17 +203,19 @@ def process_gateway(workdir: Path, tenants: list[Tenant], *, layers: str,
     """``ogelkit run`` as a subprocess on a fixed free port (for signals)."""
     port = free_port()
     control = control or f"sqlite:///{workdir}/control.db"
-    text = config_text(tenants, layers=layers, control_url=control, port=port, **kw)
-    path = workdir / "config.toml"
-    path.write_text(text)
-    cli = Cli(path)
-    proc = GatewayProcess(text, env={"OGELKIT_LOAD_PLUGINS": PLUGINS}, workdir=str(workdir))
-    try:
-        proc.start(wait_ready=60)
-        yield Gateway(port, tenants, cli, process=proc)
-    finally:
-        proc.kill()
-        _drop(cli, tenants)
+    with _neon_data_dir(tenants) as neon_dir:
+        text = config_text(tenants, layers=layers, control_url=control, port=port,
+                           neon_dir=neon_dir, **kw)
+        path = workdir / "config.toml"
+        path.write_text(text)
+        cli = Cli(path)
+        proc = GatewayProcess(text, env={"OGELKIT_LOAD_PLUGINS": PLUGINS}, workdir=str(workdir))
+        try:
+            proc.start(wait_ready=60)
+            yield Gateway(port, tenants, cli, process=proc)
+        finally:
+            proc.kill()
+            _drop(cli, tenants)
 
 
 @pytest.fixture(autouse=True)

@@ -78,8 +78,8 @@ def refused(gw, tenant, sql: str) -> str | None:
     return anyio.run(attempt)
 
 
-def test_refusals_by_reason_drive_advice_and_costs_are_calibrated(workdir):
-    small, big = Tenant("free"), Tenant("starter")
+def test_refusals_by_reason_drive_advice_and_costs_are_calibrated(workdir, backend):
+    small, big = Tenant("free", backend=backend), Tenant("starter", backend=backend)
     with thread_gateway(workdir, [small, big], layers=SEVEN, extra=TIERS) as gw:
         # connection cap: two connections held, the third refused (53300) each time
         holders = [psycopg.connect(gw.conninfo(small), autocommit=True) for _ in range(2)]
@@ -140,11 +140,11 @@ def test_refusals_by_reason_drive_advice_and_costs_are_calibrated(workdir):
         deadline = time.monotonic() + 10
         while True:
             calibration = gw.cli.json("intelligence", "calibration")
-            if calibration.get("pg", {}).get("samples", 0) >= 20:
+            if calibration.get(backend, {}).get("samples", 0) >= 20:
                 break
             assert time.monotonic() < deadline, calibration
             time.sleep(0.3)
-        pg = calibration["pg"]
+        pg = calibration[backend]  # calibrated per backend: pg or neon
         assert pg["status"] == "ok", pg
         assert pg["fit"]["seconds_per_cost_unit"] > 0
         for tier in ("free", "starter", "pro"):

@@ -20,8 +20,8 @@ def show(conn: psycopg.Connection, name: str) -> str:
 
 
 @pytest.mark.parametrize("mode", ["transaction", "session"])
-def test_each_client_sees_its_tiers_settings(workdir, mode):
-    free, pro = Tenant("free"), Tenant("pro")
+def test_each_client_sees_its_tiers_settings(workdir, mode, backend):
+    free, pro = Tenant("free", backend=backend), Tenant("pro", backend=backend)
     with thread_gateway(workdir, [free, pro], layers=LAYERS, mode=mode) as gw:
         expected = {
             free: {"work_mem": "16MB", "statement_timeout": "10s",
@@ -67,11 +67,11 @@ def test_asyncpg_clients_and_per_tier_overrides(workdir):
         anyio.run(check)
 
 
-def test_a_tier_change_applies_from_the_next_checkout_and_is_enforced(workdir):
+def test_a_tier_change_applies_from_the_next_checkout_and_is_enforced(workdir, backend):
     # Short statement timeouts so that enforcement is visible in a test.
     extra = ('[tiers.free]\nstatement_timeout = "300ms"\n'
              '[tiers.starter]\nstatement_timeout = "5s"\n')
-    tenant = Tenant("free")
+    tenant = Tenant("free", backend=backend)
     with thread_gateway(workdir, [tenant], layers=LAYERS, extra=extra) as gw:
         with psycopg.connect(gw.conninfo(tenant), autocommit=True) as conn:
             assert show(conn, "work_mem") == "16MB"

@@ -40,7 +40,7 @@ async def test_a_version_2_store_upgrades_and_keeps_its_databases(control_url, m
                              "state, created_at) VALUES ('old', 'main', 'postgres', 'pg', ?, "
                              "'active', 1)", store.box.seal({"dbname": "o"}))
         monkeypatch.setattr(store_module, "MIGRATIONS", MIGRATIONS)
-        assert await store.migrate() == [3]
+        assert await store.migrate() == [3, 4]
         db = await store.get_database("old", "main")
         assert db is not None and db.state == "active" and db.upstream == {"dbname": "o"}
         assert db.last_active_at == 0 and db.last_cold_start_at is None

@@ -136,6 +136,13 @@ class Backend(Component[OptionsT]):
         many clients), bounded by ``[lifecycle] wake_timeout``; a raise leaves it asleep.
         Must tolerate a concurrent wake from another replica."""
 
+    def compute_seconds(self) -> dict[tuple[str, str], float]:
+        """Usage: seconds of compute that ran for each ``(tenant, database)`` since the
+        previous call (the call consumes them), for backends that run a compute per
+        database (Neon). The usage layer asks once per usage window and meters them as
+        ``compute_seconds``. Must be cheap and must not block: no I/O. Default: none."""
+        return {}
+
     async def running(self, db: DatabaseRecord) -> bool | None:
         """Lifecycle, at gateway start: whether anything runs upstream for ``db`` (a
         compute process). ``False`` marks an active/idle database asleep; ``None`` (the

@@ -271,3 +271,23 @@ def _contract_cleanup():
 class TestNeonLocalContract(BackendContract):
     backend_class = NeonBackend
     options = {"local": {"data_dir": _CONTRACT_DIR, "port_range": "56100-56999"}}
+
+
+def test_compute_seconds_are_metered_from_start_to_stop(neon_gw):
+    gw, _ = neon_gw
+    t = gw.tenants[1]
+    backend = _backend(gw)
+    db = _db(gw, t)
+    _sql(gw, t, "SELECT 1")  # the compute runs
+    backend.compute_seconds()  # what ran so far is taken; measure from here
+    time.sleep(1.0)
+    gw.call(backend.sleep(db))  # stopped: its running time is fixed at the stop
+    time.sleep(0.5)
+    taken = backend.compute_seconds()
+    seconds = taken.get((t.slug, "main"), 0.0)
+    assert 1.0 <= seconds < 3.0, taken
+    assert (t.slug, "main") not in backend.compute_seconds()  # consumed, and nothing runs
+    gw.call(backend.wake(db))
+    assert gw.call(backend.running(db)) is True
+    gw.call(backend.sleep(db))
+    assert gw.call(backend.running(db)) is False

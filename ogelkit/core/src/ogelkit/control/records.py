@@ -75,12 +75,18 @@ USAGE_FIELDS_V3 = (
     "cold_start_seconds",  # seconds those wakes took
 )
 
+#: Added by migration 4: seconds a database's own compute ran (Neon; see
+#: ``Backend.compute_seconds``).
+USAGE_FIELDS_V4 = (
+    "compute_seconds",
+)
+
 #: Usage fields stored as real numbers (the others are integers).
 REAL_USAGE_FIELDS = frozenset({"duration", "connection_seconds", "vcpu_seconds", "gb_seconds",
-                               "cold_start_seconds"})
+                               "cold_start_seconds", "compute_seconds"})
 
 #: Numeric fields a usage event can carry; rollups sum every one of them.
-USAGE_FIELDS = USAGE_FIELDS_V1 + USAGE_FIELDS_V2 + USAGE_FIELDS_V3
+USAGE_FIELDS = USAGE_FIELDS_V1 + USAGE_FIELDS_V2 + USAGE_FIELDS_V3 + USAGE_FIELDS_V4
 
 
 @attrs.define
@@ -93,7 +99,7 @@ class UsageEvent:
 
     tenant: str
     database: str
-    kind: str = "operation"  # operation | connection | storage | lifecycle
+    kind: str = "operation"  # operation | connection | storage | lifecycle | compute
     ts: float = attrs.field(factory=time.time)
     id: str = attrs.field(factory=lambda: uuid.uuid4().hex)
     gateway: str = ""
@@ -118,6 +124,7 @@ class UsageEvent:
     auth_failures: int = 0
     cold_starts: int = 0
     cold_start_seconds: float = 0.0
+    compute_seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return attrs.asdict(self)

@@ -6,7 +6,12 @@ dialect. Migrations only ever append: a released version is never edited.
 
 from __future__ import annotations
 
-from ogelkit.control.records import USAGE_FIELDS_V1, USAGE_FIELDS_V2, USAGE_FIELDS_V3
+from ogelkit.control.records import (
+    USAGE_FIELDS_V1,
+    USAGE_FIELDS_V2,
+    USAGE_FIELDS_V3,
+    USAGE_FIELDS_V4,
+)
 
 # Migration 1 is rendered from the *frozen* version-1 field list, so adding a usage field
 # never changes what a released migration creates; later fields arrive by ALTER TABLE.
@@ -95,6 +100,10 @@ MIGRATIONS: list[tuple[int, str, list[str]]] = [
     gateway TEXT NOT NULL,
     heartbeat_at {real} NOT NULL
 )""",
+    ]),
+    (4, "compute-seconds of databases with a compute of their own", [
+        *(f"ALTER TABLE {table} ADD COLUMN {name} {{real}} NOT NULL DEFAULT 0"
+          for table in ("usage_events", "usage_rollups") for name in USAGE_FIELDS_V4),
     ]),
 ]
 

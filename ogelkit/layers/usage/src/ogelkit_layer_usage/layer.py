@@ -259,10 +259,22 @@ class UsageLayer(Layer[UsageOptions]):
         ev.gb_seconds += seconds * meter.memory
         meter.accounted = max(meter.accounted, now)
 
+    def _take_compute_seconds(self) -> None:
+        """Compute time of databases with a compute of their own (Neon), once a window."""
+        for backend in self.context.backends.values():
+            try:
+                taken = backend.compute_seconds()
+            except Exception:  # a broken backend must not stop metering the others
+                log.exception("compute_seconds() of backend %s failed", backend.name)
+                continue
+            for (tenant, database), seconds in taken.items():
+                self._event(tenant, database, "compute").compute_seconds += seconds
+
     def _cut(self, now: float) -> int:
         """Close the window: bill live connections up to now, queue the window's events."""
         for meter in list(self._live):
             self._accrue(meter, now)
+        self._take_compute_seconds()
         events = list(self._open.values())
         self._open = {}
         self._epoch += 1

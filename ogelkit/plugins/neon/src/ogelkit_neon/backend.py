@@ -178,6 +178,12 @@ class NeonBackend(PostgresBackend):
     async def storage_bytes(self, db: DatabaseRecord) -> int | None:
         return await self.driver.storage_bytes(db)
 
+    def compute_seconds(self) -> dict[tuple[str, str], float]:
+        return self.driver.compute_seconds()
+
+    async def running(self, db: DatabaseRecord) -> bool | None:
+        return await self.driver.running(db)
+
     async def sleep(self, db: DatabaseRecord) -> None:
         """Close the pooled connections, then stop (suspend) the compute."""
         await self._drop_connections(db, close_pool=False)

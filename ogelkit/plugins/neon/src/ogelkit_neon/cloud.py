@@ -335,6 +335,16 @@ class CloudDriver:
     async def stop(self, db: DatabaseRecord) -> None:
         await self._endpoint_action(db, "suspend")
 
+    def compute_seconds(self) -> dict[tuple[str, str], float]:
+        """Neon meters and bills its endpoints' compute time itself (the branch's
+        ``compute_time_seconds``); the gateway adds none of its own."""
+        return {}
+
+    async def running(self, db: DatabaseRecord) -> bool | None:
+        """Not asked: Neon's proxy wakes a suspended endpoint on connect by itself, and one
+        API call per database at every gateway start would spend the API's rate limit."""
+        return None
+
     async def storage_bytes(self, db: DatabaseRecord) -> int | None:
         up = db.upstream
         body = await self._api.call("GET",

@@ -67,7 +67,8 @@ class Compute:
         self.pgdata = directory / "pgdata"
         self.port: int | None = None
         self.pid: int | None = None
-        self.running = False
+        self._running_since: float | None = None  # monotonic; None: not running
+        self._run_seconds = 0.0  # ran, not yet taken by take_run_seconds()
         self.started_here = False
         self.lock = asyncio.Lock()
         self.last_used = 0.0
@@ -75,6 +76,30 @@ class Compute:
         self.cold_starts = 0
         self.crashes = 0
         self.last_start_seconds: float | None = None
+
+    @property
+    def running(self) -> bool:
+        return self._running_since is not None
+
+    @running.setter
+    def running(self, value: bool) -> None:
+        # Every change of the flag goes through here, so the compute's running time is
+        # exact to the moment this process started (or adopted) and stopped it.
+        now = time.monotonic()
+        if value and self._running_since is None:
+            self._running_since = now
+        elif not value and self._running_since is not None:
+            self._run_seconds += now - self._running_since
+            self._running_since = None
+
+    def take_run_seconds(self) -> float:
+        """Seconds this compute ran since the previous call (compute-seconds usage)."""
+        seconds, self._run_seconds = self._run_seconds, 0.0
+        if self._running_since is not None:
+            now = time.monotonic()
+            seconds += now - self._running_since
+            self._running_since = now
+        return seconds
 
     def stats(self) -> dict[str, Any]:
         return {"running": self.running, "port": self.port, "pid": self.pid,
@@ -504,6 +529,22 @@ class LocalDriver:
 
     async def storage_bytes(self, db: DatabaseRecord) -> int:
         return await asyncio.to_thread(_disk_bytes, self.branch_dir(db.tenant, db.name) / "pgdata")
+
+    def compute_seconds(self) -> dict[tuple[str, str], float]:
+        """Seconds each branch's compute ran since the previous call. A compute that
+        crashed counts until the crash is noticed (its next connection or wake)."""
+        out: dict[tuple[str, str], float] = {}
+        for c in self.computes.values():
+            seconds = c.take_run_seconds()
+            if seconds > 0:
+                tenant, _, name = c.key.partition("/")
+                out[(tenant, name)] = seconds
+        return out
+
+    async def running(self, db: DatabaseRecord) -> bool:
+        """Whether the branch's postmaster runs (at gateway start: computes left running by
+        the previous run are adopted; a database whose compute is gone is asleep)."""
+        return await asyncio.to_thread(self._is_running, self.compute(db))
 
     # -- running ---------------------------------------------------------------------------
     def _is_running(self, c: Compute) -> bool:
