@@ -1,5 +1,6 @@
-"""The README quickstart works: examples/local.toml serves its demo tenant over all three
-protocols with ordinary clients (psql, redis-cli, pymongo), and the CLI reads its usage."""
+"""The README quickstart works: examples/local.toml serves its demo tenant over every
+protocol with ordinary clients (psql for Postgres and its Neon-local branch, redis-cli,
+pymongo), and the CLI reads its usage and the Neon database's lifecycle state."""
 
 import json
 import os
@@ -7,11 +8,13 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import pymongo
 import pytest
 
 from ogelkit.testing import GatewayProcess, test_secret_key
+from ogelkit.testing.services import pg_dsn
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -26,7 +29,10 @@ def _addresses(proc: GatewayProcess) -> dict[str, int]:
 
 @pytest.fixture
 def gateway(tmp_path):
+    from ogelkit_neon.testing import new_data_dir, remove_data_dir
+    neon_dir = new_data_dir()
     env = {
+        "OGELKIT_NEON_DIR": neon_dir,
         "OGELKIT_SECRET_KEY": test_secret_key(),
         "OGELKIT_CONTROL_URL": f"sqlite:///{tmp_path}/control.db",
         "OGELKIT_HTTP_PORT": "0", "OGELKIT_GATEWAY_PG_PORT": "0",
@@ -35,13 +41,16 @@ def gateway(tmp_path):
         "OGELKIT_DEMO_PASSWORD": "quickstart-pass",
     }
     text = (ROOT / "examples" / "local.toml").read_text().replace("[tenants.demo", "[tenants.qsdemo")
-    proc = GatewayProcess(text, env=env, workdir=str(tmp_path)).start()
     try:
-        yield proc, _addresses(proc), env
+        proc = GatewayProcess(text, env=env, workdir=str(tmp_path)).start()
+        try:
+            yield proc, _addresses(proc), env
+        finally:
+            proc.signal(signal.SIGTERM)
+            assert proc.wait(30) == 0
+            _drop_demo(env)
     finally:
-        proc.signal(signal.SIGTERM)
-        assert proc.wait(30) == 0
-        _drop_demo(env)
+        remove_data_dir(neon_dir)
 
 
 def _cli(env, *args):
@@ -64,6 +73,20 @@ def test_quickstart_config_serves_every_protocol(gateway):
         capture_output=True, text=True, env={**os.environ, "PGPASSWORD": "quickstart-pass"})
     assert psql.returncode == 0, psql.stderr
     assert psql.stdout.split() == ["16MB", "42"]
+    neon = subprocess.run(
+        ["psql", f"host=127.0.0.1 port={ports['postgres']} user=qsdemo dbname=app sslmode=disable",
+         "-XAtc", "create table notes (t text)", "-c", "insert into notes values ('hi')",
+         "-c", "select t from notes", "-c", "show port"],
+        capture_output=True, text=True, env={**os.environ, "PGPASSWORD": "quickstart-pass"})
+    assert neon.returncode == 0, neon.stderr
+    lines = neon.stdout.split()
+    shared = urlsplit(pg_dsn()).port
+    assert lines[-2] == "hi" and 55100 <= int(lines[-1]) <= 55999  # a compute of its own
+    assert int(lines[-1]) != shared
+    listed = _cli(env, "databases", "list", "qsdemo", "--json")
+    assert listed.returncode == 0, listed.stderr
+    states = {d["name"]: d for d in json.loads(listed.stdout)}
+    assert states["app"]["kind"] == "neon" and states["app"]["state"] in ("active", "idle")
 
     cli = ["redis-cli", "-p", str(ports["redis"]), "--user", "qsdemo", "--pass", "quickstart-pass",
            "--no-auth-warning"]

@@ -8,18 +8,24 @@ faults can be injected (423/503/429 answers, a slow answer, a failing operation)
 
 Data is real: each branch is a database on the test PostgreSQL (a branch is ``CREATE
 DATABASE ... TEMPLATE <parent>``, which first ends the parent's sessions, unlike Neon),
-each project a role. Its "proxy" is a TCP listener that, like Neon's, finds the endpoint in
-``options=endpoint=<id>`` of the startup packet, wakes a suspended endpoint, and relays to
-the branch's database.
+each project a role. Its "proxy" is a TCP listener that, like Neon's, accepts only TLS
+(SSLRequest, then a handshake with a self-signed certificate for 127.0.0.1 made at start:
+``cert_file`` is its CA), finds the endpoint in ``options=endpoint=<id>`` of the startup
+packet, wakes a suspended endpoint, relays to the branch's database, and passes
+CancelRequests on to the server the cancel key belongs to.
 """
 
 from __future__ import annotations
 
 import asyncio
 import collections
+import os
 import secrets
 import socket
+import ssl
 import struct
+import subprocess
+import tempfile
 import threading
 import time
 import uuid
@@ -77,7 +83,24 @@ class NeonStandIn:
         self._sock.bind(("127.0.0.1", 0))
         self.port = self._sock.getsockname()[1]
         self.proxy_port = 0
+        self.tls_connections = 0
+        self.plain_refused = 0
+        self.cancels = 0
         self._admin: asyncpg.Pool | None = None
+        self._tls = self._self_signed()
+
+    def _self_signed(self) -> ssl.SSLContext:
+        """A server context with a fresh self-signed certificate for 127.0.0.1."""
+        self.cert_dir = tempfile.mkdtemp(prefix="neon-standin-")
+        self.cert_file = os.path.join(self.cert_dir, "cert.pem")
+        key = os.path.join(self.cert_dir, "key.pem")
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+                        "-keyout", key, "-out", self.cert_file, "-subj", "/CN=127.0.0.1",
+                        "-addext", "subjectAltName=IP:127.0.0.1"],
+                       check=True, capture_output=True, timeout=60)
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.load_cert_chain(self.cert_file, key)
+        return ctx
 
     @property
     def url(self) -> str:
@@ -109,6 +132,8 @@ class NeonStandIn:
             self._server.should_exit = True
         if self._thread is not None:
             self._thread.join(20)
+        import shutil
+        shutil.rmtree(self.cert_dir, ignore_errors=True)
 
     async def _main(self) -> None:
         self.loop = asyncio.get_running_loop()
@@ -135,9 +160,25 @@ class NeonStandIn:
     async def _proxy(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             length, code = struct.unpack("!ii", await reader.readexactly(8))
-            if code == 80877103:  # SSLRequest: no TLS here
-                writer.write(b"N")
-                length, code = struct.unpack("!ii", await reader.readexactly(8))
+            if code != 80877103:  # not an SSLRequest: Neon's proxy wants TLS
+                self.plain_refused += 1
+                writer.write(_pg_error("08P01", "connection is insecure (try using "
+                                                "`sslmode=require`)"))
+                await writer.drain()
+                return
+            writer.write(b"S")
+            await writer.drain()
+            await writer.start_tls(self._tls)
+            self.tls_connections += 1
+            length, code = struct.unpack("!ii", await reader.readexactly(8))
+            if code == 80877102:  # CancelRequest: to the server the key came from
+                self.cancels += 1
+                key = await reader.readexactly(8)
+                _, cancel_writer = await asyncio.open_connection(self.pg_host, self.pg_port)
+                cancel_writer.write(struct.pack("!ii", 16, code) + key)
+                await cancel_writer.drain()
+                cancel_writer.close()
+                return
             body = await reader.readexactly(length - 8)
             parts = body.split(b"\0")
             params = {parts[i].decode(): parts[i + 1].decode()

@@ -1,13 +1,17 @@
 """The cloud driver against the Neon API STAND-IN (neon_standin.py; not Neon): provisioning,
-clients through the gateway with the endpoint id in the startup packet, branch, reset,
-sleep/wake, 423/503/429 retries, a failed operation and no blind re-POST after a timeout."""
+clients through the gateway with the endpoint id in the startup packet over TLS (certificate
+verified), CancelRequests, branch, reset, sleep/wake, 423/503/429 retries, a failed
+operation and no blind re-POST after a timeout."""
 
 from __future__ import annotations
 
 import asyncio
 import os
+import threading
+import time
 from collections.abc import Iterator
 
+import psycopg
 import pytest
 from neon_helpers import drop_neon
 from neon_standin import NeonStandIn
@@ -31,12 +35,17 @@ def standin() -> Iterator[NeonStandIn]:
         s.stop()
 
 
+def _cloud_backend(standin: NeonStandIn, tls: str) -> str:
+    return (f'\n[backends.neon]\ntype = "neon"\ndriver = "cloud"\n'
+            f'[backends.neon.cloud]\napi_url = "{standin.url}"\napi_key_env = "{KEY_ENV}"\n'
+            f'project_name = "o7s-test-{os.urandom(3).hex()}"\nrequest_timeout = "2s"\n'
+            f'retry_budget = "20s"\noperation_timeout = "20s"\n{tls}\n')
+
+
 @pytest.fixture(scope="module")
 def cloud_gw(standin: NeonStandIn) -> Iterator[PgGateway]:
-    backends = (f'\n[backends.neon]\ntype = "neon"\ndriver = "cloud"\n'
-                f'[backends.neon.cloud]\napi_url = "{standin.url}"\napi_key_env = "{KEY_ENV}"\n'
-                f'project_name = "o7s-test-{os.urandom(3).hex()}"\nrequest_timeout = "2s"\n'
-                f'retry_budget = "20s"\noperation_timeout = "20s"\n')
+    # verify-full against the stand-in's own CA: the real certificate check runs.
+    backends = _cloud_backend(standin, f'tls = "verify-full"\nca_file = "{standin.cert_file}"')
     tenants = [Tenant(unique("ncl"), tier="free", backend="neon"),
                Tenant(unique("ncl"), tier="pro", backend="neon")]
     with pg_gateway(tenants, backends=backends) as gw:
@@ -159,6 +168,35 @@ def test_failed_operation_fails_the_call(cloud_gw, standin):
             _provision(gw, gw.tenants[0], "doomed")
     finally:
         standin.failing_actions.discard("create_branch")
+
+
+def test_upstream_connections_are_tls_and_cancels_reach_the_endpoint(cloud_gw, standin):
+    gw = cloud_gw
+    t = gw.tenants[0]
+    assert _sql(gw, t, "SELECT 1") == "1"
+    # Every upstream connection so far (pooled ones, the planner's) came over TLS.
+    assert standin.tls_connections > 0 and standin.plain_refused == 0
+    with psycopg.connect(gw.conninfo(t), autocommit=True) as conn:
+        cancels = standin.cancels
+        timer = threading.Timer(0.5, conn.cancel_safe)  # PQcancel would hold the GIL
+        timer.start()
+        started = time.monotonic()
+        with pytest.raises(psycopg.errors.QueryCanceled):
+            conn.execute("SELECT pg_sleep(30)")
+        assert time.monotonic() - started < 10
+        assert standin.cancels == cancels + 1  # over TLS, to the endpoint's proxy
+        assert conn.execute("SELECT 2").fetchone()[0] == 2
+
+
+def test_an_untrusted_certificate_is_refused(standin):
+    tenant = Tenant(unique("nct"), tier="free", backend="neon")
+    with pg_gateway([tenant], backends=_cloud_backend(standin, "")) as gw:  # system CAs
+        try:
+            out = gw.psql(tenant, "-c", "SELECT 1")
+            assert out.returncode != 0
+            assert "certificate verify failed" in out.stderr, out.stderr
+        finally:
+            gw.call(drop_neon(gw), timeout=120)
 
 
 def test_no_blind_repost_after_a_timeout(cloud_gw, standin):

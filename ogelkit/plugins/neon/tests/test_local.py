@@ -291,3 +291,17 @@ def test_compute_seconds_are_metered_from_start_to_stop(neon_gw):
     assert gw.call(backend.running(db)) is True
     gw.call(backend.sleep(db))
     assert gw.call(backend.running(db)) is False
+
+
+def test_a_cancel_request_reaches_the_branchs_own_compute(neon_gw):
+    gw, _ = neon_gw
+    t = gw.tenants[0]
+    with psycopg.connect(gw.conninfo(t), autocommit=True) as conn:
+        import threading
+        timer = threading.Timer(0.5, conn.cancel_safe)  # PQcancel would hold the GIL
+        timer.start()
+        started = time.monotonic()
+        with pytest.raises(psycopg.errors.QueryCanceled):
+            conn.execute("SELECT pg_sleep(30)")
+        assert time.monotonic() - started < 10  # the compute's port, not the shared server's
+        assert conn.execute("SELECT 3").fetchone()[0] == 3

@@ -15,56 +15,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from typing import TYPE_CHECKING, Any
 
 from ogelkit_postgres import provision as prov
 from ogelkit_postgres.backend import PostgresBackend
-from ogelkit_postgres.upstream import ServerConnection, UpstreamError
+from ogelkit_postgres.upstream import UpstreamError
 
 from ogelkit_neon.cloud import CloudDriver, CloudError
 from ogelkit_neon.local import LocalDriver, LocalError
 from ogelkit_neon.options import NeonOptions
 
 if TYPE_CHECKING:
-    from ogelkit_postgres.pool import Pool
 
     from ogelkit import DatabaseRecord, TenantRecord, Tier
 
 log = logging.getLogger("ogelkit.neon")
-
-
-class _EndpointServerConnection(ServerConnection):
-    """A server connection whose startup packet carries extra parameters
-    (``options=endpoint=<id>``, the way Neon's proxy learns the endpoint without SNI)."""
-
-    __slots__ = ()
-
-    def __init__(self, pool: Pool, user: str, password: str, database: str,
-                 extra: dict[str, str]):
-        super().__init__(pool, user, password, database)
-        self._startup.update(extra)
-
-
-async def _open_with_params(pool: Pool, host: str, port: int, user: str, password: str,
-                            database: str, deadline: float,
-                            extra: dict[str, str]) -> ServerConnection:
-    loop = asyncio.get_running_loop()
-    srv: ServerConnection | None = None
-    try:
-        async with asyncio.timeout(deadline):
-            _, srv = await loop.create_connection(
-                lambda: _EndpointServerConnection(pool, user, password, database, extra),
-                host, port)
-            await srv.wait_ready()
-    except TimeoutError:
-        if srv is not None:
-            srv.abort()
-        raise UpstreamError(f"timed out after {deadline:g}s connecting to the compute",
-                            "08001") from None
-    except OSError as exc:
-        raise UpstreamError(f"could not connect to the compute: {exc.strerror or exc}",
-                            "08001") from None
-    return srv
 
 
 class NeonBackend(PostgresBackend):
@@ -103,13 +69,13 @@ class NeonBackend(PostgresBackend):
         up = db.upstream
         return host, port, up["role"], up["password"], up["dbname"]
 
-    async def open_upstream(self, pool: Pool, host: str, port: int, user: str, password: str,
-                            dbname: str) -> ServerConnection:
-        extra = self.driver.startup_params(pool.db)
-        if not extra:
-            return await super().open_upstream(pool, host, port, user, password, dbname)
-        return await _open_with_params(pool, host, port, user, password, dbname,
-                                       self.config.connect_timeout, extra)
+    # Cloud: options=endpoint=<id> in the startup packet and TLS with SNI = the endpoint's
+    # host (Neon's proxy routes on either); local: neither.
+    def upstream_startup(self, db: DatabaseRecord) -> dict[str, str]:
+        return self.driver.startup_params(db)
+
+    def upstream_tls(self, db: DatabaseRecord) -> ssl.SSLContext | None:
+        return self.driver.tls
 
     def has_clients(self, db: DatabaseRecord) -> bool:
         """Whether any server connection of ``db`` is checked out, opening or awaited."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import ssl
 import time
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any
@@ -157,6 +158,15 @@ class CloudDriver:
         self.api: NeonApi | None = None
         self._projects: dict[str, dict[str, Any]] = {}  # project key -> id, template branch
         self._project_lock = asyncio.Lock()
+        self.tls: ssl.SSLContext | None = self._tls_context()
+
+    def _tls_context(self) -> ssl.SSLContext:
+        """TLS for upstream connections (Neon's proxy requires it; SNI names the endpoint)."""
+        ctx = ssl.create_default_context(cafile=self.opts.ca_file or None)
+        if self.opts.tls == "require":
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+        return ctx
 
     # -- lifecycle -------------------------------------------------------------------------
     async def open(self) -> None:
@@ -211,7 +221,7 @@ class CloudDriver:
                                      "it up (it is looked up by name first)") from None
                 pid = body["project"]["id"]
                 await api.wait(pid, body.get("operations"))
-                log.info("created neon project", extra={"project": pid, "name": name})
+                log.info("created neon project", extra={"project": pid, "project_name": name})
             branches = (await api.call("GET", f"/projects/{pid}/branches")).get("branches", [])
             default = next((b for b in branches if b.get("default")), None) \
                 or next((b for b in branches if not b.get("parent_id")), None)

@@ -380,6 +380,9 @@ class LocalDriver:
         if not (self.bin / "pg_ctl").exists():
             raise LocalError(f"no pg_ctl in {self.bin} (set pg_bin)")
 
+    #: Computes listen on loopback only: no TLS.
+    tls = None
+
     def startup_params(self, db: DatabaseRecord) -> dict[str, str]:
         return {}
 

@@ -87,6 +87,13 @@ class CloudOptions:
     retry_budget: Duration = option(60.0, validator=validators.positive,
                                     doc="How long 423/503/429 answers are retried before the "
                                         "call fails.")
+    tls: Literal["verify-full", "require"] = option(
+        "verify-full", doc='Upstream connections to endpoints use TLS (Neon accepts no other), '
+                           'with SNI = the endpoint host. "verify-full" checks the certificate '
+                           'and host name against the system CAs (or ca_file); "require" only '
+                           'encrypts (a test stand-in with a self-signed certificate).')
+    ca_file: str = option("", doc="PEM file of the CAs that sign the endpoints' certificates "
+                                  "(empty: the system's).")
 
     def __repr__(self) -> str:  # the docs' default column
         return "its own defaults (table below)"

@@ -13,6 +13,7 @@ import contextlib
 import json
 import logging
 import re
+import ssl
 import time
 from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any
@@ -148,12 +149,23 @@ class PostgresBackend(ogelkit.Backend):
         up = db.upstream
         return host, port, up["role"], up["password"], up["dbname"]
 
+    def upstream_startup(self, db: DatabaseRecord) -> dict[str, str]:
+        """Extra startup parameters of ``db``'s upstream connections (Neon's cloud adds
+        ``options=endpoint=<id>``); the pool's and the planner's connections alike."""
+        return {}
+
+    def upstream_tls(self, db: DatabaseRecord) -> ssl.SSLContext | None:
+        """TLS for ``db``'s upstream connections, or None for plain TCP (the shared server
+        and Neon-local computes are on loopback or a private network)."""
+        return None
+
     async def open_upstream(self, pool: Pool, host: str, port: int, user: str, password: str,
                             dbname: str) -> ServerConnection:
-        """Open and log in one server connection of ``pool`` (a Neon backend adds its
-        endpoint id to the startup packet here)."""
+        """Open and log in one server connection of ``pool``."""
         return await open_server(pool, host, port, user, password, dbname,
-                                 self.config.connect_timeout)
+                                 self.config.connect_timeout,
+                                 startup_extra=self.upstream_startup(pool.db),
+                                 tls=self.upstream_tls(pool.db))
 
     def pool_for(self, db: DatabaseRecord) -> Pool:
         key = (db.tenant, db.name)
@@ -312,8 +324,9 @@ class PostgresBackend(ogelkit.Backend):
         host, port, user, password, dbname = await self.upstream_target(db)
         conn = await asyncpg.connect(host=host, port=port, user=user, password=password,
                                      database=dbname, timeout=self.config.connect_timeout,
-                                     statement_cache_size=0,
-                                     server_settings={"application_name": "o7s:explain"})
+                                     statement_cache_size=0, ssl=self.upstream_tls(db) or False,
+                                     server_settings={"application_name": "o7s:explain",
+                                                      **self.upstream_startup(db)})
         entry = self._explain[key] = _ExplainConn(conn)
         return entry
 

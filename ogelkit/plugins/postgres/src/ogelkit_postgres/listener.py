@@ -86,8 +86,10 @@ class PostgresFrontDoor(ogelkit.FrontDoor):
         another client until the cancel has been delivered, so it cannot hit the next one."""
         srv.cancels_pending += 1
         try:
-            host, port = srv.pool.backend.upstream_address()
-            await send_cancel(host, port, srv.pid, srv.secret)
+            host, port, tls = srv.address
+            if not port:  # not opened by open_server (a third-party backend's own)
+                host, port = srv.pool.backend.upstream_address()
+            await send_cancel(host, port, srv.pid, srv.secret, tls=tls)
         finally:
             srv.cancels_pending -= 1
             if not srv.cancels_pending and srv.release_after_cancel:

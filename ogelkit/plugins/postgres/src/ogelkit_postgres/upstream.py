@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import ssl
 import time
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
@@ -66,6 +67,7 @@ class ServerConnection(asyncio.Protocol):
         "_scram",
         "_startup",
         "_waiter",
+        "address",
         "applied",
         "by_key",
         "cancels_pending",
@@ -88,8 +90,12 @@ class ServerConnection(asyncio.Protocol):
         "transport",
     )
 
-    def __init__(self, pool: Pool, user: str, password: str, database: str):
+    def __init__(self, pool: Pool, user: str, password: str, database: str,
+                 startup_extra: dict[str, str] | None = None):
         self.pool = pool
+        #: Where this connection went (host, port, TLS context): its CancelRequests go
+        #: there too (a Neon branch has a compute, and a port, of its own).
+        self.address: tuple[str, int, ssl.SSLContext | None] = ("", 0, None)
         self.transport: asyncio.Transport | None = None
         self.client: PostgresConnection | None = None
         self.params: dict[str, str] = {}
@@ -117,6 +123,8 @@ class ServerConnection(asyncio.Protocol):
         # "o7s": the reset value of a pooled connection; a client's own application_name is
         # SET over it at checkout (no tier or tenant in it: other tenants can read it).
         self._startup = {"user": user, "database": database, "application_name": UPSTREAM_APP}
+        if startup_extra:  # e.g. Neon's options=endpoint=<id>
+            self._startup.update(startup_extra)
         self._waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     # -- asyncio callbacks ---------------------------------------------------------------
@@ -332,37 +340,82 @@ class ServerConnection(asyncio.Protocol):
         return f"<ServerConnection pid={self.pid} {self.pool!r}>"
 
 
+async def tls_socket(host: str, port: int) -> socket.socket:
+    """A connected socket on which the server agreed to TLS (SSLRequest answered ``S``),
+    ready for the TLS handshake; ``UpstreamError`` when it refuses TLS."""
+    loop = asyncio.get_running_loop()
+    last: OSError | None = None
+    for family, kind, proto, _, addr in await loop.getaddrinfo(host, port,
+                                                               type=socket.SOCK_STREAM):
+        sock = socket.socket(family, kind, proto)
+        sock.setblocking(False)
+        try:
+            await loop.sock_connect(sock, addr)
+            await loop.sock_sendall(sock, pg.ssl_request())
+            answer = await loop.sock_recv(sock, 1)
+        except OSError as exc:
+            sock.close()
+            last = exc
+            continue
+        if answer != b"S":
+            sock.close()
+            raise UpstreamError(f"the upstream server at {host}:{port} does not accept TLS",
+                                "08001")
+        return sock
+    raise last or OSError(f"cannot resolve {host}")
+
+
 async def open_server(pool: Pool, host: str, port: int, user: str, password: str,
-                      database: str, deadline: float) -> ServerConnection:
-    """Connect and log in; raises ``UpstreamError`` (with the server's SQLSTATE if any)."""
+                      database: str, deadline: float, *,
+                      startup_extra: dict[str, str] | None = None,
+                      tls: ssl.SSLContext | None = None) -> ServerConnection:
+    """Connect (over TLS when ``tls`` is given: SSLRequest, then the handshake with SNI =
+    ``host``) and log in; raises ``UpstreamError`` (with the server's SQLSTATE if any)."""
     loop = asyncio.get_running_loop()
     srv: ServerConnection | None = None
+
+    def make() -> ServerConnection:
+        return ServerConnection(pool, user, password, database, startup_extra)
+
     try:
         async with asyncio.timeout(deadline):
-            _, srv = await loop.create_connection(
-                lambda: ServerConnection(pool, user, password, database), host, port)
+            if tls is None:
+                _, srv = await loop.create_connection(make, host, port)
+            else:
+                sock = await tls_socket(host, port)
+                _, srv = await loop.create_connection(make, sock=sock, ssl=tls,
+                                                      server_hostname=host)
+            srv.address = (host, port, tls)
             await srv.wait_ready()
     except TimeoutError:
         if srv is not None:
             srv.abort()
         raise UpstreamError(f"timed out after {deadline:g}s connecting to the upstream server",
                             "08001") from None
+    except ssl.SSLError as exc:
+        raise UpstreamError(f"TLS with the upstream server failed: {exc}", "08001") from None
     except OSError as exc:
         raise UpstreamError(f"could not connect to the upstream server: "
                             f"{exc.strerror or exc}", "08001") from None
     return srv
 
 
-async def send_cancel(host: str, port: int, pid: int, secret: int, deadline: float = 5.0) -> None:
+async def send_cancel(host: str, port: int, pid: int, secret: int, deadline: float = 5.0,
+                      tls: ssl.SSLContext | None = None) -> None:
     """Send a CancelRequest upstream and wait until the server has taken it (it closes)."""
     try:
         async with asyncio.timeout(deadline):
-            reader, writer = await asyncio.open_connection(host, port)
+            if tls is None:
+                reader, writer = await asyncio.open_connection(host, port)
+            else:
+                sock = await tls_socket(host, port)
+                reader, writer = await asyncio.open_connection(sock=sock, ssl=tls,
+                                                               server_hostname=host)
             try:
                 writer.write(pg.cancel_request(pid, secret))
                 await writer.drain()
                 await reader.read()  # the postmaster closes once it signalled the backend
             finally:
                 writer.close()
-    except (OSError, TimeoutError) as exc:
+    except (OSError, TimeoutError, UpstreamError) as exc:
         log.warning("cancel request upstream failed: %s", exc)

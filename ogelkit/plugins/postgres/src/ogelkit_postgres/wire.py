@@ -149,6 +149,11 @@ def startup_message(params: dict[str, str]) -> bytes:
     return _i.pack(len(body) + 4) + body
 
 
+def ssl_request() -> bytes:
+    """SSLRequest: asks the server to switch the connection to TLS (it answers S or N)."""
+    return _ii.pack(8, SSL_REQUEST)
+
+
 def cancel_request(pid: int, secret: int) -> bytes:
     return _iii.pack(16, CANCEL_REQUEST, pid) + _i.pack(secret)
 
