@@ -33,6 +33,7 @@ CORE = {
     "control": models.ControlConfig,
     "state": models.StateConfig,
     "lifecycle": models.LifecycleConfig,
+    "audit": models.AuditConfig,
     "plugins": models.PluginsConfig,
     "tiers": models.TierConfig,
     "price": models.PriceConfig,

@@ -11,6 +11,7 @@ import logging
 from collections.abc import Awaitable, Sequence
 from typing import TYPE_CHECKING
 
+from ogelkit.audit import AuditLog, operation_refused
 from ogelkit.model import Reject
 
 if TYPE_CHECKING:
@@ -31,11 +32,12 @@ def _after(hooks: tuple, fn: object) -> int:
 class Chain:
     __slots__ = (
         "_auth", "_complete", "_connect", "_disconnect", "_operation", "_operation_names",
-        "_tier_change", "layers",
+        "_tier_change", "audit", "layers",
     )
 
-    def __init__(self, layers: Sequence[Layer]):
+    def __init__(self, layers: Sequence[Layer], audit: AuditLog | None = None):
         self.layers = tuple(layers)
+        self.audit = audit
 
         def bound(phase: str):
             return tuple(
@@ -125,7 +127,10 @@ class Chain:
             raise
 
     def complete(self, op: Operation) -> None:
-        """Log phase of an operation: every layer, rejected operations included."""
+        """Log phase of an operation: every layer, rejected operations included (and those
+        go to the audit log)."""
+        if op.rejection is not None and self.audit is not None:
+            operation_refused(self.audit, op)
         for fn in self._complete:
             try:
                 fn(op)

@@ -8,6 +8,8 @@ import socket
 import uuid
 from typing import TYPE_CHECKING, Any
 
+from ogelkit.audit import AuditLog
+
 if TYPE_CHECKING:
     from ogelkit.backend import Backend
     from ogelkit.chain import Chain
@@ -44,6 +46,11 @@ class GatewayContext:
         self.draining = False
         self._state: Any = None
         self.addresses: dict[str, list[tuple[str, int]]] = {}
+        a = config.audit
+        #: Refusals, failed logins, tier changes, sleep/wake (``ogelkit.audit``).
+        self.audit = AuditLog(keep=a.keep, log_rate=a.log_rate, log_burst=a.log_burst,
+                              on_suppressed=metrics.audit_suppressed.inc)
+        directory.audit = self.audit
 
     @property
     def sessions(self) -> SessionRegistry:

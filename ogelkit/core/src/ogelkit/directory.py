@@ -24,6 +24,7 @@ from ogelkit.model import Reason, Reject, Session
 from ogelkit.scram import Verifier, mock_verifier, parse_verifier, verify_password
 
 if TYPE_CHECKING:
+    from ogelkit.audit import AuditLog
     from ogelkit.chain import Chain
     from ogelkit.control.store import Store
     from ogelkit.tiers import Tier, TierTable
@@ -80,6 +81,9 @@ class Directory:
         self.ttl = ttl
         self.sessions = sessions or SessionRegistry()
         self.chain: Chain | None = None
+        self.audit: AuditLog | None = None  # set by the gateway's context
+        #: (tier, status) of every tenant seen since start: what a change is measured by.
+        self._known: dict[str, tuple[str, str]] = {}
         self._cache: dict[str, TenantEntry | None] = {}
         self._fetching: dict[str, asyncio.Future[TenantEntry | None]] = {}
         self._mock_secret = os.urandom(32)
@@ -135,7 +139,29 @@ class Directory:
             fetched_at=now,
         )
         self._cache[slug] = entry
+        self.remember(tenant)
         return entry
+
+    def remember(self, tenant: TenantRecord) -> None:
+        """Note a tenant's current tier and status (the "before" of a later change)."""
+        self._known[tenant.slug] = (tenant.tier, tenant.status)
+
+    def _audit_change(self, tenant: TenantRecord) -> None:
+        audit = self.audit
+        before = self._known.get(tenant.slug)
+        self.remember(tenant)
+        if audit is None or before == (tenant.tier, tenant.status):
+            return
+        if before is None:
+            audit.record("tenant_changed", tenant=tenant.slug, tier=tenant.tier,
+                         status=tenant.status)
+            return
+        if before[0] != tenant.tier:
+            audit.record("tier_changed", tenant=tenant.slug, tier=tenant.tier,
+                         previous=before[0])
+        if before[1] != tenant.status:
+            audit.record("tenant_suspended" if tenant.suspended else "tenant_resumed",
+                         tenant=tenant.slug, status=tenant.status, previous=before[1])
 
     def invalidate(self, slug: str | None = None) -> None:
         if slug is None:
@@ -192,6 +218,7 @@ class Directory:
 
         The entry is kept (with the new record and tier) rather than dropped, so that while
         the control plane is unreachable the tenant is still served, under its new state."""
+        self._audit_change(tenant)
         entry = self._cache.get(tenant.slug)
         if entry is not None:
             entry.tenant = tenant

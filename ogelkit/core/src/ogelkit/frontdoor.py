@@ -230,11 +230,20 @@ class Login:
         return self.door.context
 
     def refuse(self, reject: Reject, outcome: str = "rejected") -> Reject:
-        """Record and count a refusal; returns ``reject`` for the door to raise/answer."""
+        """Record, count and audit a refusal; returns ``reject`` for the door to answer."""
         s = self.session
         if s.rejection is None:
             s.rejection = reject
         self.door.metrics.connection(outcome)
+        audit = getattr(self.context, "audit", None)
+        if audit is not None:
+            # A failed login names the user as sent (never a password) and no reason
+            # beyond "auth": the same line for an unknown tenant and a wrong password.
+            audit.record("login_failed" if outcome == "auth_failed" else "connection_refused",
+                         protocol=s.protocol, client=s.client_addr, user=s.user,
+                         tenant=s.tenant.slug if s.tenant is not None else None,
+                         database=s.database, reason=reject.reason.value, layer=reject.layer,
+                         text=reject.message)
         return reject
 
     async def lookup(self, slug: str) -> TenantEntry | None:

@@ -144,6 +144,9 @@ class Metrics:
         self.lifecycle_leader = Gauge(
             "ogelkit_lifecycle_leader", "1 when this gateway runs the lifecycle scheduler "
             "(holds the lease).", registry=r)
+        self.audit_suppressed = Counter(
+            "ogelkit_audit_suppressed", "Audit events not written to the log because of "
+            "[audit] log_rate (still kept for GET /admin/audit).", registry=r)
         self.ready = Gauge("ogelkit_ready", "1 when the gateway is ready to serve.", registry=r)
         self.oneport = Counter(
             "ogelkit_oneport_connections_total", "Connections on the one port ([listen] port) "

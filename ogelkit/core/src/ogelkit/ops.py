@@ -141,6 +141,7 @@ class AdminApi:
                 body = await read_json(request)
                 if body.get("tier") is not None and body["tier"] not in self.ctx.tiers:
                     raise ValueError(f'unknown tier "{body["tier"]}"')
+                self.ctx.directory.remember(await store.require_tenant(slug))
                 tenant = await store.update_tenant(slug, tier=body.get("tier"),
                                                    status=body.get("status"))
                 self.ctx.directory.apply(tenant)
@@ -161,6 +162,20 @@ class AdminApi:
         if parts == ["layers"] and m == "GET":
             return json_response([{"name": layer.name, "type": layer.type_name,
                                    **layer.describe()} for layer in self.ctx.layers])
+        if parts == ["audit"] and m == "GET":
+            q = request.query_params
+            audit = self.ctx.audit
+            limit = int(q.get("limit", "100"))
+            if not 1 <= limit <= 1000:
+                raise ValueError("limit must be between 1 and 1000")
+            before = int(q["before"]) if q.get("before") else None
+            entries = audit.query(event=q.get("event"), tenant=q.get("tenant"),
+                                  text=q.get("q"), before=before, limit=limit)
+            page: dict[str, Any] = {"entries": entries, "kept": len(audit.entries),
+                                    "suppressed_total": audit.suppressed_total}
+            if len(entries) == limit:
+                page["next_before"] = entries[-1]["seq"]
+            return json_response(page)
         if parts == ["sessions"] and m == "GET":
             return json_response({slug: self.ctx.sessions.count(slug)
                                   for slug in self.ctx.sessions.tenants()})

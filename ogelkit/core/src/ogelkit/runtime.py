@@ -19,6 +19,7 @@ from typing import Any
 import anyio
 from anyio.abc import TaskStatus
 
+from ogelkit.audit import lifecycle_event
 from ogelkit.backend import Backend
 from ogelkit.chain import Chain
 from ogelkit.config import Config
@@ -167,6 +168,7 @@ class Gateway:
             stack.push_async_callback(_closing, "shared state", ctx.close_state)
             # Before layers open, so they can subscribe to its events (usage: cold starts).
             ctx.lifecycle = Lifecycle(ctx)
+            ctx.lifecycle.subscribe(lambda event: lifecycle_event(ctx.audit, event))
             stack.push_async_callback(_closing, "lifecycle", ctx.lifecycle.close)
 
             for spec in cfg.backends.values():
@@ -183,7 +185,7 @@ class Gateway:
                 await self._seed(ctx)
                 await ctx.lifecycle.load()
 
-            ctx.chain = Chain(ctx.layers)
+            ctx.chain = Chain(ctx.layers, audit=ctx.audit)
             directory.chain = ctx.chain
 
             async with anyio.create_task_group() as tg:

@@ -21,6 +21,7 @@ from ogelkit.config.models import (
     _MISSING,
     SPECIAL,
     TOP_LEVEL,
+    AuditConfig,
     ControlConfig,
     GatewayConfig,
     LifecycleConfig,
@@ -76,6 +77,7 @@ class Config:
     tenants: dict[str, TenantSeed]
     raw: dict[str, Any] = attrs.field(repr=False)
     lifecycle: LifecycleConfig = attrs.field(factory=LifecycleConfig)
+    audit: AuditConfig = attrs.field(factory=AuditConfig)
 
     def protocols(self) -> dict[str, list[str]]:
         """Protocol name -> ids of the backends that speak it."""
@@ -142,6 +144,7 @@ def parse_config(text: str, plugins: Plugins, *, env: Mapping[str, str] | None =
         tenants=tenants,
         raw=data,
         lifecycle=sections["lifecycle"],
+        audit=sections["audit"],
     )
 
 

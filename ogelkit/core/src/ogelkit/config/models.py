@@ -94,6 +94,18 @@ class LifecycleConfig:
 
 
 @attrs.define(kw_only=True)
+class AuditConfig:
+    keep: int = option(1000, validator=positive, doc="Audit events kept in memory per gateway "
+                                                     "for GET /admin/audit (newest win; lost "
+                                                     "at restart).")
+    log_rate: float = option(20.0, validator=positive, doc="Audit log lines per second at "
+                             "most (bursts of log_burst); lines over it are counted and the "
+                             "next line carries how many were left out (\"suppressed\").")
+    log_burst: int = option(100, validator=positive, doc="Audit log lines allowed at once "
+                                                         "before log_rate applies.")
+
+
+@attrs.define(kw_only=True)
 class PluginsConfig:
     disable: list[str] = option(factory=list, doc="Plugin (entry point) names not to load.")
 
@@ -163,6 +175,7 @@ TOP_LEVEL = {
     "control": ControlConfig,
     "state": StateConfig,
     "lifecycle": LifecycleConfig,
+    "audit": AuditConfig,
     "plugins": PluginsConfig,
 }
 SPECIAL = ("backends", "layers", "tiers", "tenants")
