@@ -157,3 +157,33 @@ def test_missing_config_is_a_usage_error(tmp_path):
     result = subprocess.run([sys.executable, "-m", "ogelkit", "tenants", "list"],
                             capture_output=True, text=True, env=env)
     assert result.returncode == 2 and "no config given" in result.stderr
+
+
+def test_control_plane_commands_import_no_plugin(cli, tmp_path):
+    """tenants/databases list|show and usage show only talk to the control plane: they
+    parse the config without plugins (no backend or layer module imported, not even the
+    test plugin this config's backend needs, which is not on the path here), which is
+    what makes them fast. The root --help (which lists plugin commands) loads them."""
+    cli("tenants", "create", "quick", "--tier", "pro")
+    probe = (
+        "import sys, runpy\n"
+        "sys.argv = ['ogelkit', *sys.argv[1:]]\n"
+        "try:\n    runpy.run_module('ogelkit', run_name='__main__')\n"
+        "except SystemExit:\n    pass\n"
+        "loaded = sorted(m for m in sys.modules if m.startswith(('linegate', 'ogelkit_',"
+        " 'prometheus_client')))\n"
+        "print('LOADED', ','.join(loaded))\n")
+    for args in (["tenants", "list"], ["tenants", "show", "quick"], ["databases", "list"],
+                 ["usage", "show", "quick"]):
+        result = subprocess.run([sys.executable, "-c", probe, *args], capture_output=True,
+                                text=True, env={**os.environ, "OGELKIT_CONFIG":
+                                                str(tmp_path / "config.toml")})
+        assert result.returncode == 0, result.stderr
+        assert "quick" in result.stdout or args[0] == "databases", result.stdout
+        assert result.stdout.strip().endswith("LOADED"), (args, result.stdout)
+    # A command that fires plugin hooks loads them (the test plugin "line" among them).
+    full = subprocess.run([sys.executable, "-c", probe, "--help"], capture_output=True,
+                          text=True, env={**os.environ, "PYTHONPATH": os.environ.get(
+                              "PYTHONPATH", "")})
+    assert "LOADED" in full.stdout and "ogelkit_" in full.stdout.split("LOADED", 1)[1], \
+        full.stdout[-500:]

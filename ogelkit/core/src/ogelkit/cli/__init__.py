@@ -29,12 +29,30 @@ for command in (run, check, plugins_cmd, secret_key, tenants, credentials, datab
     cli.add_command(command)
 
 
+def _command_of(args: list[str]) -> str | None:
+    """The subcommand ``args`` name (after the group's own options), or None."""
+    i = 0
+    while i < len(args):
+        arg = args[i]
+        if arg in ("-c", "--config"):
+            i += 2
+        elif arg.startswith("--config="):
+            i += 1
+        elif arg.startswith("-"):
+            return None  # --help, --version ...
+        else:
+            return arg
+    return None
+
+
 def main(argv: list[str] | None = None) -> None:
-    # Plugins may add commands; load them lazily so `--help` of a broken install still works.
+    args = argv if argv is not None else sys.argv[1:]
+    # Plugins may add commands. A built-in command does not need them loaded for that (a
+    # control-plane command then imports no plugin at all); --help and plugin commands do.
     state = CliState()
-    try:
-        state.plugins.hooks.add_commands(cli)
-    except Exception as exc:  # a plugin's command must not make the CLI unusable
-        click.echo(f"warning: a plugin failed to add commands: {exc!r}", err=True)
-    cli.main(args=argv if argv is not None else sys.argv[1:], prog_name="ogelkit",
-             obj=state)
+    if _command_of(args) not in cli.commands:
+        try:
+            state.plugins.hooks.add_commands(cli)
+        except Exception as exc:  # a plugin's command must not make the CLI unusable
+            click.echo(f"warning: a plugin failed to add commands: {exc!r}", err=True)
+    cli.main(args=args, prog_name="ogelkit", obj=state)

@@ -16,7 +16,6 @@ from ogelkit.config import Config, ConfigErrors, load_config
 from ogelkit.context import GatewayContext
 from ogelkit.control.store import Store, StoreError, open_store
 from ogelkit.directory import Directory
-from ogelkit.metrics import Metrics
 from ogelkit.plugins import Plugins, load_plugins, plugin_failure_lines
 
 T = TypeVar("T")
@@ -37,19 +36,25 @@ class CliState:
             self._plugins = load_plugins()
         return self._plugins
 
-    def config(self, path: str | None = None) -> Config:
+    def config(self, path: str | None = None, *, core_only: bool = False) -> Config:
+        """The config, validated with every plugin; ``core_only``: without loading any
+        plugin (commands that only read or write the control plane: they then start in
+        a fraction of the time, see ``Config.core_only``)."""
         path = path or self.config_path
         if path is None:
             raise click.UsageError(f"no config given: pass --config FILE or set {CONFIG_ENV}")
-        if self._config is None or self._config.file != path:
-            self._config = load_or_exit(path, self.plugins)
-        return self._config
+        config = self._config
+        if config is None or config.file != path or (config.core_only and not core_only):
+            plugins = None if core_only and self._plugins is None else self.plugins
+            config = self._config = load_or_exit(path, plugins)
+        return config
 
 
-def load_or_exit(path: str, plugins: Plugins) -> Config:
-    for line in plugin_failure_lines(plugins):
-        click.echo(f"warning: {line}", err=True)
-    problems = list(plugins.errors)
+def load_or_exit(path: str, plugins: Plugins | None) -> Config:
+    if plugins is not None:
+        for line in plugin_failure_lines(plugins):
+            click.echo(f"warning: {line}", err=True)
+    problems = list(plugins.errors) if plugins is not None else []
     try:
         config = load_config(path, plugins)
     except ConfigErrors as exc:
@@ -88,6 +93,7 @@ async def opened_store(config: Config):
 @asynccontextmanager
 async def tool_context(config: Config, plugins: Plugins, backend_ids: list[str] | None = None):
     """A context for CLI work that needs backends (provisioning), without any listener."""
+    from ogelkit.metrics import Metrics  # prometheus_client: only for commands that need it
     async with opened_store(config) as store:
         directory = Directory(store, config.tiers, ttl=config.control.cache_ttl)
         ctx = GatewayContext(config, plugins, store, Metrics(), directory)

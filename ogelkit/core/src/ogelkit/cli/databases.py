@@ -113,7 +113,7 @@ def create(state: CliState, tenant: str, name: str, kind: str, backend_id: str |
 @click.pass_obj
 def list_(state: CliState, tenant: str | None, as_json: bool) -> None:
     """List databases (of one TENANT, or all)."""
-    config = state.config()
+    config = state.config(core_only=True)
 
     async def go():
         async with opened_store(config) as store:
@@ -189,7 +189,7 @@ def delete(state: CliState, tenant: str, name: str, yes: bool) -> None:
 @click.pass_obj
 def show(state: CliState, tenant: str, name: str, as_json: bool) -> None:
     """One database: kind, backend and lifecycle (state, last activity, last cold start)."""
-    config = state.config()
+    config = state.config(core_only=True)
 
     async def go():
         async with opened_store(config) as store:

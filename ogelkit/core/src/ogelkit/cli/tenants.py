@@ -66,7 +66,7 @@ def create(state: CliState, slug: str, tier: str) -> None:
 @click.pass_obj
 def list_(state: CliState, as_json: bool) -> None:
     """List tenants."""
-    config = state.config()
+    config = state.config(core_only=True)
 
     async def go():
         async with opened_store(config) as store:
@@ -89,7 +89,7 @@ def list_(state: CliState, as_json: bool) -> None:
 @click.pass_obj
 def show(state: CliState, slug: str, as_json: bool) -> None:
     """Show a tenant, its tier's limits and its databases."""
-    config = state.config()
+    config = state.config(core_only=True)
 
     async def go():
         async with opened_store(config) as store:

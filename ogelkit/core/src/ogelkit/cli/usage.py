@@ -25,7 +25,7 @@ def usage() -> None:
 def show(state: CliState, tenant: str, month: str | None, database: str | None,
          as_json: bool) -> None:
     """Usage of TENANT per database, with an invoice preview from the price book."""
-    config = state.config()
+    config = state.config(core_only=True)
     try:
         start, end, label = month_range(month)
     except ValueError as exc:

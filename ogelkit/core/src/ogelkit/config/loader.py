@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
+from ogelkit.backend import Backend
 from ogelkit.config.errors import ConfigErrors, ErrorCollector, describe_value, did_you_mean
 from ogelkit.config.interpolate import interpolate
 from ogelkit.config.models import (
@@ -38,7 +39,6 @@ from ogelkit.plugins import Plugins
 from ogelkit.tiers import DEFAULT_TIERS, Price, TierTable
 
 if TYPE_CHECKING:
-    from ogelkit.backend import Backend
     from ogelkit.layer import Layer
 
 _ID = re.compile(r"^[a-z][a-z0-9_-]{0,62}$")
@@ -78,6 +78,9 @@ class Config:
     raw: dict[str, Any] = attrs.field(repr=False)
     lifecycle: LifecycleConfig = attrs.field(factory=LifecycleConfig)
     audit: AuditConfig = attrs.field(factory=AuditConfig)
+    #: Parsed without plugins (control-plane CLI commands): backends carry their id and type
+    #: only (``cls`` is the ``Backend`` base, ``options`` None) and there are no layers.
+    core_only: bool = False
 
     def protocols(self) -> dict[str, list[str]]:
         """Protocol name -> ids of the backends that speak it."""
@@ -87,7 +90,10 @@ class Config:
         return out
 
 
-def load_config(path: str | Path, plugins: Plugins, env: Mapping[str, str] | None = None) -> Config:
+def load_config(path: str | Path, plugins: Plugins | None,
+                env: Mapping[str, str] | None = None) -> Config:
+    """``plugins=None``: the core tables only (see ``Config.core_only``), for commands that
+    only talk to the control plane and must not import every plugin to do it."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -96,7 +102,7 @@ def load_config(path: str | Path, plugins: Plugins, env: Mapping[str, str] | Non
     return parse_config(text, plugins, env=env, file=str(path))
 
 
-def parse_config(text: str, plugins: Plugins, *, env: Mapping[str, str] | None = None,
+def parse_config(text: str, plugins: Plugins | None, *, env: Mapping[str, str] | None = None,
                  file: str = "<config>") -> Config:
     errors = ErrorCollector(file)
     try:
@@ -123,13 +129,17 @@ def parse_config(text: str, plugins: Plugins, *, env: Mapping[str, str] | None =
         else:
             sections[key] = None if key == "state" else model()
 
-    backends = _backends(data.get("backends", {}), plugins, errors)
-    layers = _layers(data.get("layers", []), plugins, errors)
+    if plugins is None:
+        backends, layers = _backend_ids(data.get("backends", {})), []
+    else:
+        backends = _backends(data.get("backends", {}), plugins, errors)
+        layers = _layers(data.get("layers", []), plugins, errors)
     tiers = _tiers(data.get("tiers", {}), errors)
     tenants = _tenants(data.get("tenants", {}), errors)
 
     raw_ids = set(data.get("backends", {})) if isinstance(data.get("backends"), dict) else set()
-    _cross_check(sections, backends, raw_ids, tiers, tenants, errors)
+    _cross_check(sections, backends, raw_ids, tiers, tenants, errors,
+                 plugins_checked=plugins is not None)
     errors.raise_if_any()
     return Config(
         file=file,
@@ -145,6 +155,7 @@ def parse_config(text: str, plugins: Plugins, *, env: Mapping[str, str] | None =
         raw=data,
         lifecycle=sections["lifecycle"],
         audit=sections["audit"],
+        core_only=plugins is None,
     )
 
 
@@ -198,6 +209,14 @@ def _backends(table: Any, plugins: Plugins, errors: ErrorCollector) -> dict[str,
         if options is not None:
             out[bid] = BackendSpec(bid, type_name, cls, options)
     return out
+
+
+def _backend_ids(table: Any) -> dict[str, BackendSpec]:
+    """Backends without their plugins: id and type, options unchecked (core-only configs)."""
+    if not isinstance(table, dict):
+        return {}
+    return {bid: BackendSpec(bid, str(section.get("type", "")), Backend, None)
+            for bid, section in table.items() if isinstance(section, dict)}
 
 
 def _layers(items: Any, plugins: Plugins, errors: ErrorCollector) -> list[LayerSpec]:
@@ -293,7 +312,8 @@ def _tenants(table: Any, errors: ErrorCollector) -> dict[str, TenantSeed]:
 
 
 def _cross_check(sections: dict[str, Any], backends: dict[str, BackendSpec], raw_backend_ids: set[str],
-                 tiers: TierTable, tenants: dict[str, TenantSeed], errors: ErrorCollector) -> None:
+                 tiers: TierTable, tenants: dict[str, TenantSeed], errors: ErrorCollector, *,
+                 plugins_checked: bool = True) -> None:
     """References between tables; ``raw_backend_ids`` includes backends whose own options
     failed, so one mistake is not reported twice."""
     for slug, seed in tenants.items():
@@ -309,7 +329,7 @@ def _cross_check(sections: dict[str, Any], backends: dict[str, BackendSpec], raw
                            hint=(hint + " " if hint else "") + f"Defined backends: {defined}.")
 
     listen = sections.get("listen")
-    if listen is not None:
+    if listen is not None and plugins_checked:
         protocols = {spec.cls.protocol for spec in backends.values()}
         for proto in ("postgres", "redis", "mongodb"):
             if getattr(listen, proto) is not None and proto not in protocols and backends:
