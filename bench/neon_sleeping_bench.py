@@ -31,8 +31,8 @@ import time
 from pathlib import Path
 
 from ogelkit_neon import NeonBackend, NeonOptions
-from ogelkit_neon.local import _disk_bytes, _pid_alive, _read_pidfile
-from ogelkit_neon.testing import remove_data_dir
+from ogelkit_neon.local import _disk_bytes
+from ogelkit_neon.testing import live_postmasters, remove_data_dir
 
 from ogelkit import DatabaseRecord
 from ogelkit.testing import GatewayProcess, test_context, test_secret_key
@@ -91,15 +91,6 @@ async def provision_all(data_dir: str, control: str, n: int, per_tenant: int) ->
         return time.perf_counter() - started
 
 
-def running_computes(data_dir: str) -> int:
-    alive = 0
-    for pid_file in Path(data_dir).glob("*/*/pgdata/postmaster.pid"):
-        lines = _read_pidfile(pid_file.parent)
-        if lines and lines[0].isdigit() and _pid_alive(int(lines[0])):
-            alive += 1
-    return alive
-
-
 def rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmRSS:"):
@@ -123,7 +114,7 @@ def gateway_rss(text: str, workdir: str, data_dir: str,
     try:
         time.sleep(5)  # the lifecycle has loaded every state, the directory has polled
         rss = rss_mib(proc.proc.pid)
-        running = running_computes(data_dir)
+        running = live_postmasters(data_dir)
         took = None
         if probe_db is not None:
             port = postgres_port(proc)

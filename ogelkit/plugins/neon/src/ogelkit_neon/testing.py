@@ -34,6 +34,17 @@ def stop_all(data_dir: str) -> None:
         subprocess.run(cmd, capture_output=True, timeout=30, cwd="/")
 
 
+def live_postmasters(data_dir: str) -> int:
+    """Computes running under ``data_dir`` (a live postmaster named by a lock file)."""
+    from ogelkit_neon.local import _pid_alive, _read_pidfile
+    alive = 0
+    for pid_file in Path(data_dir).glob("*/*/pgdata/postmaster.pid"):
+        lines = _read_pidfile(pid_file.parent)
+        if lines and lines[0].isdigit() and _pid_alive(int(lines[0])):
+            alive += 1
+    return alive
+
+
 def remove_data_dir(data_dir: str) -> None:
     """Stop what runs under ``data_dir``, then delete it."""
     stop_all(data_dir)
@@ -48,4 +59,5 @@ def neon_backend_toml(data_dir: str, *, name: str = "neon", extra: str = "",
             f'{local}\n')
 
 
-__all__ = ["PG_BIN", "neon_backend_toml", "new_data_dir", "remove_data_dir", "stop_all"]
+__all__ = ["PG_BIN", "live_postmasters", "neon_backend_toml", "new_data_dir",
+           "remove_data_dir", "stop_all"]
