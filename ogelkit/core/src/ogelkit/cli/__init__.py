@@ -29,20 +29,29 @@ for command in (run, check, plugins_cmd, secret_key, tenants, credentials, datab
     cli.add_command(command)
 
 
-def _command_of(args: list[str]) -> str | None:
-    """The subcommand ``args`` name (after the group's own options), or None."""
+def _is_builtin(args: list[str]) -> bool:
+    """Whether ``args`` name a command the core itself defines (``tenants list``, ``run``),
+    as opposed to the root --help or a command a plugin adds (``tenants advise``)."""
+    group: click.Group = cli
     i = 0
     while i < len(args):
         arg = args[i]
         if arg in ("-c", "--config"):
             i += 2
-        elif arg.startswith("--config="):
+            continue
+        if arg.startswith("--config="):
             i += 1
-        elif arg.startswith("-"):
-            return None  # --help, --version ...
-        else:
-            return arg
-    return None
+            continue
+        if arg.startswith("-"):
+            return False  # --help, --version of a group: plugin commands are listed too
+        command = group.commands.get(arg)
+        if command is None:
+            return False
+        if not isinstance(command, click.Group):
+            return True
+        group = command
+        i += 1
+    return False
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -50,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
     # Plugins may add commands. A built-in command does not need them loaded for that (a
     # control-plane command then imports no plugin at all); --help and plugin commands do.
     state = CliState()
-    if _command_of(args) not in cli.commands:
+    if not _is_builtin(args):
         try:
             state.plugins.hooks.add_commands(cli)
         except Exception as exc:  # a plugin's command must not make the CLI unusable
