@@ -6,6 +6,7 @@ import logging
 import os
 import socket
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from ogelkit.audit import AuditLog
@@ -51,6 +52,8 @@ class GatewayContext:
         self.audit = AuditLog(keep=a.keep, log_rate=a.log_rate, log_burst=a.log_burst,
                               on_suppressed=metrics.audit_suppressed.inc)
         directory.audit = self.audit
+        #: Reload the config file (set by the runtime; None in CLI tools).
+        self.reload: Callable[[], Awaitable[dict[str, Any]]] | None = None
 
     @property
     def sessions(self) -> SessionRegistry:

@@ -163,6 +163,12 @@ class Directory:
             audit.record("tenant_suspended" if tenant.suspended else "tenant_resumed",
                          tenant=tenant.slug, status=tenant.status, previous=before[1])
 
+    def retier(self) -> None:
+        """``tiers`` was replaced (config reload): cached tenants take their tier's new values."""
+        for entry in self._cache.values():
+            if entry is not None:
+                entry.tier = self.tier(entry.tenant.tier)
+
     def invalidate(self, slug: str | None = None) -> None:
         if slug is None:
             self._cache.clear()

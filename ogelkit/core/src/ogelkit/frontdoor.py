@@ -407,6 +407,11 @@ class FrontDoor:
         self.observe = False  # set at start: see observes_operations()
         self._tasks: set[asyncio.Task[Any]] = set()
 
+    def add_backend(self, backend: Backend) -> None:
+        """A backend of this protocol added by a config reload: serve it from now on.
+        Extend it when the door derives something from its backends (ids, limits)."""
+        self.backends.append(backend)
+
     # -- what a subclass provides ------------------------------------------------------------
     def new_connection(self) -> asyncio.Protocol:
         """The protocol object for one new client connection."""

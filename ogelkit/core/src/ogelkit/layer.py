@@ -79,6 +79,14 @@ class Layer(Component[OptionsT]):
     def on_tier_change(self, session: Session) -> None:
         """The session's tier changed (``session.tier`` already holds the new one)."""
 
+    # -- config reload -----------------------------------------------------------------------
+    def reconfigure(self, options: Any) -> None:
+        """Optional: take new validated options without a restart (``SIGHUP`` or
+        ``POST /admin/reload``; live sessions keep running). A layer that does not override
+        this has its option changes reported as needing a restart. Tier values need no
+        reconfigure: the gateway applies new tiers itself and calls ``on_tier_change``."""
+        raise NotImplementedError
+
     # -- introspection ---------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:
         """Layer state for the admin API (counts, bans, cache size ...)."""

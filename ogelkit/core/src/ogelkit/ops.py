@@ -162,6 +162,11 @@ class AdminApi:
         if parts == ["layers"] and m == "GET":
             return json_response([{"name": layer.name, "type": layer.type_name,
                                    **layer.describe()} for layer in self.ctx.layers])
+        if parts == ["reload"] and m == "POST":
+            if self.ctx.reload is None:
+                return error_response(501, "not_supported", "this process cannot reload")
+            result = await self.ctx.reload()
+            return json_response(result, 200 if result["reloaded"] else 422)
         if parts == ["audit"] and m == "GET":
             q = request.query_params
             audit = self.ctx.audit

@@ -60,6 +60,7 @@ class Gateway:
         self.frontdoors: list[FrontDoor] = []
         self.oneport: OnePort | None = None
         self.addresses: dict[str, list[tuple[str, int]]] = {}
+        self._stack: AsyncExitStack | None = None
 
     def request_stop(self) -> None:
         if self.stop_requested.is_set():
@@ -72,6 +73,37 @@ class Gateway:
         await store.open()
         await store.migrate()
         return store
+
+    async def seed(self) -> None:
+        """Create the config's tenants and databases that are missing (after a reload)."""
+        assert self.context is not None
+        await self._seed(self.context)
+        for slug in self.config.tenants:
+            self.context.directory.invalidate(slug)
+
+    async def reload(self) -> dict[str, Any]:
+        """Reload the config file (SIGHUP, ``POST /admin/reload``): see ``ogelkit.reload``."""
+        from ogelkit.reload import reload_config
+        return await reload_config(self)
+
+    async def add_backend(self, spec: Any) -> str | None:
+        """Open a backend a reload added and hand it to its protocol's running door; the
+        reason it cannot be added otherwise."""
+        ctx = self.context
+        assert ctx is not None and self._stack is not None
+        door = next((fd for fd in self.frontdoors if fd.protocol == spec.cls.protocol), None)
+        if door is None:
+            return f"no running front door serves protocol {spec.cls.protocol!r}"
+        backend = spec.cls(spec.options, name=spec.id, context=ctx)
+        try:
+            await _open(backend, self._stack)
+        except StartupError as exc:
+            return str(exc)
+        ctx.backends[spec.id] = backend
+        door.add_backend(backend)
+        log.info("backend added by a config reload",
+                 extra={"backend": spec.id, "type": spec.type, "protocol": door.protocol})
+        return None
 
     async def _seed(self, ctx: GatewayContext) -> None:
         """Create the tenants and databases the config declares, when missing (idempotent)."""
@@ -155,6 +187,7 @@ class Gateway:
         cfg = self.config
         metrics = Metrics()
         async with AsyncExitStack() as stack:
+            self._stack = stack
             with anyio.fail_after(cfg.gateway.startup_timeout):
                 try:
                     store = await self._open_store()
@@ -164,6 +197,7 @@ class Gateway:
             stack.push_async_callback(_closing, "control plane", store.close)
             directory = Directory(store, cfg.tiers, ttl=cfg.control.cache_ttl)
             ctx = GatewayContext(cfg, self.plugins, store, metrics, directory)
+            ctx.reload = self.reload
             self.context = ctx
             stack.push_async_callback(_closing, "shared state", ctx.close_state)
             # Before layers open, so they can subscribe to its events (usage: cold starts).
@@ -250,8 +284,15 @@ class Gateway:
                 await fd.close(reason)
 
     async def _watch_signals(self) -> None:
-        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async for signum in signals:
+                if signum == signal.SIGHUP:
+                    log.info("signal received", extra={"signal": "SIGHUP"})
+                    try:
+                        await self.reload()
+                    except Exception:  # a bug in a reload must not stop the gateway
+                        log.exception("config reload failed")
+                    continue
                 log.info("signal received", extra={"signal": signal.Signals(signum).name,
                                                    "second": self.stop_requested.is_set()})
                 self.request_stop()

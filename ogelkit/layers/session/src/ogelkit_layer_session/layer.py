@@ -45,14 +45,28 @@ class SessionLayer(Layer[SessionOptions]):
 
     def __init__(self, config: SessionOptions, *, name: str, context: Any):
         super().__init__(config, name=name, context=context)
-        self.options = config
+        self._take(config)
+        self.configured = 0
+        self.reconfigured = 0
+        self.failures = 0
+
+    def _take(self, config: SessionOptions) -> None:
+        self.config = self.options = config
         self._common = {k: as_text(v) for k, v in config.settings.items()}
         self._per_tier = {t: {k: as_text(v) for k, v in table.items()}
                           for t, table in config.tiers.items()}
         self._unset = frozenset(config.unset)
-        self.configured = 0
-        self.reconfigured = 0
-        self.failures = 0
+
+    def reconfigure(self, options: SessionOptions) -> None:
+        """Config reload: new settings for every live session from its next checkout."""
+        unknown = sorted(set(options.tiers) - set(self.context.tiers))
+        if unknown:
+            raise ValueError(f"layer {self.name}: tiers.{unknown[0]} names no tier")
+        self._take(options)
+        sessions = self.context.sessions
+        for slug in sessions.tenants():
+            for session in sessions.of(slug):
+                self.on_tier_change(session)
 
     async def open(self) -> None:
         unknown = sorted(set(self._per_tier) - set(self.context.tiers))

@@ -31,6 +31,12 @@ class MongoFrontDoor(ogelkit.FrontDoor):
         #: An unauthenticated connection that sends no complete command this long is closed.
         self.handshake_timeout = max(b.config.handshake_timeout for b in backends)
 
+    def add_backend(self, backend: Backend) -> None:
+        super().add_backend(backend)
+        self.backend_ids.add(backend.name)
+        self.max_message = max(self.max_message, backend.config.max_message_size)
+        self.handshake_timeout = max(self.handshake_timeout, backend.config.handshake_timeout)
+
     def new_connection(self) -> MongoConnection:
         return MongoConnection(self)
 

@@ -77,7 +77,9 @@ class PostgresBackend(ogelkit.Backend):
         self.pools: dict[tuple[str, str], Pool] = {}
         self._admin_pool: asyncpg.Pool | None = None
         self._explain: dict[tuple[str, str], _ExplainConn] = {}
-        self._settings_cache: dict[tuple[str, str], dict[str, str]] = {}
+        # (tier name, tenant) -> (the Tier object it was computed from, settings): a config
+        # reload brings new Tier objects, which recompute.
+        self._settings_cache: dict[tuple[str, str], tuple[Tier, dict[str, str]]] = {}
         self._maintainer: asyncio.Task[None] | None = None
         self._upstream_errors = context.metrics.upstream_errors
         gauge = context.metrics.upstream_connections
@@ -249,8 +251,8 @@ class PostgresBackend(ogelkit.Backend):
             return {}
         key = (tier.name, session.tenant_slug or "")
         cached = self._settings_cache.get(key)
-        if cached is not None:
-            return cached
+        if cached is not None and cached[0] is tier:
+            return cached[1]
         out: dict[str, str] = {}
         if tier.work_mem is not None:
             out["work_mem"] = f"{max(64, tier.work_mem // 1024)}kB"
@@ -262,7 +264,7 @@ class PostgresBackend(ogelkit.Backend):
         # tag there is visible to every tenant in pg_stat_activity).
         if len(self._settings_cache) > 10_000:
             self._settings_cache.clear()
-        self._settings_cache[key] = out
+        self._settings_cache[key] = (tier, out)
         return out
 
     def cost_key(self, op: Operation) -> Hashable | None:

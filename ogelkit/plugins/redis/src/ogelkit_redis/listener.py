@@ -35,6 +35,13 @@ class RedisFrontDoor(ogelkit.FrontDoor):
         #: Seconds from connect to a successful AUTH/HELLO before the client is closed.
         self.handshake_timeout = max(b.config.handshake_timeout for b in backends)
 
+    def add_backend(self, backend: Backend) -> None:
+        super().add_backend(backend)
+        self.backend_ids.add(backend.name)
+        if isinstance(backend, RedisBackend):
+            self.redis_backends.append(backend)
+        self.handshake_timeout = max(self.handshake_timeout, backend.config.handshake_timeout)
+
     @classmethod
     def sniff(cls, head: bytes) -> bool | None:
         """For the one port: a RESP array (``*``) or an inline command (an ASCII letter)."""
