@@ -378,7 +378,11 @@ async def _closed_within(conn: Any, seconds: float) -> tuple[BaseException, floa
     while True:
         try:
             await conn.execute("SELECT 1")
-        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError) as exc:
+        except (asyncpg.PostgresError, asyncpg.InterfaceError, OSError,
+                asyncpg.InternalClientError) as exc:
+            # InternalClientError: the gateway's FATAL 57P03 arrived while this client was
+            # idle and asyncpg's state machine saw it before the close (as it does for
+            # PostgreSQL's own pg_terminate_backend).
             return exc, time.monotonic() - started
         assert time.monotonic() - started < seconds, "session of a suspended tenant served"
         await asyncio.sleep(0.05)
