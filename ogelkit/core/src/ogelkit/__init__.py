@@ -9,7 +9,6 @@ The public API for plugin authors::
         register.layer(MyLayer)
 """
 
-from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
 import pluggy
@@ -42,11 +41,6 @@ if TYPE_CHECKING:
 
 hookimpl = pluggy.HookimplMarker("ogelkit")
 
-try:
-    __version__ = version("ogelkit-core")
-except PackageNotFoundError:  # running from a source tree without metadata
-    __version__ = "0.0.0"
-
 # Public names whose modules pull in heavier dependencies (prometheus_client, redis ...):
 # imported on first use, so `import ogelkit` stays cheap for the CLI.
 _LAZY = {
@@ -61,7 +55,18 @@ _LAZY = {
 }
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+    try:
+        return version("ogelkit-core")
+    except PackageNotFoundError:  # running from a source tree without metadata
+        return "0.0.0"
+
+
 def __getattr__(name: str) -> Any:
+    if name == "__version__":  # read from the distribution's metadata on first use
+        value = globals()["__version__"] = _version()
+        return value
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'ogelkit' has no attribute {name!r}")

@@ -6,7 +6,6 @@ import sys
 
 import click
 
-from ogelkit import __version__
 from ogelkit.cli import branches as _branches  # noqa: F401 (adds databases branch|reset)
 from ogelkit.cli.common import CONFIG_ENV, CliState
 from ogelkit.cli.databases import databases
@@ -18,7 +17,7 @@ from ogelkit.cli.usage import usage
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("-c", "--config", "config_path", envvar=CONFIG_ENV, type=click.Path(dir_okay=False),
               help=f"Gateway config file (env {CONFIG_ENV}).")
-@click.version_option(__version__, prog_name="ogelkit")
+@click.version_option(package_name="ogelkit-core", prog_name="ogelkit")
 @click.pass_context
 def cli(ctx: click.Context, config_path: str | None) -> None:
     """ogelkit: run and operate the O7s multi-tenant database gateway."""

@@ -11,7 +11,6 @@ and would otherwise replace a plain ``ogelkit.plugins`` module with a namespace 
 from __future__ import annotations
 
 import difflib
-import importlib.metadata as md
 import os
 import traceback
 from collections.abc import Iterable
@@ -73,6 +72,8 @@ class PluginInfo:
 
 def _distribution_of(cls: type) -> str:
     top = cls.__module__.split(".")[0]
+    import importlib.metadata as md  # imported when plugins load: a CLI fast path has none
+
     dists = md.packages_distributions().get(top)
     return dists[0] if dists else top
 
@@ -240,6 +241,8 @@ def load_plugins(
 
     if entry_points:
         seen: set[str] = set()
+        import importlib.metadata as md
+
         for ep in sorted(md.entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
             if ep.name in seen:  # the same distribution visible twice on sys.path
                 continue
