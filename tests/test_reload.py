@@ -26,6 +26,8 @@ ONE, TWO = f"rl-one-{SUFFIX}", f"rl-two-{SUFFIX}"
 def config(control: object, *, timeout: str, lock: str | None = None,
            second_backend: bool = False, http: int = 0) -> str:
     settings = f'settings = {{ lock_timeout = "{lock}" }}\n' if lock else ""
+    # With the session settings, the timeout layer's grace and the cost layer's mode change.
+    grace, mode = ("2s", "warn") if lock else ("1s", "enforce")
     text = f"""
 [listen]
 host = "127.0.0.1"
@@ -46,8 +48,16 @@ dsn = "{pg_dsn()}"
 name_prefix = "o7sreload_"
 
 [[layers]]
+type = "cost"
+mode = "{mode}"
+
+[[layers]]
 type = "session"
 {settings}
+[[layers]]
+type = "timeout"
+grace = "{grace}"
+
 [tiers.free]
 statement_timeout = "{timeout}"
 
@@ -105,7 +115,8 @@ def test_sighup_and_the_admin_call_reload_without_dropping_connections(tmp_path)
             proc.config_path.write_text(config(control, timeout="20s", lock="3s", second_backend=True))
             proc.signal(signal.SIGHUP)
             done = _wait_log(proc, "config reloaded", 1)
-            assert "tiers" in done["changed"] and "layers.session" in done["changed"]
+            assert "tiers" in done["changed"]
+            assert {"layers.session", "layers.timeout", "layers.cost"} <= set(done["changed"])
             assert "backends.pg2 (new)" in done["changed"] and "tenants" in done["changed"]
             assert done["needs_restart"] == [], done
             # The open connection is still there and gets the new values at its next use.

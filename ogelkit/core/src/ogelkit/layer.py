@@ -24,7 +24,7 @@ intelligence see every decision. Check ``op.rejection`` / ``session.rejection`` 
 
 from __future__ import annotations
 
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Iterator
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from ogelkit.component import Component, NoOptions, OptionsT, overridden
@@ -86,6 +86,13 @@ class Layer(Component[OptionsT]):
         this has its option changes reported as needing a restart. Tier values need no
         reconfigure: the gateway applies new tiers itself and calls ``on_tier_change``."""
         raise NotImplementedError
+
+    def live_sessions(self) -> Iterator[Session]:
+        """Every session the gateway serves right now (a ``reconfigure`` recomputes what it
+        keeps per session)."""
+        sessions = self.context.sessions
+        for slug in sessions.tenants():
+            yield from sessions.of(slug)
 
     # -- introspection ---------------------------------------------------------------------
     def describe(self) -> dict[str, Any]:

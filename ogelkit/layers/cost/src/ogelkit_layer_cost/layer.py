@@ -151,6 +151,15 @@ class Cost(Layer[CostOptions]):
         self.misses += 1
         return self._wait_for_estimate(op, cache_key, info)
 
+    def reconfigure(self, options: CostOptions) -> None:
+        """Config reload: new options from each session's next operation (the estimate
+        cache keeps its entries; its size and TTL apply from now on)."""
+        self.config = options
+        self._enforce = options.mode == "enforce"
+        self._tiers.clear()
+        for session in self.live_sessions():
+            session.state.pop(self.name, None)
+
     def _scope(self, session: Session) -> _Scope:
         """What every operation of ``session`` shares, computed again when its tier (or
         backend) object changes; ``info`` None: nothing to estimate."""

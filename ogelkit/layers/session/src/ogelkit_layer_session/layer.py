@@ -63,10 +63,8 @@ class SessionLayer(Layer[SessionOptions]):
         if unknown:
             raise ValueError(f"layer {self.name}: tiers.{unknown[0]} names no tier")
         self._take(options)
-        sessions = self.context.sessions
-        for slug in sessions.tenants():
-            for session in sessions.of(slug):
-                self.on_tier_change(session)
+        for session in list(self.live_sessions()):
+            self.on_tier_change(session)
 
     async def open(self) -> None:
         unknown = sorted(set(self._per_tier) - set(self.context.tiers))

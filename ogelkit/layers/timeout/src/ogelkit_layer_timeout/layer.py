@@ -71,6 +71,14 @@ class Timeout(Layer[TimeoutOptions]):
     async def open(self) -> None:
         self._loop = asyncio.get_running_loop()
 
+    def reconfigure(self, options: TimeoutOptions) -> None:
+        """Config reload: new options from each session's next operation (the deadlines of
+        operations already running keep the ones they started with)."""
+        self.config = options
+        self._tiers.clear()
+        for watch in self._watches:
+            watch.tier = None  # recomputed, with the new options, at the next operation
+
     async def close(self) -> None:
         for watch in self._watches:
             if watch.handle is not None:
