@@ -26,8 +26,9 @@ ONE, TWO = f"rl-one-{SUFFIX}", f"rl-two-{SUFFIX}"
 def config(control: object, *, timeout: str, lock: str | None = None,
            second_backend: bool = False, http: int = 0) -> str:
     settings = f'settings = {{ lock_timeout = "{lock}" }}\n' if lock else ""
-    # With the session settings, the timeout layer's grace and the cost layer's mode change.
-    grace, mode = ("2s", "warn") if lock else ("1s", "enforce")
+    # With the session settings, one option of every other layer changes too.
+    grace, mode, queue, delay, batch, ban = (("2s", "warn", 7, "80ms", 400, "90s") if lock
+                                             else ("1s", "enforce", 5, "50ms", 500, "60s"))
     text = f"""
 [listen]
 host = "127.0.0.1"
@@ -48,6 +49,14 @@ dsn = "{pg_dsn()}"
 name_prefix = "o7sreload_"
 
 [[layers]]
+type = "gatekeeper"
+queue_limit = {queue}
+
+[[layers]]
+type = "ratelimit"
+max_delay = "{delay}"
+
+[[layers]]
 type = "cost"
 mode = "{mode}"
 
@@ -57,6 +66,14 @@ type = "session"
 [[layers]]
 type = "timeout"
 grace = "{grace}"
+
+[[layers]]
+type = "usage"
+batch_size = {batch}
+
+[[layers]]
+type = "intelligence"
+ban = "{ban}"
 
 [tiers.free]
 statement_timeout = "{timeout}"
@@ -116,7 +133,9 @@ def test_sighup_and_the_admin_call_reload_without_dropping_connections(tmp_path)
             proc.signal(signal.SIGHUP)
             done = _wait_log(proc, "config reloaded", 1)
             assert "tiers" in done["changed"]
-            assert {"layers.session", "layers.timeout", "layers.cost"} <= set(done["changed"])
+            assert {f"layers.{name}" for name in ("gatekeeper", "ratelimit", "cost", "session",
+                                                   "timeout", "usage", "intelligence")} \
+                <= set(done["changed"]), done
             assert "backends.pg2 (new)" in done["changed"] and "tenants" in done["changed"]
             assert done["needs_restart"] == [], done
             # The open connection is still there and gets the new values at its next use.
@@ -143,12 +162,17 @@ def test_sighup_and_the_admin_call_reload_without_dropping_connections(tmp_path)
             proc.config_path.write_text(config(control, timeout="30s", lock="3s", second_backend=True)
                                         .replace('admin_token = "reload-token"',
                                                  'admin_token = "reload-token"\n'
-                                                 'drain_timeout = "7s"'))
+                                                 'drain_timeout = "7s"')
+                                        .replace('type = "ratelimit"',
+                                                 'type = "ratelimit"\nkey_prefix = "x:"'))
             r = httpx.post(admin, headers=ADMIN, timeout=30)
             assert r.status_code == 200, r.text
             body = r.json()
             assert body["reloaded"] and body["changed"] == ["tiers"], body
-            assert body["needs_restart"] == ["[gateway]"], body
+            assert body["needs_restart"][0] == "[gateway]", body
+            # a layer option it cannot take live: reported, the layer keeps its old one
+            assert len(body["needs_restart"]) == 2 and body["needs_restart"][1].startswith(
+                "layers.ratelimit (reconfigure failed: key_prefix"), body
             assert kept.execute("SHOW statement_timeout").fetchone()[0] == "30s"
             assert httpx.post(admin, timeout=10).status_code == 401
     finally:

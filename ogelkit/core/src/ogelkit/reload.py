@@ -5,8 +5,9 @@ The file is read and validated completely first; a config with any problem is re
 
 - **tiers** take effect at once: cached tenants and every live session get their tier's new
   values, and the layers hear ``on_tier_change`` (as for a tier change of the tenant);
-- **layer options**: a layer that implements ``reconfigure(options)`` gets its new options;
-  for one that does not, the change is reported as needing a restart;
+- **layer options**: a layer that implements ``reconfigure(options)`` (all seven O7s layers)
+  gets its new options; one that does not, or raises ``ValueError`` for an option it cannot
+  change live, keeps its old ones and the change is reported as needing a restart;
 - **new backends** are opened and join the running front door of their protocol; their
   tenants and databases from the config are seeded;
 - **new tenants** (``[tenants.*]``) are created.
@@ -75,7 +76,10 @@ async def reload_config(gateway: Gateway) -> dict[str, Any]:
         try:
             layer.reconfigure(lspec.options)
         except Exception as exc:  # the layer keeps its old options
-            log.exception("layer %s could not take its new options", lspec.name)
+            if isinstance(exc, ValueError):  # the layer's own "needs a restart"
+                log.warning("layer %s cannot take its new options live: %s", lspec.name, exc)
+            else:
+                log.exception("layer %s could not take its new options", lspec.name)
             restart.append(f"layers.{lspec.name} (reconfigure failed: {exc})")
             continue
         applied.add(lspec.name)

@@ -57,6 +57,18 @@ class Gatekeeper(Layer[GatekeeperOptions]):
         self._wakeups: dict[str, list[asyncio.Future]] = {}
         self._releases: set[asyncio.Task] = set()
 
+    def reconfigure(self, options: GatekeeperOptions) -> None:
+        """Config reload: queueing, lease TTL and outage policy take effect for the next
+        connection; the live connections keep their slots."""
+        for fixed in ("per_database", "key_prefix"):  # what the held slots are counted by
+            if getattr(options, fixed) != getattr(self.config, fixed):
+                raise ValueError(f"{fixed} keys the connections already counted: restart "
+                                 "to change it")
+        self.config = options
+        self._policy = OutagePolicy(self.name, options.state_down, self.context.metrics)
+        if self._leases is not None:
+            self._leases.ttl_ms = max(1, round(options.lease_ttl * 1000))
+
     # -- lifecycle ---------------------------------------------------------------------------
     async def open(self) -> None:
         client = self.context.state()

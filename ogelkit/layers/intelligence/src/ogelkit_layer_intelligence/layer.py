@@ -81,6 +81,29 @@ class IntelligenceLayer(Layer[IntelligenceOptions]):
         self.counts = {"auth_failures": 0, "bans": 0, "storms": 0, "refused_banned": 0,
                        "refused_storm": 0, "refused_state_down": 0}
 
+    def reconfigure(self, options: IntelligenceOptions) -> None:
+        """Config reload: ban and back-off escalation, thresholds and reporting take effect
+        at once; bans already decided keep their end, and a counting window whose size
+        changed starts empty."""
+        for fixed in ("shared", "key_prefix"):
+            if getattr(options, fixed) != getattr(self.options, fixed):
+                raise ValueError(f"{fixed} decides where bans are shared: restart to change it")
+        unknown = sorted(set(options.latency_targets) - set(self.context.tiers))
+        if unknown:
+            raise ValueError(f"latency_targets.{unknown[0]} names no tier")
+        old, o = self.options, options
+        self.config = self.options = o
+        self._ban_escalation = Escalation(o.ban, o.ban_factor, o.max_ban, o.ban_memory)
+        self._storm_escalation = Escalation(o.backoff, o.backoff_factor, o.max_backoff,
+                                            o.backoff_memory)
+        self._bans.escalation = self._ban_escalation
+        self._storms.escalation = self._storm_escalation
+        if (o.auth_failures, o.auth_window) != (old.auth_failures, old.auth_window):
+            self._failures = BurstCounter(o.auth_failures, o.auth_window)
+        if o.storm_window != old.storm_window:
+            self._rates = RateMeter(o.storm_window)
+        self._policy = OutagePolicy(self.name, o.state_down, self.context.metrics)
+
     # -- lifecycle ---------------------------------------------------------------------------
     async def open(self) -> None:
         unknown = sorted(set(self.options.latency_targets) - set(self.context.tiers))

@@ -112,6 +112,22 @@ class Ratelimit(Layer[RatelimitOptions]):
         self._down_exc: BaseException | None = None
         self._credits: dict[str, list[float]] = {}  # key -> [tokens left, expires]
 
+    def reconfigure(self, options: RatelimitOptions) -> None:
+        """Config reload: mode, delay, scope, outage policy, retry and prefetch take effect
+        from each session's next operation; the buckets keep their fill."""
+        if options.key_prefix != self.config.key_prefix:
+            raise ValueError("key_prefix names where the shared buckets live: restart to change it")
+        self.config = options
+        self._policy = OutagePolicy(self.name, options.state_down, self.context.metrics)
+        self._max_delay = options.max_delay if options.mode == "delay" else -1.0
+        self._per_db = options.scope == "database"
+        if self._redis is not None:
+            self._redis.max_delay_us = (round(self._max_delay * 1_000_000)
+                                        if self._max_delay >= 0 else -1)
+        self._tiers.clear()
+        for session in self.live_sessions():
+            session.state.pop(self.name, None)
+
     # -- lifecycle ---------------------------------------------------------------------------
     async def open(self) -> None:
         client = self.context.state()

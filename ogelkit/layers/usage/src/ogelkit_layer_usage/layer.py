@@ -88,6 +88,17 @@ class UsageLayer(Layer[UsageOptions]):
         self.storage_snapshots = 0
         self.last_storage_at: float | None = None
 
+    def reconfigure(self, options: UsageOptions) -> None:
+        """Config reload: windows, batches, retries and limits apply from now on; a
+        connection's CPU factor and memory figure are the ones it was admitted with."""
+        if (options.storage_interval > 0) != (self.options.storage_interval > 0):
+            raise ValueError("storage_interval turns storage sampling on or off: restart to "
+                             "change that")
+        self.config = self.options = options
+        self._backoff = options.retry_backoff
+        if self._wake is not None:
+            self._wake.set()  # the flush loop picks up a new flush_interval now
+
     # -- lifecycle ---------------------------------------------------------------------------
     async def open(self) -> None:
         self._wake = anyio.Event()
