@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import shutil
 import signal
@@ -98,13 +97,6 @@ def rss_mib(pid: int) -> float:
     return float("nan")
 
 
-def postgres_port(proc: GatewayProcess) -> int:
-    for line in reversed(proc.log().splitlines()):
-        if '"msg": "ready"' in line:
-            return int(json.loads(line)["addresses"]["postgres"][0].rsplit(":", 1)[1])
-    raise RuntimeError(proc.log())
-
-
 def gateway_rss(text: str, workdir: str, data_dir: str,
                 probe_db: str | None) -> tuple[float, int, float | None]:
     """RSS of a started gateway (after its first seconds), the computes running then, and
@@ -117,7 +109,7 @@ def gateway_rss(text: str, workdir: str, data_dir: str,
         running = live_postmasters(data_dir)
         took = None
         if probe_db is not None:
-            port = postgres_port(proc)
+            port = proc.ports()["postgres"]
             t0 = time.perf_counter()
             out = subprocess.run(
                 ["psql", f"host=127.0.0.1 port={port} user={probe_db.split('/')[0]} "

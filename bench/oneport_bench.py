@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import shutil
 import statistics
 import subprocess
@@ -153,9 +152,7 @@ def main() -> None:
     work = tempfile.mkdtemp(prefix="ogelkit-oneport-")
     proc = GatewayProcess(config(free_port(), work), workdir=work).start(wait_ready=60)
     try:
-        ready = next(json.loads(ln) for ln in proc.log().splitlines() if '"msg": "ready"' in ln)
-        ports = {k: int(v[0].rsplit(":", 1)[1]) for k, v in ready["addresses"].items() if v}
-        asyncio.run(measure(ports, args))
+        asyncio.run(measure(proc.ports(), args))
     finally:
         proc.kill()
         # The bench tenant's upstream role, database and ACL user go with it.

@@ -19,14 +19,6 @@ from ogelkit.testing.services import pg_dsn
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _addresses(proc: GatewayProcess) -> dict[str, int]:
-    for line in proc.log().splitlines():
-        if '"msg": "ready"' in line:
-            return {k: int(v[0].rsplit(":", 1)[1])
-                    for k, v in json.loads(line)["addresses"].items() if v}
-    raise AssertionError(proc.log())
-
-
 @pytest.fixture
 def gateway(tmp_path):
     from ogelkit_neon.testing import new_data_dir, remove_data_dir
@@ -44,7 +36,7 @@ def gateway(tmp_path):
     try:
         proc = GatewayProcess(text, env=env, workdir=str(tmp_path)).start()
         try:
-            yield proc, _addresses(proc), env
+            yield proc, proc.ports(), env
         finally:
             proc.signal(signal.SIGTERM)
             assert proc.wait(30) == 0

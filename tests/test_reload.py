@@ -100,14 +100,6 @@ backend = "pg2"
     return text
 
 
-def _ports(proc: GatewayProcess) -> dict[str, int]:
-    for line in proc.log().splitlines():
-        if '"msg": "ready"' in line:
-            return {k: int(v[0].rsplit(":", 1)[1])
-                    for k, v in json.loads(line)["addresses"].items() if v}
-    raise AssertionError(proc.log())
-
-
 def _wait_log(proc: GatewayProcess, msg: str, count: int, timeout: float = 15) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -122,7 +114,7 @@ def test_sighup_and_the_admin_call_reload_without_dropping_connections(tmp_path)
     control = tmp_path / "control.db"
     proc = GatewayProcess(config(control, timeout="10s"), workdir=str(tmp_path)).start(wait_ready=60)
     try:
-        ports = _ports(proc)
+        ports = proc.ports()
         dsn = (f"host=127.0.0.1 port={ports['postgres']} user={ONE} dbname=main "
                "password=reload-pass-1 sslmode=disable")
         with psycopg.connect(dsn, autocommit=True) as kept:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 import subprocess
@@ -170,6 +171,15 @@ class GatewayProcess:
 
     def log(self) -> str:
         return self.log_path.read_text() if self.log_path.exists() else ""
+
+    def ports(self) -> dict[str, int]:
+        """Protocol (``postgres``, ``http``, ``port`` for the one port ...) -> the port it
+        listens on, from this run's latest ``ready`` log line."""
+        for line in reversed(self.log().splitlines()):
+            if '"msg": "ready"' in line:
+                return {k: int(v[0].rsplit(":", 1)[1])
+                        for k, v in json.loads(line)["addresses"].items() if v}
+        raise AssertionError(f"the gateway never logged ready:\n{self.log()}")
 
     def signal(self, signum: int = signal.SIGTERM) -> None:
         assert self.proc is not None
