@@ -256,6 +256,14 @@ async def leaders(replicas: list[Replica]) -> list[float]:
         return values
 
 
+async def asleep_count(replica: Replica) -> float:
+    """``ogelkit_databases{state="asleep"}`` as this replica's lifecycle sees it."""
+    async with httpx.AsyncClient(timeout=10) as http:
+        text = (await http.get(replica.url("/metrics"))).text
+    return sum(float(ln.split()[-1]) for ln in text.splitlines()
+               if ln.startswith('ogelkit_databases{') and 'state="asleep"' in ln)
+
+
 async def close_all(conns: list[Any]) -> None:
     for c in conns:
         with contextlib.suppress(Exception):
@@ -432,6 +440,8 @@ async def test_lifecycle_scheduler_runs_on_one_replica(cluster):
         assert sorted(await leaders(replicas)) == [0.0, 0.0, 1.0]
         await asyncio.sleep(0.3)
     leader = replicas[(await leaders(replicas)).index(1.0)]
+    other = next(r for r in replicas if r is not leader)
+    asleep_before = await asleep_count(other)
     # The scheduler's work is done once: `databases sleep` (the CLI, through the shared
     # control plane) is applied by the leader alone.
     out = await asyncio.to_thread(cluster.cli, "databases", "sleep", slug("life"), "main",
@@ -439,8 +449,12 @@ async def test_lifecycle_scheduler_runs_on_one_replica(cluster):
     assert out.returncode == 0 and "applied it: asleep" in out.stdout, out.stdout + out.stderr
     slept = {r.pg_port: len(log_lines(r, "database asleep", slug("life"))) for r in replicas}
     assert slept == {r.pg_port: int(r is leader) for r in replicas}, slept
-    # a client of another replica wakes it (held, not refused)
-    other = next(r for r in replicas if r is not leader)
+    # a client of another replica wakes it (held, not refused), once that replica has
+    # seen the new state (its lifecycle reads the control plane every check_every)
+    deadline = time.monotonic() + 10
+    while await asleep_count(other) <= asleep_before:
+        assert time.monotonic() < deadline, "the other replica never saw the database asleep"
+        await asyncio.sleep(0.1)
     conn = await connect(other, "life")
     try:
         assert await conn.fetchval("SELECT 3") == 3
