@@ -23,6 +23,22 @@ SUFFIX = secrets.token_hex(3)
 ONE, TWO = f"rl-one-{SUFFIX}", f"rl-two-{SUFFIX}"
 
 
+def _backend_and_tenant(backend: str, prefix: str, slug: str, password: str) -> str:
+    """A Postgres backend and a free-tier tenant with its one database there."""
+    return f"""
+[backends.{backend}]
+type = "postgres"
+dsn = "{pg_dsn()}"
+name_prefix = "{prefix}"
+
+[tenants.{slug}]
+tier = "free"
+password = "{password}"
+[tenants.{slug}.databases.main]
+backend = "{backend}"
+"""
+
+
 def config(control: object, *, timeout: str, lock: str | None = None,
            second_backend: bool = False, http: int = 0) -> str:
     settings = f'settings = {{ lock_timeout = "{lock}" }}\n' if lock else ""
@@ -42,11 +58,6 @@ admin_token = "reload-token"
 url = "sqlite:///{control}"
 secret_key = "{test_secret_key()}"
 cache_ttl = "200ms"
-
-[backends.pg]
-type = "postgres"
-dsn = "{pg_dsn()}"
-name_prefix = "o7sreload_"
 
 [[layers]]
 type = "gatekeeper"
@@ -77,26 +88,9 @@ ban = "{ban}"
 
 [tiers.free]
 statement_timeout = "{timeout}"
-
-[tenants.{ONE}]
-tier = "free"
-password = "reload-pass-1"
-[tenants.{ONE}.databases.main]
-backend = "pg"
-"""
+""" + _backend_and_tenant("pg", "o7sreload_", ONE, "reload-pass-1")
     if second_backend:
-        text += f"""
-[backends.pg2]
-type = "postgres"
-dsn = "{pg_dsn()}"
-name_prefix = "o7sreload2_"
-
-[tenants.{TWO}]
-tier = "free"
-password = "reload-pass-2"
-[tenants.{TWO}.databases.main]
-backend = "pg2"
-"""
+        text += _backend_and_tenant("pg2", "o7sreload2_", TWO, "reload-pass-2")
     return text
 
 

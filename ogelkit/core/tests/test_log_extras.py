@@ -5,11 +5,11 @@ takes the calling code down with it (a cloud-driver project creation once did)."
 from __future__ import annotations
 
 import ast
-import logging
 from pathlib import Path
 
+from ogelkit.logs import RESERVED
+
 ROOT = Path(__file__).resolve().parents[3]
-RESERVED = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 
 
 def _extras(tree: ast.AST):

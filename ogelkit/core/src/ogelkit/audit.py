@@ -29,12 +29,9 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-log = logging.getLogger("ogelkit.audit")
+from ogelkit.logs import RESERVED
 
-#: Every event name the core writes.
-EVENTS = ("login_failed", "connection_refused", "operation_refused", "tier_changed",
-          "tenant_suspended", "tenant_resumed", "tenant_changed", "database_asleep",
-          "database_woken", "wake_failed")
+log = logging.getLogger("ogelkit.audit")
 
 
 class AuditLog:
@@ -76,7 +73,7 @@ class AuditLog:
         if self.suppressed:
             extra["suppressed"] = self.suppressed
             self.suppressed = 0
-        log.info(event, extra={"audit": True, **{f"a_{k}" if k in _RESERVED else k: v
+        log.info(event, extra={"audit": True, **{f"a_{k}" if k in RESERVED else k: v
                                                  for k, v in extra.items()}})
         return entry
 
@@ -125,8 +122,4 @@ def lifecycle_event(audit: AuditLog, event: Any) -> None:
                      seconds=round(event.seconds, 4) if event.seconds else None)
 
 
-#: Field names a ``logging`` extra may not use (``LogRecord`` attributes).
-_RESERVED = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message",
-                                                                                "asctime"}
-
-__all__ = ["EVENTS", "AuditLog", "lifecycle_event", "operation_refused"]
+__all__ = ["AuditLog", "lifecycle_event", "operation_refused"]

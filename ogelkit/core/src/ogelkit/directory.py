@@ -163,11 +163,25 @@ class Directory:
             audit.record("tenant_suspended" if tenant.suspended else "tenant_resumed",
                          tenant=tenant.slug, status=tenant.status, previous=before[1])
 
-    def retier(self) -> None:
-        """``tiers`` was replaced (config reload): cached tenants take their tier's new values."""
+    def retier(self, tiers: TierTable) -> None:
+        """New tier values (config reload): cached tenants and live sessions take them, and
+        the layers hear ``on_tier_change``, as for a tenant's own tier change."""
+        self.tiers = tiers
         for entry in self._cache.values():
             if entry is not None:
                 entry.tier = self.tier(entry.tenant.tier)
+        for slug in self.sessions.tenants():
+            for session in self.sessions.of(slug):
+                if session.tier is not None:
+                    tier = self.tier(session.tier.name)
+                    if tier != session.tier:  # an unchanged tier is not a tier change
+                        self._set_tier(session, tier)
+
+    def _set_tier(self, session: Session, tier: Tier) -> None:
+        if session.tier is not tier:
+            session.tier = tier
+            if self.chain is not None:
+                self.chain.tier_changed(session)
 
     def invalidate(self, slug: str | None = None) -> None:
         if slug is None:
@@ -238,10 +252,7 @@ class Directory:
                                      hint="Contact the platform operator."))
                 continue
             session.tenant = tenant
-            if session.tier is not tier:
-                session.tier = tier
-                if self.chain is not None:
-                    self.chain.tier_changed(session)
+            self._set_tier(session, tier)
 
     async def run(self) -> None:
         while True:

@@ -45,21 +45,18 @@ async def reload_config(gateway: Gateway) -> dict[str, Any]:
     assert ctx is not None, "reload before the gateway started"
     try:
         new = load_config(old.file, gateway.plugins, env=gateway.env)
-    except ConfigErrors as exc:
-        problems = [str(p) for p in exc.messages]
+    except (ConfigErrors, OSError) as exc:
+        problems = exc.messages if isinstance(exc, ConfigErrors) else [str(exc)]
         log.error("config reload failed; the running config is kept",
                   extra={"file": old.file, "problems": problems})
         return {"reloaded": False, "changed": [], "needs_restart": [], "problems": problems}
-    except OSError as exc:
-        log.error("config reload failed; the running config is kept",
-                  extra={"file": old.file, "problems": [str(exc)]})
-        return {"reloaded": False, "changed": [], "needs_restart": [], "problems": [str(exc)]}
 
     changed: list[str] = []
     restart = [f"[{name}]" for name in FIXED if getattr(old, name) != getattr(new, name)]
 
     if new.tiers != old.tiers:
-        _apply_tiers(gateway, new)
+        ctx.tiers = new.tiers
+        ctx.directory.retier(new.tiers)
         changed.append("tiers")
 
     applied: set[str] = set()
@@ -109,34 +106,13 @@ async def reload_config(gateway: Gateway) -> dict[str, Any]:
     running = attrs.evolve(new, **{name: getattr(old, name) for name in FIXED},
                            backends=kept_backends, layers=layers)
     gateway.config = ctx.config = running
-    if set(new.tenants) - set(old.tenants) or any(
-            new.tenants[s] != old.tenants.get(s) for s in new.tenants):
+    if any(seed != old.tenants.get(slug) for slug, seed in new.tenants.items()):
         await gateway.seed()
         changed.append("tenants")
     result = {"reloaded": True, "changed": changed, "needs_restart": restart, "problems": []}
     log.info("config reloaded", extra={"file": old.file, "changed": changed,
                                        "needs_restart": restart})
     return result
-
-
-def _apply_tiers(gateway: Gateway, new: Any) -> None:
-    """New tier values for the context, the directory, cached tenants and live sessions."""
-    ctx = gateway.context
-    assert ctx is not None
-    ctx.tiers = new.tiers
-    directory = ctx.directory
-    directory.tiers = new.tiers
-    directory.retier()
-    chain = ctx.chain
-    for slug in ctx.sessions.tenants():
-        for session in ctx.sessions.of(slug):
-            if session.tier is None:
-                continue
-            tier = directory.tier(session.tier.name)
-            if tier != session.tier:
-                session.tier = tier
-                if chain is not None:
-                    chain.tier_changed(session)
 
 
 __all__ = ["FIXED", "reload_config"]

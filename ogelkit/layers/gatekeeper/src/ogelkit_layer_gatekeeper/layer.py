@@ -67,7 +67,7 @@ class Gatekeeper(Layer[GatekeeperOptions]):
         self.config = options
         self._policy = OutagePolicy(self.name, options.state_down, self.context.metrics)
         if self._leases is not None:
-            self._leases.ttl_ms = max(1, round(options.lease_ttl * 1000))
+            self._leases.set_ttl(options.lease_ttl)
 
     # -- lifecycle ---------------------------------------------------------------------------
     async def open(self) -> None:

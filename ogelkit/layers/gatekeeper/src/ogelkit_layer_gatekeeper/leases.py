@@ -57,10 +57,14 @@ return #KEYS
 
 
 class RedisLeases:
+    def set_ttl(self, ttl: float) -> None:
+        """Lease lifetime in seconds (renewed while held); also on config reload."""
+        self.ttl_ms = max(1, round(ttl * 1000))
+
     def __init__(self, client: Any, prefix: str, ttl: float):
         self.client = client
         self.prefix = prefix
-        self.ttl_ms = max(1, round(ttl * 1000))
+        self.set_ttl(ttl)
         # EVALSHA, falling back to loading the script on NOSCRIPT (Redis restarted or
         # SCRIPT FLUSH): redis-py's Script object does exactly that.
         self._acquire = client.register_script(ACQUIRE)

@@ -53,6 +53,12 @@ def calibration_subject(backend: str) -> str:
     return f"calibration:{backend}"
 
 
+def _escalations(o: IntelligenceOptions) -> tuple[Escalation, Escalation]:
+    """(ban, retry-storm back-off) escalation rules from the options."""
+    return (Escalation(o.ban, o.ban_factor, o.max_ban, o.ban_memory),
+            Escalation(o.backoff, o.backoff_factor, o.max_backoff, o.backoff_memory))
+
+
 class IntelligenceLayer(Layer[IntelligenceOptions]):
     """O7s layer 7: bans, back-offs, calibration."""
 
@@ -62,9 +68,7 @@ class IntelligenceLayer(Layer[IntelligenceOptions]):
     def __init__(self, config: IntelligenceOptions, *, name: str, context: Any):
         super().__init__(config, name=name, context=context)
         o = self.options = config
-        self._ban_escalation = Escalation(o.ban, o.ban_factor, o.max_ban, o.ban_memory)
-        self._storm_escalation = Escalation(o.backoff, o.backoff_factor, o.max_backoff,
-                                            o.backoff_memory)
+        self._ban_escalation, self._storm_escalation = _escalations(o)
         self._failures = BurstCounter(o.auth_failures, o.auth_window)
         self._bans = Escalator(self._ban_escalation)
         self._storms = Escalator(self._storm_escalation)
@@ -93,9 +97,7 @@ class IntelligenceLayer(Layer[IntelligenceOptions]):
             raise ValueError(f"latency_targets.{unknown[0]} names no tier")
         old, o = self.options, options
         self.config = self.options = o
-        self._ban_escalation = Escalation(o.ban, o.ban_factor, o.max_ban, o.ban_memory)
-        self._storm_escalation = Escalation(o.backoff, o.backoff_factor, o.max_backoff,
-                                            o.backoff_memory)
+        self._ban_escalation, self._storm_escalation = _escalations(o)
         self._bans.escalation = self._ban_escalation
         self._storms.escalation = self._storm_escalation
         if (o.auth_failures, o.auth_window) != (old.auth_failures, old.auth_window):

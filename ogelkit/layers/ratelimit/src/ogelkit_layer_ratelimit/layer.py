@@ -122,8 +122,7 @@ class Ratelimit(Layer[RatelimitOptions]):
         self._max_delay = options.max_delay if options.mode == "delay" else -1.0
         self._per_db = options.scope == "database"
         if self._redis is not None:
-            self._redis.max_delay_us = (round(self._max_delay * 1_000_000)
-                                        if self._max_delay >= 0 else -1)
+            self._redis.set_max_delay(self._max_delay)
         self._tiers.clear()
         for session in self.live_sessions():
             session.state.pop(self.name, None)

@@ -99,11 +99,15 @@ Credit = Callable[[str, int], None]
 
 
 class RedisBuckets:
+    def set_max_delay(self, max_delay: float) -> None:
+        """Seconds a decision may delay (negative: refuse instead); also on config reload."""
+        self.max_delay_us = round(max_delay * 1_000_000) if max_delay >= 0 else -1
+
     def __init__(self, client: Any, prefix: str, max_delay: float, settle: Settle, fail: Fail,
                  credit: Credit | None = None):
         self.client = client
         self.prefix = prefix
-        self.max_delay_us = round(max_delay * 1_000_000) if max_delay >= 0 else -1
+        self.set_max_delay(max_delay)
         self._script = client.register_script(TAKE)  # EVALSHA, reloads on NOSCRIPT
         self._settle = settle
         self._fail = fail
