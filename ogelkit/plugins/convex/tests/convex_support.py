@@ -27,17 +27,19 @@ STANDIN = HERE / "standin.py"
 class StandIn:
     """A stand-in deployment (tests/standin.py) in its own process."""
 
-    def __init__(self, name: str, admin_key: str, ping: float = 10.0):
+    def __init__(self, name: str, admin_key: str, ping: float = 10.0, user_secret: str = ""):
         self.name = name
         self.admin_key = admin_key
         self.ping = ping
+        self.user_secret = user_secret
         self.proc: subprocess.Popen[str] | None = None
         self.port = 0
 
     def start(self, port: int = 0) -> StandIn:
         self.proc = subprocess.Popen(
             [sys.executable, str(STANDIN), "--port", str(port or self.port), "--name", self.name,
-             "--admin-key", self.admin_key, "--ping", str(self.ping)],
+             "--admin-key", self.admin_key, "--ping", str(self.ping),
+             *(["--user-secret", self.user_secret] if self.user_secret else [])],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1"})
         assert self.proc.stdout is not None

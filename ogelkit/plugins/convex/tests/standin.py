@@ -15,9 +15,19 @@ documented parts of a deployment that clients use:
   ``POST /api/run/<module>/<function>`` (``{args}``), answering 200 with ``status:
   success|error``, and non-2xx ``{code, message}`` for infrastructure errors.
 
+Also ``GET /api/query`` (``?path=&args=<JSON>``), ``GET /api/query_ts`` (``{ts}``),
+``POST /api/query_at_ts`` and ``POST /api/query_batch`` (``{queries}`` -> ``{results}``).
+
 Every function needs the deployment's admin key (``Authorization: Convex <key>`` or
 ``Authenticate{tokenType: "Admin"}``), so the tests prove the gateway swaps platform tokens
-for it. The functions are plain Python (below). Run ``python standin.py --port 0 --name N
+for it, unless the deployment is configured for end-user auth (``--user-secret``): then it
+also runs functions for a user who presents a JWT it can verify (``Authorization: Bearer
+<jwt>`` or ``Authenticate{tokenType: "User"}``; HS256 with that secret, ``iss`` =
+``--user-issuer``, ``exp`` in the future), and for anonymous clients, as a deployment whose
+``auth.config`` lists an identity provider does. ``misc:identity`` answers the caller's
+``sub`` (``ctx.auth.getUserIdentity()``), or null.
+
+The functions are plain Python (below). Run ``python standin.py --port 0 --name N
 --admin-key K``: it prints ``READY <port>`` once it accepts.
 """
 
@@ -26,10 +36,13 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import hashlib
+import hmac
 import json
 import os
 import struct
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -46,6 +59,23 @@ def encode_ts(ts: int) -> str:
     return base64.b64encode(struct.pack("<Q", ts)).decode()
 
 
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64url(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def make_jwt(secret: str, issuer: str, subject: str, lifetime: float = 3600.0) -> str:
+    """An HS256 JWT the stand-in verifies (tests sign their users' tokens with it)."""
+    head = _b64url(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    body = _b64url(json.dumps({"iss": issuer, "sub": subject, "aud": "convex",
+                               "exp": int(time.time() + lifetime)}).encode())
+    sig = hmac.new(secret.encode(), f"{head}.{body}".encode(), hashlib.sha256).digest()
+    return f"{head}.{body}.{_b64url(sig)}"
+
+
 class FunctionError(Exception):
     def __init__(self, message: str, data: Any = None):
         super().__init__(message)
@@ -55,10 +85,13 @@ class FunctionError(Exception):
 class Deployment:
     """One deployment: its tables, functions, timestamp and live sync sessions."""
 
-    def __init__(self, name: str, admin_key: str, ping: float = 10.0):
+    def __init__(self, name: str, admin_key: str, ping: float = 10.0, user_secret: str = "",
+                 user_issuer: str = "https://auth.example.test"):
         self.name = name
         self.admin_key = admin_key
         self.ping = ping
+        self.user_secret = user_secret  # end-user auth configured (auth.config)
+        self.user_issuer = user_issuer
         self.ts = 1_000
         self.messages: list[str] = []
         self.sessions: set[SyncSession] = set()
@@ -68,6 +101,8 @@ class Deployment:
             "messages:count": lambda a: float(len(self.messages)),
             "misc:whoami": lambda a: self.name,
             "misc:fails": self._fails,
+            "misc:slowquery": lambda a: "done",  # its ModifyQuerySet waits a["seconds"]
+            "misc:identity": lambda a: None,  # answered per caller, see identity_of
         }
         self.mutations: dict[str, Callable[[dict[str, Any]], Any]] = {
             "messages:send": self._send,
@@ -101,6 +136,29 @@ class Deployment:
         await asyncio.sleep(float(args.get("seconds", 1.0)))
         return "done"
 
+    # -- end-user auth -----------------------------------------------------------------------
+    def verify_user(self, token: str) -> str | None:
+        """The ``sub`` of a valid user JWT, or None (no user auth configured, or invalid)."""
+        if not self.user_secret:
+            return None
+        try:
+            head, body, sig = token.split(".")
+            want = hmac.new(self.user_secret.encode(), f"{head}.{body}".encode(),
+                            hashlib.sha256).digest()
+            claims = json.loads(_unb64url(body))
+        except (ValueError, TypeError):
+            return None
+        if not hmac.compare_digest(want, _unb64url(sig)):
+            return None
+        if claims.get("iss") != self.user_issuer or float(claims.get("exp", 0)) < time.time():
+            return None
+        sub = claims.get("sub")
+        return sub if isinstance(sub, str) else None
+
+    def may_run(self, admin: bool) -> bool:
+        """Public functions run for admins, and for anyone once end-user auth is set up."""
+        return admin or bool(self.user_secret)
+
     # -- running them ------------------------------------------------------------------------
     @staticmethod
     def canonical(path: str) -> str:
@@ -109,19 +167,25 @@ class Deployment:
             module = module[:-3]
         return f"{module}:{fn or 'default'}"
 
-    def run_query(self, path: str, args: dict[str, Any]) -> Any:
-        fn = self.queries.get(self.canonical(path))
+    def run_query(self, path: str, args: dict[str, Any], user: str | None = None) -> Any:
+        path = self.canonical(path)
+        fn = self.queries.get(path)
         if fn is None:
             raise FunctionError(f"Could not find public function for '{path}'")
+        if path == "misc:identity":
+            return user
         return fn(args)
 
-    async def run(self, kind: str, path: str, args: dict[str, Any]) -> Any:
+    async def run(self, kind: str, path: str, args: dict[str, Any], user: str | None = None
+                  ) -> Any:
         """Run a function of ``kind`` (query, mutation, action; or any for /api/function)."""
         path = self.canonical(path)
         self.calls.append(path)
         if kind in ("query", "any") and path in self.queries and (
                 kind == "query" or path not in self.mutations):
-            return self.run_query(path, args)
+            if path == "misc:slowquery":
+                await asyncio.sleep(float(args.get("seconds", 1.0)))
+            return self.run_query(path, args, user)
         if kind in ("mutation", "any") and path in self.mutations:
             result = self.mutations[path](args)
             self.ts += 1
@@ -140,32 +204,69 @@ class Deployment:
                 pass
 
     # -- HTTP API ------------------------------------------------------------------------------
-    async def http(self, request: Request) -> JSONResponse:
+    def _http_caller(self, request: Request) -> tuple[bool, str | None] | JSONResponse:
+        """(admin, user subject) of an HTTP request, or its 401."""
         auth = request.headers.get("authorization", "")
-        if auth != f"Convex {self.admin_key}":
-            return JSONResponse({"code": "Unauthenticated",
-                                 "message": "stand-in: the admin key is required"}, 401)
+        if auth == f"Convex {self.admin_key}":
+            return True, None
+        if auth.startswith("Bearer ") and self.user_secret:
+            user = self.verify_user(auth[7:].strip())
+            if user is None:
+                return JSONResponse({"code": "NoAuthProvider", "message":
+                                     "stand-in: Could not verify the OIDC token"}, 401)
+            return False, user
+        if not auth and self.user_secret:
+            return False, None  # anonymous
+        return JSONResponse({"code": "Unauthenticated",
+                             "message": "stand-in: the admin key is required"}, 401)
+
+    @staticmethod
+    def _result(value: Any = None, exc: FunctionError | None = None) -> dict[str, Any]:
+        if exc is None:
+            return {"status": "success", "value": value}
+        out: dict[str, Any] = {"status": "error", "errorMessage": str(exc)}
+        if exc.data is not None:
+            out["errorData"] = exc.data
+        return out
+
+    async def _call(self, kind: str, path: str, args: Any, user: str | None) -> dict[str, Any]:
+        if isinstance(args, list):
+            args = args[0] if args else {}
+        try:
+            return self._result(await self.run(kind, path, args or {}, user))
+        except FunctionError as exc:
+            return self._result(exc=exc)
+
+    async def http(self, request: Request) -> JSONResponse:
+        caller = self._http_caller(request)
+        if isinstance(caller, JSONResponse):
+            return caller
+        _admin, user = caller
+        route = request.path_params.get("kind", "")
+        if request.method == "GET":
+            if route == "query_ts":
+                return JSONResponse({"ts": encode_ts(self.ts)})
+            try:
+                args = json.loads(request.query_params.get("args", "{}"))
+            except ValueError:
+                return JSONResponse({"code": "BadJsonBody", "message": "args is not JSON"}, 400)
+            return JSONResponse(await self._call("query", request.query_params.get("path", ""),
+                                                 args, user))
         try:
             body = json.loads(await request.body() or b"{}")
         except ValueError:
             return JSONResponse({"code": "BadJsonBody", "message": "not JSON"}, 400)
-        route = request.path_params.get("kind", "")
         if request.url.path.startswith("/api/run/"):
             parts = request.path_params["rest"].strip("/").split("/")
             path, kind, args = "/".join(parts[:-1]) + ":" + parts[-1], "any", body.get("args", {})
+        elif route == "query_batch":
+            return JSONResponse({"results": [
+                await self._call("query", q.get("path", ""), q.get("args", {}), user)
+                for q in body.get("queries", [])]})
         else:
-            kind = "any" if route == "function" else route
+            kind = {"function": "any", "query_at_ts": "query"}.get(route, route)
             path, args = body.get("path", ""), body.get("args", {})
-        if isinstance(args, list):
-            args = args[0] if args else {}
-        try:
-            value = await self.run(kind, path, args or {})
-        except FunctionError as exc:
-            out: dict[str, Any] = {"status": "error", "errorMessage": str(exc)}
-            if exc.data is not None:
-                out["errorData"] = exc.data
-            return JSONResponse(out)
-        return JSONResponse({"status": "success", "value": value})
+        return JSONResponse(await self._call(kind, path, args, user))
 
     async def version(self, request: Request) -> PlainTextResponse:
         return PlainTextResponse("standin-0.0.0")
@@ -175,7 +276,7 @@ class Deployment:
             WebSocketRoute("/api/sync", self.sync),
             Route("/version", self.version),
             Route("/api/run/{rest:path}", self.http, methods=["POST"]),
-            Route("/api/{kind:str}", self.http, methods=["POST"]),
+            Route("/api/{kind:str}", self.http, methods=["GET", "POST"]),
         ])
 
     async def sync(self, ws: WebSocket) -> None:
@@ -202,6 +303,7 @@ class SyncSession:
         self.identity = 0
         self.ts = 0  # a new client starts at {querySet: 0, identity: 0, ts: 0}
         self.admin = False
+        self.user: str | None = None  # the verified JWT's sub (end-user auth)
         self.queries: dict[int, tuple[str, dict[str, Any]]] = {}
         self.lock = asyncio.Lock()
         self.tasks: set[asyncio.Task[Any]] = set()
@@ -222,11 +324,11 @@ class SyncSession:
 
     def _evaluate(self, query_id: int) -> dict[str, Any]:
         path, args = self.queries[query_id]
-        if not self.admin:
+        if not self.d.may_run(self.admin):
             return {"type": "QueryFailed", "queryId": query_id, "logLines": [],
                     "errorMessage": "stand-in: Unauthenticated (the admin key is required)"}
         try:
-            value = self.d.run_query(path, args)
+            value = self.d.run_query(path, args, self.user)
         except FunctionError as exc:
             out = {"type": "QueryFailed", "queryId": query_id, "errorMessage": str(exc),
                    "logLines": []}
@@ -261,15 +363,20 @@ class SyncSession:
             if kind == "Connect":
                 continue
             if kind == "Authenticate":
-                if msg.get("tokenType") == "Admin" and msg.get("value") == self.d.admin_key:
-                    self.admin = True
+                token_type, value = msg.get("tokenType"), msg.get("value")
+                user = self.d.verify_user(value or "") if token_type == "User" else None
+                if token_type == "Admin" and value == self.d.admin_key or user is not None or \
+                        token_type == "None" and self.d.user_secret:
+                    self.admin, self.user = token_type == "Admin", user
                     await self.transition(identity=int(msg.get("baseVersion", 0)) + 1,
                                           rerun=True)
                 else:
                     async with self.lock:
                         await self.send({"type": "AuthError", "baseVersion":
                                          msg.get("baseVersion", 0),
-                                         "error": "stand-in: only the admin key is accepted"})
+                                         "error": "stand-in: Could not verify the token "
+                                                  "(admin key or, with end-user auth, a "
+                                                  "valid user JWT)"})
                     await self.ws.close(1008)
                     return
             elif kind == "ModifyQuerySet":
@@ -283,6 +390,8 @@ class SyncSession:
                 for m in msg.get("modifications", []):
                     if m.get("type") == "Add":
                         args = m.get("args") or [{}]
+                        if Deployment.canonical(m["udfPath"]) == "misc:slowquery":
+                            await asyncio.sleep(float((args[0] or {}).get("seconds", 1.0)))
                         self.queries[m["queryId"]] = (m["udfPath"], args[0] if args else {})
                         self.d.calls.append(Deployment.canonical(m["udfPath"]))
                         mods.append(self._evaluate(m["queryId"]))
@@ -303,7 +412,7 @@ class SyncSession:
 
     async def _mutation(self, msg: dict[str, Any]) -> None:
         rid = msg["requestId"]
-        if not self.admin:
+        if not self.d.may_run(self.admin):
             async with self.lock:
                 await self.send({"type": "MutationResponse", "requestId": rid, "success": False,
                                  "result": "stand-in: Unauthenticated", "logLines": []})
@@ -336,7 +445,7 @@ class SyncSession:
         self.d.calls.append(path)
         fn = self.d.actions.get(path)
         try:
-            if not self.admin:
+            if not self.d.may_run(self.admin):
                 raise FunctionError("stand-in: Unauthenticated")
             if fn is None:
                 raise FunctionError(f"Could not find public function for '{path}'")
@@ -374,8 +483,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--name", default="standin")
     parser.add_argument("--admin-key", default="standin-admin-key")
     parser.add_argument("--ping", type=float, default=10.0)
+    parser.add_argument("--user-secret", default="",
+                        help="enable end-user auth: HS256 secret of the users' JWTs")
+    parser.add_argument("--user-issuer", default="https://auth.example.test")
     ns = parser.parse_args(argv)
-    deployment = Deployment(ns.name, ns.admin_key, ns.ping)
+    deployment = Deployment(ns.name, ns.admin_key, ns.ping, ns.user_secret, ns.user_issuer)
     try:  # uvloop sets TCP_NODELAY on accepted sockets (plain asyncio here costs 40 ms
         import uvloop  # of delayed ACK per keep-alive HTTP request)
 

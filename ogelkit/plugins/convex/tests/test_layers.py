@@ -185,3 +185,86 @@ def test_suspended_tenant_is_refused(gw):
                 ws.recv(timeout=10)
     finally:
         httpx.patch(gw.url("/admin/tenants/lim"), json={"status": "active"}, headers=admin)
+
+
+def test_slow_query_times_out_on_the_socket_and_the_socket_goes_on(gw):
+    time.sleep(1.5)
+    with _socket(gw) as ws:
+        started = time.monotonic()
+        ws.send(json.dumps({"type": "ModifyQuerySet", "baseVersion": 0, "newVersion": 1,
+                            "modifications": [{"type": "Add", "queryId": 7,
+                                               "udfPath": "misc:slowquery",
+                                               "args": [{"seconds": 4}]}]}))
+        msg = _until(ws, "Transition")
+        while not msg["modifications"]:
+            msg = _until(ws, "Transition")
+        failed = msg["modifications"][0]
+        assert failed["type"] == "QueryFailed" and failed["queryId"] == 7, msg
+        assert failed["errorData"]["reason"] == "timeout" and failed["errorData"]["hint"]
+        assert msg["startVersion"] == msg["endVersion"]  # the gateway's own Transition
+        assert time.monotonic() - started < 3.5
+        # The deployment's late answer (its Transition to querySet 1) carries no update of
+        # the failed query, and the socket keeps working.
+        late = _until(ws, "Transition")
+        while late["endVersion"]["querySet"] < 1:
+            late = _until(ws, "Transition")
+        assert all(m.get("queryId") != 7 for m in late["modifications"]), late
+        ws.send(json.dumps({"type": "Action", "requestId": 0, "udfPath": "misc:echo",
+                            "args": [{"value": "after"}]}))
+        assert _until(ws, "ActionResponse", 0)["result"] == "after"
+
+
+def test_the_real_client_sees_a_query_timeout_as_convex_error(gw):
+    time.sleep(1.5)
+    out = client_process(gw.url(), gw.token("lim"), '''
+from convex import ConvexError
+try:
+    client.query("misc:slowquery", {"seconds": 4})
+    print("no error")
+except ConvexError as exc:
+    print(exc.data["reason"], exc.data["tier"])
+import time
+time.sleep(3)  # the stand-in runs one session's queries in turn: let the slow one end
+print(client.query("misc:whoami"))
+''', 30)
+    assert out is not None, "the client hung on a query timeout"
+    assert out.splitlines()[-2:] == ["timeout free", "lim"], out
+
+
+def test_get_query_query_ts_and_query_at_ts(gw):
+    time.sleep(1.5)
+    auth = {"authorization": f"Bearer {gw.token('lim')}"}
+    with httpx.Client(timeout=10) as http:
+        r = http.get(gw.url("/api/query"), params={"path": "misc:whoami", "args": "{}"},
+                     headers=auth)
+        assert r.status_code == 200 and r.json() == {"status": "success", "value": "lim"}
+        ts = http.get(gw.url("/api/query_ts"), headers=auth).json()["ts"]
+        assert isinstance(ts, str) and len(ts) == 12  # base64 of a little-endian u64
+        time.sleep(1.0)
+        r = http.post(gw.url("/api/query_at_ts"), headers=auth,
+                      json={"path": "misc:whoami", "args": {}, "ts": ts})
+        assert r.json()["value"] == "lim"
+        assert http.get(gw.url("/api/query_ts")).status_code == 401  # no token
+        r = http.get(gw.url("/api/mutation"), headers=auth)
+        assert r.status_code in (404, 405)
+
+
+def test_query_batch_answers_refused_queries_in_place(gw):
+    time.sleep(1.5)
+    auth = {"authorization": f"Bearer {gw.token('lim')}"}
+    queries = [{"path": "misc:whoami", "args": {}} for _ in range(4)]
+    r = httpx.post(gw.url("/api/query_batch"), json={"queries": queries}, headers=auth,
+                   timeout=10)
+    assert r.status_code == 200, r.text
+    results = r.json()["results"]
+    assert len(results) == 4
+    ok = [x for x in results if x["status"] == "success"]
+    refused = [x for x in results if x["status"] == "error"]
+    assert ok and refused and all(x["value"] == "lim" for x in ok), results
+    assert all(x["errorData"]["reason"] == "rate" for x in refused), results
+    # Everything refused: 429 with Retry-After, so the client backs off.
+    r = httpx.post(gw.url("/api/query_batch"), json={"queries": queries}, headers=auth,
+                   timeout=10)
+    assert r.status_code == 429 and int(r.headers["retry-after"]) >= 1, r.text
+    r = httpx.post(gw.url("/api/query_batch"), json={"queries": 5}, headers=auth, timeout=10)
+    assert r.status_code == 400 and r.json()["code"] == "BadJsonBody"

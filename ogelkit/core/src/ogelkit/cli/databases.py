@@ -58,14 +58,18 @@ def _pick_backend(config, kind: str, backend_id: str | None) -> str:
 @click.option("--deployment-url", help="convex: URL of the existing deployment to register.")
 @click.option("--admin-key", help="convex: the deployment's admin or deploy key (stored "
                                   "encrypted).")
+@click.option("--client-auth", type=click.Choice(["platform", "user"]),
+              help="convex: platform (clients present the platform token) or user (clients' "
+                   "own JWTs pass through to a deployment configured for end-user auth).")
 @click.pass_obj
 def create(state: CliState, tenant: str, name: str, kind: str, backend_id: str | None,
-           deployment_url: str | None = None, admin_key: str | None = None) -> None:
+           deployment_url: str | None = None, admin_key: str | None = None,
+           client_auth: str | None = None) -> None:
     """Provision database NAME of TENANT and print a connection string to the gateway."""
     # Backend-specific provisioning options, passed only when given (backends that take
     # none keep the plain provision(tenant, name, tier) signature).
-    extra = {k: v for k, v in (("deployment_url", deployment_url), ("admin_key", admin_key))
-             if v is not None}
+    extra = {k: v for k, v in (("deployment_url", deployment_url), ("admin_key", admin_key),
+                               ("client_auth", client_auth)) if v is not None}
     if not name or not set(name) <= _NAME_CHARS or not name[0].isalpha() or len(name) > 40:
         raise click.BadParameter("lower-case letters, digits, '_' and '-', starting with a "
                                  "letter, at most 40 characters", param_hint="NAME")

@@ -55,9 +55,12 @@ class ConvexBackend(ogelkit.Backend):
     # -- provisioning ------------------------------------------------------------------------
     async def provision(self, tenant: Any, name: str, tier: Any, *,
                         deployment_url: str | None = None,
-                        admin_key: str | None = None) -> dict[str, Any]:
+                        admin_key: str | None = None,
+                        client_auth: str | None = None) -> dict[str, Any]:
         """Register an existing deployment (``--deployment-url``/``--admin-key``, or the
         backend's defaults) and issue the database's platform token."""
+        if client_auth not in (None, "platform", "user"):
+            raise ValueError('--client-auth is "platform" or "user"')
         url = (deployment_url or self.options.deployment_url).rstrip("/")
         key = admin_key or self.options.admin_key
         if not url.startswith(("http://", "https://")):
@@ -66,7 +69,10 @@ class ConvexBackend(ogelkit.Backend):
         if not key:
             raise ValueError("a convex database needs --admin-key (or the backend's "
                              "admin_key option)")
-        return {"deployment_url": url, "admin_key": key, "token": new_token(tenant.slug, name)}
+        out = {"deployment_url": url, "admin_key": key, "token": new_token(tenant.slug, name)}
+        if client_auth is not None:
+            out["client_auth"] = client_auth
+        return out
 
     async def deprovision(self, tenant: Any, db: Any) -> None:
         """Forget the registration; the deployment itself is left as it is."""
@@ -83,6 +89,10 @@ class ConvexBackend(ogelkit.Backend):
                 "(client.set_auth(token))")
 
     # -- the platform token ------------------------------------------------------------------
+    def user_auth(self, db: Any) -> bool:
+        """True when the database passes clients' own Authenticate through (end-user auth)."""
+        return (db.upstream.get("client_auth") or self.options.client_auth) == "user"
+
     @staticmethod
     def token_matches(db: Any, token: str) -> bool:
         expected = db.upstream.get("token", "") if db is not None else ""

@@ -78,7 +78,11 @@ class SyncConnection:
         self.requests: dict[Any, tuple[Operation, str]] = {}
         self.cancelled: set[Any] = set()
         self.refused_queries: set[Any] = set()
+        self.timed_out: set[Any] = set()  # answered QueryFailed by the gateway: drop updates
         self.inject: list[tuple[int, dict[str, Any]]] = []
+        self.passthrough = False  # end-user auth: the client's Authenticate goes upstream
+        self.replay: str | None = None  # a first message that was not Authenticate
+        self.auth_failed = False  # the deployment answered AuthError (it closes next)
         self.closed = False
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -136,23 +140,27 @@ class SyncConnection:
             login.end()
             await self._shutdown(1000)
 
-    async def _handshake(self) -> tuple[str, dict[str, Any]]:
-        """``Connect`` then ``Authenticate``; anything else first is a missing token."""
+    async def _handshake(self) -> tuple[str, dict[str, Any] | None]:
+        """``Connect``, then ``Authenticate`` (or, for a database with end-user auth, any
+        first message: a client without auth sends none). Returns the Connect text and the
+        Authenticate message, or None (the first message is then replayed upstream)."""
         first = await self.ws.receive_text()
         msg = json.loads(first)
-        if msg.get("type") != "Connect":
+        if not isinstance(msg, dict) or msg.get("type") != "Connect":
             raise _Refused(Reject(Reason.AUTH, "the first sync message must be Connect"))
-        second = json.loads(await self.ws.receive_text())
-        if second.get("type") != "Authenticate" or not second.get("value"):
-            raise _Refused(Reject(Reason.AUTH, "a platform token is required: call "
-                                               "client.set_auth(<token>) before any query"),
-                           int(second.get("baseVersion", 0) or 0))
-        return first, second
+        text = await self.ws.receive_text()
+        second = json.loads(text)
+        if not isinstance(second, dict):
+            raise _Refused(Reject(Reason.AUTH, "sync messages are JSON objects"))
+        if second.get("type") == "Authenticate" and second.get("tokenType") != "None":
+            return first, second
+        self.replay = text
+        return first, None
 
-    async def _login(self, login: Any, auth: dict[str, Any]) -> None:
+    async def _login(self, login: Any, auth: dict[str, Any] | None) -> None:
         door = self.door
-        token = str(auth.get("value", ""))
-        base = int(auth.get("baseVersion", 0) or 0)
+        token = str(auth.get("value") or "") if auth is not None else ""
+        base = int(auth.get("baseVersion", 0) or 0) if auth is not None else 0
         target = door.target(self.ws.headers.get("host"), token)
         tenant, dbname = target or ("", "")
         self.session.user = tenant  # type: ignore[union-attr]
@@ -164,12 +172,22 @@ class SyncConnection:
         named = token_target(token)
         db = entry.databases.get(dbname) if entry is not None else None
         backend = self.ctx.backends.get(db.backend) if db is not None else None
-        good = backend is not None and backend in door.backends and \
-            ConvexBackend.token_matches(db, token)
-        if named is not None and named != (tenant, dbname):
-            good = False
-        if not good:
-            raise _Refused(login.bad_credentials(BAD_TOKEN), base)
+        ours = backend is not None and backend in door.backends
+        if ours and named is None and cast("ConvexBackend", backend).user_auth(db):
+            # End-user auth: the client's own JWT (or none) goes to the deployment, which
+            # verifies it; an Admin token that is not the platform token is not relayed.
+            if auth is not None and auth.get("tokenType") == "Admin" and \
+                    not ConvexBackend.token_matches(db, token):
+                raise _Refused(login.bad_credentials(BAD_TOKEN), base)
+            self.passthrough = True
+        else:
+            good = ours and bool(token) and ConvexBackend.token_matches(db, token)
+            if named is not None and named != (tenant, dbname):
+                good = False
+            if not good:
+                raise _Refused(login.bad_credentials(
+                    BAD_TOKEN if token else "a platform token is required: call "
+                    "client.set_auth(<token>) before any query"), base)
         try:
             login.use(db, backend)
         except Reject as rej:
@@ -177,7 +195,8 @@ class SyncConnection:
         self.tenant, self.dbname, self.db = tenant, dbname, db
         self.backend = cast("ConvexBackend", backend)
 
-    async def _open_upstream(self, login: Any, connect_text: str, auth: dict[str, Any]) -> None:
+    async def _open_upstream(self, login: Any, connect_text: str,
+                             auth: dict[str, Any] | None) -> None:
         opts = self.backend.options  # type: ignore[union-attr]
         url = http_to_ws(self.db.upstream["deployment_url"])
         try:
@@ -189,12 +208,23 @@ class SyncConnection:
             log.warning("cannot reach Convex deployment %s: %s", url, exc)
             raise _Refused(login.refuse(UNREACHABLE, "error")) from None
         await self.upstream.send(connect_text)
-        await self.upstream.send(self._swapped(auth))
+        if auth is not None:
+            await self.upstream.send(self._authenticate(auth))
+        if self.replay is not None:
+            replay, self.replay = self.replay, None
+            out = await self._client_message(replay)
+            if out is not None:
+                await self.upstream.send(out)
 
-    def _swapped(self, auth: dict[str, Any]) -> str:
-        return dumps({"type": "Authenticate", "tokenType": "Admin",
-                      "value": self.db.upstream["admin_key"],
-                      "baseVersion": auth.get("baseVersion", 0)})
+    def _authenticate(self, auth: dict[str, Any]) -> str:
+        """What goes upstream for a client's Authenticate: the platform token becomes the
+        admin key; with end-user auth anything else is the client's own and goes as is."""
+        token = str(auth.get("value") or "")
+        if token and ConvexBackend.token_matches(self.db, token):
+            return dumps({"type": "Authenticate", "tokenType": "Admin",
+                          "value": self.db.upstream["admin_key"],
+                          "baseVersion": auth.get("baseVersion", 0)})
+        return dumps(auth)
 
     async def _refuse(self, refused: _Refused) -> None:
         try:
@@ -233,7 +263,8 @@ class SyncConnection:
         except (WebSocketDisconnect, RuntimeError):
             return
         # The deployment went away: tell the client (it restarts the protocol and reconnects).
-        if not self.closed:
+        # After its own AuthError (a user JWT it rejected) the client restarts already.
+        if not self.closed and not self.auth_failed:
             try:
                 await self.send(dumps({"type": "FatalError",
                                        "error": "unavailable: the Convex deployment closed the "
@@ -250,11 +281,13 @@ class SyncConnection:
             return text if await self._call(msg, kind, len(text)) else None
         if kind == "Authenticate":
             token = str(msg.get("value") or "")
-            if not token or not ConvexBackend.token_matches(self.db, token):
+            platform = bool(token) and ConvexBackend.token_matches(self.db, token)
+            user = self.passthrough and msg.get("tokenType") in ("User", "None")
+            if not platform and not user:
                 await self.send(dumps({"type": "AuthError", "error": BAD_TOKEN,
                                        "baseVersion": msg.get("baseVersion", 0)}))
                 raise WebSocketDisconnect(1008)
-            return self._swapped(msg)
+            return self._authenticate(msg)
         return text
 
     def _op(self, kind: str, path: str, size: int) -> Operation:
@@ -303,6 +336,7 @@ class SyncConnection:
                         "type": "QueryFailed", "queryId": qid, "errorMessage": rej.message,
                         "errorData": error_data(rej, self._tier()), "logLines": []}))
                     continue
+                op.canceller = lambda reject, qid=qid: self._cancel_query(qid, reject)
                 self.queries[qid] = _Query(path, op, time.monotonic())
             elif kind == "Remove":
                 qid = m.get("queryId")
@@ -337,8 +371,17 @@ class SyncConnection:
                                "errorData": error_data(rej, self._tier())}))
         # An empty Transition from the last version to itself: the client resolves a failed
         # call with errorData at the next Transition.
-        await self.send(dumps({"type": "Transition", "startVersion": self.last_end,
-                               "endVersion": self.last_end, "modifications": []}))
+        await self.send_transition([])
+
+    async def send_transition(self, mods: list[dict[str, Any]]) -> None:
+        """A Transition of the gateway's own from the last version sent to itself. Built
+        under the send lock, so a deployment's Transition cannot slip in between and make
+        its ``startVersion`` stale (the client would reconnect on the mismatch)."""
+        async with self.lock:
+            end = self.last_end
+            await self.ws.send_text(dumps({"type": "Transition", "startVersion": end,
+                                           "endVersion": end, "modifications": mods}))
+            self.last_sent = time.monotonic()
 
     def _cancel(self, rid: Any, reject: Reject) -> None:
         """The timeout layer's canceller: answer the call now, drop the late reply."""
@@ -352,12 +395,32 @@ class SyncConnection:
         self._spawn(self._answer_failed(rid, kind, reject))
         self._idle()
 
+    def _cancel_query(self, qid: Any, reject: Reject) -> None:
+        """The timeout layer's canceller for a query whose first result is late: answer it
+        ``QueryFailed`` now (in a Transition of the gateway's own) and drop the
+        deployment's later updates of it until the client removes it."""
+        query = self.queries.get(qid)
+        if query is None or query.op is None:
+            return
+        op, query.op = query.op, None
+        op.rejection = op.rejection or reject
+        self._complete(op, 0, None)
+        self.timed_out.add(qid)
+        self._spawn(self.send_transition([{
+            "type": "QueryFailed", "queryId": qid, "errorMessage": reject.message,
+            "errorData": error_data(reject, self._tier()), "logLines": []}]))
+
     async def _upstream_message(self, text: str) -> None:
         msg = json.loads(text)
         kind = msg.get("type")
         if kind == "Transition":
             end = msg.get("endVersion")
             mods = msg.get("modifications") or []
+            if self.timed_out:
+                kept = self._drop_timed_out(mods)
+                if len(kept) != len(mods):
+                    msg["modifications"] = mods = kept
+                    text = dumps(msg)
             share = len(text) // (len(mods) or 1)
             for m in mods:
                 query = self.queries.get(m.get("queryId"))
@@ -390,7 +453,22 @@ class SyncConnection:
             await self.send(text)
             self._idle()
             return
+        if kind == "AuthError":
+            self.auth_failed = True
         await self.send(text)
+
+    def _drop_timed_out(self, mods: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Updates of queries the gateway failed for their timeout are not relayed (the
+        client saw them fail); their QueryRemoved ends that."""
+        keep = []
+        for m in mods:
+            qid = m.get("queryId")
+            if qid in self.timed_out:
+                if m.get("type") != "QueryRemoved":
+                    continue
+                self.timed_out.discard(qid)
+            keep.append(m)
+        return keep
 
     # -- accounting --------------------------------------------------------------------------
     def _complete(self, op: Operation, nbytes: int, error: str | None) -> None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -22,14 +22,17 @@ from ogelkit import Operation, Reason, Reject, Session
 from ogelkit.frontdoor import SHUTDOWN, format_address
 from ogelkit_convex.backend import ConvexBackend
 from ogelkit_convex.connection import BAD_TOKEN, UNREACHABLE
-from ogelkit_convex.errors import http_error
+from ogelkit_convex.errors import error_data, http_error
 from ogelkit_convex.upstream import UpstreamError
 from ogelkit_convex.wire import canonical, token_target
 
 if TYPE_CHECKING:
     from ogelkit_convex.listener import ConvexDoor
 
-KINDS = {"query": "query", "mutation": "mutation", "action": "action", "function": "function"}
+KINDS = {"query": "query", "mutation": "mutation", "action": "action", "function": "function",
+         "query_ts": "query", "query_at_ts": "query", "query_batch": "query"}
+#: The HTTP API's GET endpoints (the rest are POST).
+GET_ROUTES = ("query", "query_ts")
 _SKIP = {"host", "authorization", "content-length", "connection", "transfer-encoding",
          "keep-alive", "upgrade", "accept-encoding"}
 
@@ -48,16 +51,24 @@ def _token(request: Request) -> str:
 
 
 async def serve_http(door: ConvexDoor, request: Request) -> Response:
-    if request.url.path.startswith("/api/run/"):
+    path = request.url.path
+    batch = False
+    if path.startswith("/api/run/"):
         kind = "function"
         parts = request.path_params.get("path", "").strip("/").split("/")
         udf = canonical("/".join(parts[:-1]) + ":" + parts[-1]) if len(parts) > 1 else \
             canonical(parts[0])
     else:
-        kind = KINDS.get(request.path_params.get("kind", ""), "")
+        route = request.path_params.get("kind", "")
+        kind = KINDS.get(route, "")
+        if request.method == "GET" and route not in GET_ROUTES:
+            kind = ""
         if not kind:
-            return _json(404, {"code": "NotFound", "message": f"no route {request.url.path}"})
-        udf = ""
+            return _json(404, {"code": "NotFound", "message": f"no route {request.method} {path}"})
+        batch = route == "query_batch"
+        # GET /api/query names its function in the query string; /api/query_ts none.
+        udf = request.query_params.get("path", "") if request.method == "GET" else ""
+        udf = canonical(udf) if udf else ("(query_ts)" if route == "query_ts" else "")
     if door.clients.draining is not None:
         status, out, headers = http_error(SHUTDOWN)
         return _json(status, out, headers)
@@ -65,43 +76,60 @@ async def serve_http(door: ConvexDoor, request: Request) -> Response:
     peer = format_address(client.host, client.port) if client else "unknown"
     session = Session("convex", peer)
     login = door.login(session)
-    tier = None
     try:
         body = await request.body()
         if len(body) > door.options.max_message_size:
             return _json(413, {"code": "RequestTooLarge", "message": "request body too large"})
+        paths = [udf]
+        doc: dict[str, Any] = {}
         if not udf:
             try:
-                udf = canonical(str(json.loads(body or b"{}").get("path", "")))
-            except (ValueError, AttributeError):
-                return _json(400, {"code": "BadJsonBody", "message": "the body is not JSON"})
+                doc = json.loads(body or b"{}")
+                paths = [canonical(str(q.get("path", ""))) for q in doc["queries"]] if batch \
+                    else [canonical(str(doc.get("path", "")))]
+            except (ValueError, AttributeError, KeyError, TypeError):
+                return _json(400, {"code": "BadJsonBody", "message": "the body is not JSON of "
+                                   "this endpoint's shape"})
         token = _token(request)
         try:
-            backend, db = await _login(door, login, request, token)
-            tier = session.tier
+            backend, db, platform = await _login(door, login, request, token)
             await login.admit(lambda _rej: None)
         except Reject as rej:
-            tier = session.tier
-            status, out, headers = http_error(rej, tier)
+            status, out, headers = http_error(rej, session.tier)
             return _json(status, out, headers)
-        op = Operation(session, kind, udf, udf, len(body))
-        chain = door.context.chain
-        try:
-            if chain is not None:
-                pending = chain.admit(op)
-                if pending is not None:
-                    await pending
-        except Reject as rej:
-            op.ended = time.monotonic()
-            _complete(door, op, 0, None)
-            status, out, headers = http_error(rej, tier)
-            return _json(status, out, headers)
-        return await _relay(door, request, op, backend, db, body)
+        size = len(body) // max(1, len(paths))
+        ops = [Operation(session, kind, p, p, size) for p in paths]
+        refused = [await _admit(door, op) for op in ops]
+        if not batch:
+            if refused[0] is not None:
+                status, out, headers = http_error(refused[0], session.tier)
+                return _json(status, out, headers)
+            return await _relay(door, request, ops[0], backend, db, body, platform)
+        return await _relay_batch(door, request, ops, refused, backend, db, doc, platform)
     finally:
         login.end()
 
 
-async def _login(door: ConvexDoor, login: Any, request: Request, token: str) -> tuple[Any, Any]:
+async def _admit(door: ConvexDoor, op: Operation) -> Reject | None:
+    """One call through the chain's admission; a refusal is completed (logged) here."""
+    chain = door.context.chain
+    if chain is None:
+        return None
+    try:
+        pending = chain.admit(op)
+        if pending is not None:
+            await pending
+    except Reject as rej:
+        op.rejection = op.rejection or rej
+        op.ended = time.monotonic()
+        _complete(door, op, 0, None)
+        return rej
+    return None
+
+
+async def _login(door: ConvexDoor, login: Any, request: Request, token: str
+                 ) -> tuple[Any, Any, bool]:
+    """(backend, database, whether the platform token was presented) or a Reject."""
     target = door.target(request.headers.get("host"), token)
     tenant, dbname = target or ("", "")
     login.session.user = tenant
@@ -109,60 +137,124 @@ async def _login(door: ConvexDoor, login: Any, request: Request, token: str) -> 
     login.check_ban()
     db = entry.databases.get(dbname) if entry is not None else None
     backend = door.context.backends.get(db.backend) if db is not None else None
-    good = bool(token) and backend is not None and backend in door.backends and \
-        ConvexBackend.token_matches(db, token)
+    ours = backend is not None and backend in door.backends
     named = token_target(token) if token else None
+    platform = ours and bool(token) and ConvexBackend.token_matches(db, token)
     if named is not None and named != (tenant, dbname):
-        good = False
-    if not good:
+        platform = False
+    # End-user auth (routed by host): the client's own Authorization goes to the deployment.
+    user = ours and not platform and named is None and \
+        cast("ConvexBackend", backend).user_auth(db) and \
+        not request.headers.get("authorization", "").lower().startswith("convex ")
+    if not platform and not user:
         raise login.bad_credentials(BAD_TOKEN if token else
                                     "a platform token is required (Authorization: Bearer <token>)")
     login.use(db, backend)
-    return backend, db
+    return backend, db, platform
 
 
-async def _relay(door: ConvexDoor, request: Request, op: Operation, backend: Any, db: Any,
-                 body: bytes) -> Response:
+async def _call_upstream(request: Request, ops: list[Operation], backend: Any, db: Any,
+                         body: bytes, platform: bool
+                         ) -> tuple[int, list[tuple[str, str]], bytes] | Reject:
+    """The deployment's reply to this request (with ``body``), or the Reject that ended it:
+    a timeout layer deadline of any of ``ops`` (it cancels the call) or an unreachable
+    deployment."""
     url = db.upstream["deployment_url"].rstrip("/") + request.url.path
     if request.url.query:
         url += "?" + request.url.query
     headers = {k: v for k, v in request.headers.items() if k.lower() not in _SKIP}
-    headers["authorization"] = f"Convex {db.upstream['admin_key']}"
+    if platform:
+        headers["authorization"] = f"Convex {db.upstream['admin_key']}"
+    elif request.headers.get("authorization"):
+        headers["authorization"] = request.headers["authorization"]  # the user's own JWT
     headers.setdefault("content-type", "application/json")
     call = asyncio.ensure_future(asyncio.wait_for(
-        backend.upstream.post(url, body, headers), backend.options.http_timeout))
+        backend.upstream.request(request.method, url, body, headers),
+        backend.options.http_timeout))
     timed_out: list[Reject] = []
 
     def cancel(reject: Reject) -> None:
         timed_out.append(reject)
         call.cancel()
 
-    op.canceller = cancel
+    for op in ops:
+        op.canceller = cancel
     try:
-        reply = await call
+        return await call
     except asyncio.CancelledError:
         if not timed_out:
             raise
-        rej = timed_out[0]
-        op.rejection = op.rejection or rej
-        _complete(door, op, 0, None)
-        status, out, hdrs = http_error(rej, op.session.tier)
-        return _json(status, out, hdrs)
+        return timed_out[0]
     except (UpstreamError, TimeoutError):
-        op.rejection = UNREACHABLE
-        _complete(door, op, 0, "unreachable")
-        status, out, hdrs = http_error(UNREACHABLE, op.session.tier)
-        return _json(status, out, hdrs)
-    status_code, reply_headers, content = reply
-    error = None
+        return UNREACHABLE
+
+
+def _failed(door: ConvexDoor, ops: list[Operation], rej: Reject) -> Response:
+    """Complete ``ops`` ended by ``rej`` (timeout or unreachable) and answer it."""
+    for op in ops:
+        op.rejection = op.rejection or rej
+        _complete(door, op, 0, "unreachable" if rej is UNREACHABLE else None)
+    status, out, hdrs = http_error(rej, ops[0].session.tier)
+    return _json(status, out, hdrs)
+
+
+def _error_of(status_code: int, content: bytes) -> str | None:
     if status_code >= 400:
-        error = str(status_code)
-    elif b'"status":"error"' in content.replace(b" ", b""):
-        error = "error"
-    _complete(door, op, len(content), error)
+        return str(status_code)
+    return "error" if b'"status":"error"' in content.replace(b" ", b"") else None
+
+
+async def _relay(door: ConvexDoor, request: Request, op: Operation, backend: Any, db: Any,
+                 body: bytes, platform: bool) -> Response:
+    reply = await _call_upstream(request, [op], backend, db, body, platform)
+    if isinstance(reply, Reject):
+        return _failed(door, [op], reply)
+    status_code, reply_headers, content = reply
+    _complete(door, op, len(content), _error_of(status_code, content))
     out_headers = {k: v for k, v in reply_headers
                    if k == "content-type" or k.startswith("x-convex")}
     return Response(content, status_code, headers=out_headers)
+
+
+async def _relay_batch(door: ConvexDoor, request: Request, ops: list[Operation],
+                       refused: list[Reject | None], backend: Any, db: Any, doc: dict[str, Any],
+                       platform: bool) -> Response:
+    """``/api/query_batch``: each query is a call of its own. Refused ones are answered in
+    place (``status: error`` with the gateway's ``errorData``), the rest go upstream as one
+    smaller batch and their results are put back in order. All refused: the first
+    refusal's HTTP error (429 with Retry-After), so clients back off."""
+    tier = ops[0].session.tier
+    live = [i for i, rej in enumerate(refused) if rej is None]
+    if not live:
+        status, out, headers = http_error(refused[0], tier)  # type: ignore[arg-type]
+        return _json(status, out, headers)
+    results: list[Any] = [
+        None if rej is None else {"status": "error", "errorMessage": rej.message,
+                                  "errorData": error_data(rej, getattr(tier, "name", None))}
+        for rej in refused]
+    sub = {**doc, "queries": [doc["queries"][i] for i in live]}
+    live_ops = [ops[i] for i in live]
+    reply = await _call_upstream(request, live_ops, backend, db,
+                                 json.dumps(sub).encode(), platform)
+    if isinstance(reply, Reject):
+        return _failed(door, live_ops, reply)
+    status_code, _headers, content = reply
+    try:
+        answers = json.loads(content)["results"] if status_code == 200 else None
+        if not isinstance(answers, list) or len(answers) != len(live):
+            answers = None
+    except (ValueError, KeyError, TypeError):
+        answers = None
+    if answers is None:  # an infrastructure error: the deployment's own answer, as is
+        for op in live_ops:
+            _complete(door, op, len(content) // len(live_ops), str(status_code))
+        return Response(content, status_code, media_type="application/json")
+    share = len(content) // len(live)
+    for i, answer in zip(live, answers, strict=True):
+        results[i] = answer
+        failed = isinstance(answer, dict) and answer.get("status") == "error"
+        _complete(door, ops[i], share, "error" if failed else None)
+    return _json(200, {"results": results})
 
 
 def _complete(door: ConvexDoor, op: Operation, nbytes: int, error: str | None) -> None:

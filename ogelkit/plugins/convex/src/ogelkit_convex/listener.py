@@ -64,7 +64,7 @@ class ConvexDoor(FrontDoor):
             WebSocketRoute("/api/sync", self._sync),
             WebSocketRoute("/api/{version}/sync", self._sync),
             Route("/api/run/{path:path}", self._http, methods=["POST"]),
-            Route("/api/{kind:str}", self._http, methods=["POST"]),
+            Route("/api/{kind:str}", self._http, methods=["GET", "POST"]),
         ]
 
     async def stop_accepting(self) -> None:

@@ -32,6 +32,16 @@ class ConvexOptions:
     admin_key: str = ogelkit.option(
         "", doc="Admin or deploy key of deployment_url. Keys given at creation are stored "
                 "encrypted in the control plane with the database.")
+    client_auth: str = ogelkit.option(
+        "platform", validator=attrs.validators.in_(("platform", "user")),
+        doc='Who authenticates clients of this backend\'s databases (a database created with '
+            '--client-auth overrides it). "platform": every client presents the database\'s '
+            "platform token and the gateway authenticates upstream with the admin key "
+            '(functions run as admin). "user": for deployments configured for end-user auth '
+            "(their auth.config lists the tenant's identity provider): clients route by host "
+            "and their own Authenticate (a user JWT, or none) is passed through, so functions "
+            "see ctx.auth as on the deployment itself; the platform token still works and is "
+            "still swapped for the admin key.")
     query_cost: float = ogelkit.option(
         1.0, doc="Estimated cost of one query call (the cost layer compares it with the "
                  "tier's cost_ceiling).")

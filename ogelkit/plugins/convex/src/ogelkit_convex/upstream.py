@@ -57,19 +57,24 @@ class HttpUpstream:
     async def post(self, url: str, body: bytes, headers: dict[str, str]
                    ) -> tuple[int, list[tuple[str, str]], bytes]:
         """(status, headers, body) of ``POST url``; ``UpstreamError`` when unreachable."""
+        return await self.request("POST", url, body, headers)
+
+    async def request(self, method: str, url: str, body: bytes, headers: dict[str, str]
+                      ) -> tuple[int, list[tuple[str, str]], bytes]:
+        """(status, headers, body) of ``method url``; ``UpstreamError`` when unreachable."""
         parts = urlsplit(url)
         tls = parts.scheme == "https"
         host = parts.hostname or "localhost"
         port = parts.port or (443 if tls else 80)
         target = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
-        head = [f"POST {target} HTTP/1.1", f"host: {parts.netloc}",
+        head = [f"{method} {target} HTTP/1.1", f"host: {parts.netloc}",
                 f"content-length: {len(body)}"]
         head += [f"{k}: {v}" for k, v in headers.items()]
         data = ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
         key = (host, port, tls)
         pool = self._idle.setdefault(key, deque())
         # A pooled connection may have been closed by the server meanwhile: retry once on
-        # a fresh one (POSTs of the HTTP API are only sent again when nothing was read).
+        # a fresh one (requests of the HTTP API are only sent again when nothing was read).
         for attempt in range(2):
             conn = pool.pop() if pool and attempt == 0 else None
             fresh = conn is None
