@@ -35,11 +35,13 @@ class StandIn:
         self.proc: subprocess.Popen[str] | None = None
         self.port = 0
 
+    def args(self) -> list[str]:
+        return ["--name", self.name, "--admin-key", self.admin_key, "--ping", str(self.ping),
+                *(["--user-secret", self.user_secret] if self.user_secret else [])]
+
     def start(self, port: int = 0) -> StandIn:
         self.proc = subprocess.Popen(
-            [sys.executable, str(STANDIN), "--port", str(port or self.port), "--name", self.name,
-             "--admin-key", self.admin_key, "--ping", str(self.ping),
-             *(["--user-secret", self.user_secret] if self.user_secret else [])],
+            [sys.executable, str(STANDIN), "--port", str(port or self.port), *self.args()],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
             env={**os.environ, "PYTHONUNBUFFERED": "1"})
         assert self.proc.stdout is not None
@@ -59,6 +61,19 @@ class StandIn:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.kill()
             self.proc.wait(10)
+
+
+class ManagementStandIn(StandIn):
+    """The Management API stand-in (tests/standin.py --management): deployments it creates
+    run in its process."""
+
+    def __init__(self, team_id: int = 7, token: str = "team-token-of-7"):
+        super().__init__("management", "")
+        self.team_id = team_id
+        self.token = token
+
+    def args(self) -> list[str]:
+        return ["--management", "--team-id", str(self.team_id), "--team-token", self.token]
 
 
 @contextmanager

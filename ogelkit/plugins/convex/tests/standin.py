@@ -88,7 +88,7 @@ class Deployment:
     def __init__(self, name: str, admin_key: str, ping: float = 10.0, user_secret: str = "",
                  user_issuer: str = "https://auth.example.test"):
         self.name = name
-        self.admin_key = admin_key
+        self.admin_keys = {admin_key}  # deploy keys minted by the management stand-in join
         self.ping = ping
         self.user_secret = user_secret  # end-user auth configured (auth.config)
         self.user_issuer = user_issuer
@@ -207,7 +207,7 @@ class Deployment:
     def _http_caller(self, request: Request) -> tuple[bool, str | None] | JSONResponse:
         """(admin, user subject) of an HTTP request, or its 401."""
         auth = request.headers.get("authorization", "")
-        if auth == f"Convex {self.admin_key}":
+        if auth.startswith("Convex ") and auth[7:] in self.admin_keys:
             return True, None
         if auth.startswith("Bearer ") and self.user_secret:
             user = self.verify_user(auth[7:].strip())
@@ -365,8 +365,8 @@ class SyncSession:
             if kind == "Authenticate":
                 token_type, value = msg.get("tokenType"), msg.get("value")
                 user = self.d.verify_user(value or "") if token_type == "User" else None
-                if token_type == "Admin" and value == self.d.admin_key or user is not None or \
-                        token_type == "None" and self.d.user_secret:
+                if (token_type == "Admin" and value in self.d.admin_keys) or user is not None or \
+                        (token_type == "None" and self.d.user_secret):
                     self.admin, self.user = token_type == "Admin", user
                     await self.transition(identity=int(msg.get("baseVersion", 0)) + 1,
                                           rerun=True)
@@ -464,15 +464,140 @@ class SyncSession:
             pass
 
 
-async def serve(deployment: Deployment, port: int, host: str = "127.0.0.1") -> None:
+class Management:
+    """A STAND-IN for Convex's Management API v1 (docs.convex.dev/management-api): team
+    access tokens as Bearer, ``list_projects``, ``create_project`` (which starts a real
+    stand-in deployment in this process, on a port of its own), ``create_deploy_key``,
+    ``list_deployments``, ``projects/{id}/delete`` (which stops it) and ``token_details``."""
+
+    def __init__(self, team_id: int, token: str):
+        self.team_id = team_id
+        self.token = token
+        self.next_id = 100
+        self.projects: dict[int, dict[str, Any]] = {}
+        self.servers: dict[int, Any] = {}
+        self.deployments: dict[str, Deployment] = {}
+
+    def _auth(self, request: Request) -> JSONResponse | None:
+        if request.headers.get("authorization") != f"Bearer {self.token}":
+            return JSONResponse({"code": "Unauthenticated",
+                                 "message": "stand-in: invalid team access token"}, 401)
+        return None
+
+    def _team(self, request: Request) -> JSONResponse | None:
+        if str(request.path_params["team_id"]) != str(self.team_id):
+            return JSONResponse({"code": "TeamNotFound", "message": "stand-in: no such team"},
+                                404)
+        return None
+
+    async def list_projects(self, request: Request) -> JSONResponse:
+        refused = self._auth(request) or self._team(request)
+        if refused:
+            return refused
+        return JSONResponse([{k: p[k] for k in ("id", "name", "slug", "teamId", "createTime")}
+                             for p in self.projects.values()])
+
+    async def create_project(self, request: Request) -> JSONResponse:
+        refused = self._auth(request) or self._team(request)
+        if refused:
+            return refused
+        try:
+            body = json.loads(await request.body())
+            name, kind = body["projectName"], body["deploymentType"]
+            assert kind in ("dev", "prod") and isinstance(name, str)
+        except (ValueError, KeyError, AssertionError, TypeError):
+            return JSONResponse({"code": "BadRequest", "message": "stand-in: projectName and "
+                                 "deploymentType (dev|prod) are required"}, 400)
+        pid = self.next_id
+        self.next_id += 1
+        dep_name = f"standin-{pid}"
+        deployment = Deployment(dep_name, f"{kind}:{dep_name}|bootstrap-{os.urandom(6).hex()}")
+        port = await self._start(pid, deployment)
+        self.deployments[dep_name] = deployment
+        self.projects[pid] = {"id": pid, "name": name, "slug": name.lower().replace(" ", "-"),
+                              "teamId": self.team_id, "createTime": int(time.time() * 1000),
+                              "deployments": [{"name": dep_name, "deploymentType": kind,
+                                               "projectId": pid,
+                                               "createTime": int(time.time() * 1000)}]}
+        return JSONResponse({"projectId": pid, "deploymentName": dep_name,
+                             "deploymentUrl": f"http://127.0.0.1:{port}"})
+
+    async def list_deployments(self, request: Request) -> JSONResponse:
+        refused = self._auth(request)
+        if refused:
+            return refused
+        project = self.projects.get(int(request.path_params["project_id"]))
+        if project is None:
+            return JSONResponse({"code": "ProjectNotFound", "message": "stand-in"}, 404)
+        return JSONResponse(project["deployments"])
+
+    async def create_deploy_key(self, request: Request) -> JSONResponse:
+        refused = self._auth(request)
+        if refused:
+            return refused
+        deployment = self.deployments.get(request.path_params["name"])
+        if deployment is None:
+            return JSONResponse({"code": "DeploymentNotFound", "message": "stand-in"}, 404)
+        key = f"prod:{deployment.name}|{os.urandom(12).hex()}"
+        deployment.admin_keys.add(key)
+        return JSONResponse({"deployKey": key})
+
+    async def delete_project(self, request: Request) -> JSONResponse:
+        refused = self._auth(request)
+        if refused:
+            return refused
+        pid = int(request.path_params["project_id"])
+        project = self.projects.pop(pid, None)
+        if project is None:
+            return JSONResponse({"code": "ProjectNotFound", "message": "stand-in"}, 404)
+        for dep in project["deployments"]:
+            self.deployments.pop(dep["name"], None)
+        server = self.servers.pop(pid, None)
+        if server is not None:
+            server.should_exit = True
+        return JSONResponse(None)
+
+    async def token_details(self, request: Request) -> JSONResponse:
+        refused = self._auth(request)
+        if refused:
+            return refused
+        return JSONResponse({"type": "teamToken", "teamId": self.team_id, "name": "stand-in",
+                             "createTime": 0})
+
+    async def _start(self, pid: int, deployment: Deployment) -> int:
+        server, sock = _server(deployment.app(), 0)
+        self.servers[pid] = server
+        task = asyncio.create_task(server.serve(sockets=[sock]))
+        task.add_done_callback(lambda _t: sock.close())
+        return sock.getsockname()[1]
+
+    def app(self) -> Starlette:
+        return Starlette(routes=[
+            Route("/v1/teams/{team_id}/list_projects", self.list_projects),
+            Route("/v1/teams/{team_id}/create_project", self.create_project, methods=["POST"]),
+            Route("/v1/projects/{project_id:int}/list_deployments", self.list_deployments),
+            Route("/v1/projects/{project_id:int}/delete", self.delete_project,
+                  methods=["POST"]),
+            Route("/v1/deployments/{name}/create_deploy_key", self.create_deploy_key,
+                  methods=["POST"]),
+            Route("/v1/token_details", self.token_details),
+        ])
+
+
+def _server(app: Starlette, port: int, host: str = "127.0.0.1") -> tuple[Any, Any]:
     import socket
 
     import uvicorn
 
     sock = socket.create_server((host, port))
-    config = uvicorn.Config(deployment.app(), lifespan="off", log_level="warning",
+    config = uvicorn.Config(app, lifespan="off", log_level="warning",
                             ws="websockets-sansio", http="httptools")
     server = uvicorn.Server(config)
+    return server, sock
+
+
+async def serve(app: Starlette, port: int) -> None:
+    server, sock = _server(app, port)
     print(f"READY {sock.getsockname()[1]}", flush=True)
     await server.serve(sockets=[sock])
 
@@ -486,14 +611,19 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--user-secret", default="",
                         help="enable end-user auth: HS256 secret of the users' JWTs")
     parser.add_argument("--user-issuer", default="https://auth.example.test")
+    parser.add_argument("--management", action="store_true",
+                        help="serve the Management API stand-in instead of a deployment")
+    parser.add_argument("--team-id", type=int, default=1)
+    parser.add_argument("--team-token", default="standin-team-token")
     ns = parser.parse_args(argv)
-    deployment = Deployment(ns.name, ns.admin_key, ns.ping, ns.user_secret, ns.user_issuer)
+    app = Management(ns.team_id, ns.team_token).app() if ns.management else Deployment(
+        ns.name, ns.admin_key, ns.ping, ns.user_secret, ns.user_issuer).app()
     try:  # uvloop sets TCP_NODELAY on accepted sockets (plain asyncio here costs 40 ms
         import uvloop  # of delayed ACK per keep-alive HTTP request)
 
-        uvloop.run(serve(deployment, ns.port))
+        uvloop.run(serve(app, ns.port))
     except ImportError:
-        asyncio.run(serve(deployment, ns.port))
+        asyncio.run(serve(app, ns.port))
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ import httpx
 
 import ogelkit
 from ogelkit import Operation
+from ogelkit_convex.management import DeploymentFactory, ManagementError
 from ogelkit_convex.options import ConvexOptions
 from ogelkit_convex.upstream import HttpUpstream
 from ogelkit_convex.wire import canonical, new_token
@@ -33,6 +34,11 @@ class ConvexBackend(ogelkit.Backend):
         self.options: ConvexOptions = config
         self.http: httpx.AsyncClient | None = None  # readiness probes
         self.upstream = HttpUpstream(connect_timeout=config.connect_timeout)  # the HTTP API
+        self.factory = DeploymentFactory(
+            url=config.management_url, team_id=config.team_id,
+            token_env=config.team_token_env, deployment_type=config.deployment_type,
+            prefix=config.project_prefix, timeout=config.http_timeout) \
+            if config.team_id else None
 
     async def open(self) -> None:
         self.http = httpx.AsyncClient(
@@ -58,9 +64,21 @@ class ConvexBackend(ogelkit.Backend):
                         admin_key: str | None = None,
                         client_auth: str | None = None) -> dict[str, Any]:
         """Register an existing deployment (``--deployment-url``/``--admin-key``, or the
-        backend's defaults) and issue the database's platform token."""
+        backend's defaults) or, with ``team_id`` set and no URL given, create one through
+        the Management API; then issue the database's platform token."""
         if client_auth not in (None, "platform", "user"):
             raise ValueError('--client-auth is "platform" or "user"')
+        managed: dict[str, Any] | None = None
+        if deployment_url is None and self.factory is not None:
+            if admin_key is not None:
+                raise ValueError("--admin-key goes with --deployment-url (a created "
+                                 "deployment gets a deploy key of its own)")
+            try:
+                created = await self.factory.create(tenant.slug, name)
+            except ManagementError as exc:
+                raise ValueError(f"creating the Convex deployment failed: {exc}") from None
+            deployment_url, admin_key = created["deployment_url"], created["admin_key"]
+            managed = created["managed"]
         url = (deployment_url or self.options.deployment_url).rstrip("/")
         key = admin_key or self.options.admin_key
         if not url.startswith(("http://", "https://")):
@@ -69,13 +87,29 @@ class ConvexBackend(ogelkit.Backend):
         if not key:
             raise ValueError("a convex database needs --admin-key (or the backend's "
                              "admin_key option)")
-        out = {"deployment_url": url, "admin_key": key, "token": new_token(tenant.slug, name)}
+        out: dict[str, Any] = {"deployment_url": url, "admin_key": key,
+                               "token": new_token(tenant.slug, name)}
+        if managed is not None:
+            out["managed"] = managed
         if client_auth is not None:
             out["client_auth"] = client_auth
         return out
 
     async def deprovision(self, tenant: Any, db: Any) -> None:
-        """Forget the registration; the deployment itself is left as it is."""
+        """Forget the registration. A deployment the gateway created (Management API) is
+        deleted with its project; a registered one is left as it is."""
+        managed = db.upstream.get("managed")
+        if not managed:
+            return
+        factory = self.factory or DeploymentFactory(
+            url=self.options.management_url, team_id=self.options.team_id,
+            token_env=self.options.team_token_env, deployment_type=self.options.deployment_type,
+            prefix=self.options.project_prefix, timeout=self.options.http_timeout)
+        try:
+            await factory.delete(managed)
+        except ManagementError as exc:
+            raise RuntimeError(f"deleting the Convex project {managed.get('project_id')} "
+                               f"failed: {exc}") from None
 
     def connection_string(self, tenant: Any, db: Any, password: str | None, host: str,
                           port: int) -> str:

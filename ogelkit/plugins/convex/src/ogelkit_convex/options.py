@@ -64,3 +64,19 @@ class ConvexOptions:
         10.0, doc="How often the per-udfPath usage totals are written to the control plane.")
     max_message_size: int = ogelkit.option(
         16 * 1024 * 1024, doc="Largest sync message or HTTP body relayed, in bytes.")
+    team_id: str = ogelkit.option(
+        "", doc="Convex team whose Management API creates deployments: with it set, "
+                "`databases create --kind convex` without --deployment-url creates a project "
+                "with one deployment and a deploy key for the gateway, and deleting the "
+                "database deletes the project. Empty: databases register existing "
+                "deployments only.")
+    team_token_env: str = ogelkit.option(
+        "CONVEX_TEAM_TOKEN", doc="Environment variable holding the team access token of "
+                                 "team_id (never put the token in the config file).")
+    management_url: str = ogelkit.option(
+        "https://api.convex.dev/v1", doc="Base URL of the Management API.")
+    deployment_type: str = ogelkit.option(
+        "prod", validator=attrs.validators.in_(("dev", "prod")),
+        doc='Type of the deployment each created project starts with ("dev" or "prod").')
+    project_prefix: str = ogelkit.option(
+        "ogelkit", doc="Created projects are named <project_prefix>-<tenant>-<database>.")
