@@ -119,3 +119,45 @@ def test_http_api_with_httpx_and_the_legacy_client(setup):
     assert legacy.query("misc:whoami") == "acme"
     assert legacy.mutation("messages:send", {"body": "via-http"}).startswith("acme-")
     assert legacy.action("misc:echo", {"value": "y"}) == "y"
+
+
+@pytest.mark.parametrize("frames", [
+    ["not json"],
+    ["[1, 2]"],
+    [json.dumps(CONNECT), "{"],
+    [json.dumps(CONNECT), json.dumps({"type": "Authenticate", "tokenType": "User",
+                                      "value": 5, "baseVersion": "x"})],
+])
+def test_malformed_handshake_is_answered_in_protocol(setup, frames):
+    gw, _ = setup
+    with ws_connect(gw.url("/api/sync").replace("http", "ws"), open_timeout=5) as ws:
+        for frame in frames:
+            ws.send(frame)
+        msg = json.loads(ws.recv(timeout=10))
+        assert msg["type"] in ("AuthError", "FatalError"), msg
+        with pytest.raises(ConnectionClosed):
+            ws.recv(timeout=10)
+
+
+@pytest.mark.parametrize("frame", [
+    "not json", "[]", '{"type": "ModifyQuerySet", "modifications": "x"}',
+    '{"type": "Mutation", "udfPath": 5, "requestId": 0}',
+    '{"type": "ModifyQuerySet", "baseVersion": 0, "newVersion": 1, "modifications": [7]}',
+])
+def test_malformed_message_after_login_ends_only_that_socket(setup, frame):
+    gw, _ = setup
+    with ws_connect(gw.url("/api/sync").replace("http", "ws"), open_timeout=5) as ws:
+        ws.send(json.dumps(CONNECT))
+        ws.send(json.dumps({"type": "Authenticate", "tokenType": "User",
+                            "value": gw.token("acme"), "baseVersion": 0}))
+        assert json.loads(ws.recv(timeout=10))["type"] == "Transition"
+        ws.send(frame)
+        while True:
+            try:
+                msg = json.loads(ws.recv(timeout=10))
+            except ConnectionClosed:
+                break
+            if msg["type"] == "FatalError":
+                assert "malformed" in msg["error"]
+    assert bounded(client_for(gw, "beta").query, "misc:whoami") == "beta"
+    assert "Traceback" not in gw.proc.log() and "never retrieved" not in gw.proc.log()

@@ -41,6 +41,16 @@ log = logging.getLogger("ogelkit.convex")
 UNREACHABLE = Reject(Reason.UNAVAILABLE, "the gateway cannot reach the Convex deployment",
                      hint="Retry in a few seconds.")
 BAD_TOKEN = "the platform token is not valid for this deployment"
+#: What parsing a message that is not the protocol raises (not JSON, not an object, fields
+#: of the wrong type).
+MALFORMED = (ValueError, AttributeError, TypeError, KeyError)
+
+
+def _udf_path(msg: dict[str, Any]) -> str:
+    path = msg.get("udfPath")
+    if not isinstance(path, str) or not path:
+        raise TypeError("udfPath must be a non-empty string")
+    return canonical(path)
 
 
 class _Query:
@@ -127,6 +137,11 @@ class SyncConnection:
                 await self._shutdown(1008)
                 return
             except (WebSocketDisconnect, websockets.ConnectionClosed):
+                return
+            except MALFORMED:
+                await self._refuse(_Refused(login.refuse(Reject(
+                    Reason.AUTH, "malformed sync message during the handshake"),
+                    "auth_failed")))
                 return
             door.clients.add(self)
             relay = [asyncio.create_task(self._from_client()),
@@ -251,6 +266,16 @@ class SyncConnection:
                     await up.send(out)
         except (WebSocketDisconnect, websockets.ConnectionClosed, RuntimeError):
             return
+        except MALFORMED as exc:
+            # Not the protocol: a FatalError (the client restarts the protocol), once, with
+            # no traceback; the socket ends, other clients are untouched.
+            log.info("malformed sync message from %s: %s", self.peer, exc,
+                     extra={"tenant": self.tenant})
+            try:
+                await self.send(dumps({"type": "FatalError",
+                                       "error": "malformed sync message"}))
+            except Exception:
+                pass
 
     async def _from_upstream(self) -> None:
         try:
@@ -260,6 +285,9 @@ class SyncConnection:
                 await self._upstream_message(text)
         except websockets.ConnectionClosed:
             pass
+        except MALFORMED as exc:  # a deployment (or something posing as one) off protocol
+            log.warning("malformed sync message from the Convex deployment of %s/%s: %s",
+                        self.tenant, self.dbname, exc)
         except (WebSocketDisconnect, RuntimeError):
             return
         # The deployment went away: tell the client (it restarts the protocol and reconnects).
@@ -326,7 +354,7 @@ class SyncConnection:
             kind = m.get("type")
             if kind == "Add":
                 qid = m.get("queryId")
-                path = canonical(str(m.get("udfPath", "")))
+                path = _udf_path(m)
                 op = self._op("query", path, size)
                 rej = await self._admit(op)
                 if rej is not None:
@@ -355,7 +383,7 @@ class SyncConnection:
 
     async def _call(self, msg: dict[str, Any], kind: str, size: int) -> bool:
         rid = msg.get("requestId")
-        path = canonical(str(msg.get("udfPath", "")))
+        path = _udf_path(msg)
         op = self._op("mutation" if kind == "Mutation" else "action", path, size)
         rej = await self._admit(op)
         if rej is not None:
