@@ -81,6 +81,9 @@ ensure_packages() {
   { command -v redis-cli >/dev/null && command -v redis-benchmark >/dev/null; } || pkgs+=(redis-tools)
   command -v pgbouncer  >/dev/null || pkgs+=(pgbouncer)
   command -v nutcracker >/dev/null || pkgs+=(nutcracker)
+  # The Studio's browser tests drive Debian's Chromium headless (Playwright cannot download
+  # browser builds here).
+  command -v chromium   >/dev/null || pkgs+=(chromium)
   # Postinst scripts may start system copies on the stock ports (5432, 6379,
   # 6432, 22121); ours use other ports, so those are left alone.
   apt_install "${pkgs[@]}"
