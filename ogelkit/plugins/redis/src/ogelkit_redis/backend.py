@@ -406,6 +406,17 @@ class RedisBackend(Backend):
         if tdb is not None:
             tdb.pools.close()
 
+    # -- Studio's key browser -----------------------------------------------------------------
+    def console_operation(self, request: dict[str, Any]) -> tuple[str, str, str]:
+        from ogelkit_redis.console import parse
+        argv = parse(request.get("command"))
+        return "command", argv[0], " ".join(argv)
+
+    async def console(self, db: DatabaseRecord, request: dict[str, Any],
+                      session: Any) -> dict[str, Any]:
+        from ogelkit_redis.console import parse, run
+        return await run(self, self.attach(db), parse(request.get("command")))
+
     async def storage_bytes(self, db: DatabaseRecord) -> int | None:
         tdb = self.tdbs.get((db.tenant, db.name))
         if tdb is None:
