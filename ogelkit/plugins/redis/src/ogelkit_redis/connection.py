@@ -33,6 +33,7 @@ from ogelkit_redis.login import authenticate
 from ogelkit_redis.namespace import Namespace, first_word
 from ogelkit_redis.upstream import Pending, RedisOperation, Upstream
 from ogelkit_redis.wire import (
+    BIG_ARRAY,
     FastProtocolError,
     ProtocolError,
     encode_command,
@@ -190,10 +191,13 @@ class RedisConnection(asyncio.Protocol):
     # == request loop ===========================================================================
     def _process(self, data: bytes) -> None:
         reader = self._reader
-        if reader is not None and self.authed and data[0] == 42 and len(data) <= self.max_bulk:
+        if (reader is not None and self.authed and data[0] == 42 and len(data) <= self.max_bulk
+                and BIG_ARRAY.search(data) is None):
             # Fast path: hiredis parses every request of the chunk, if the chunk holds only
             # complete multibulk requests. Anything else (a partial request, an inline one,
-            # garbage) goes to the Python parser below, which also enforces the size limits.
+            # garbage, a huge array header) goes to the Python parser below, which also
+            # enforces the limits. hiredis never sees an array header of 100000+ elements
+            # (BIG_ARRAY): it would allocate the list before any check.
             reader.feed(data)
             gets = reader.gets
             cmds = []

@@ -9,6 +9,7 @@ in pub/sub messages).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -19,6 +20,14 @@ MAX_ARGS = 1024 * 1024  # Redis's own multibulk limit
 
 class ProtocolError(Exception):
     """A malformed request: answered with ``-ERR Protocol error: ...`` and the client closed."""
+
+
+#: An array header of 6 or more digits (100000+ elements, or leading zeros) somewhere in a
+#: chunk. hiredis allocates the whole list when it reads an array header, before any
+#: element arrived and with no limit of its own, so such a chunk never goes to it: the
+#: Python parser checks the count against MAX_ARGS first. (A match inside a payload only
+#: costs that chunk the slower parser.)
+BIG_ARRAY = re.compile(rb"\*[0-9]{6}")
 
 
 def parse_command(buf: bytes, pos: int, max_bulk: int, max_args: int = MAX_ARGS

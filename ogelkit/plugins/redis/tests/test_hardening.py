@@ -1,0 +1,84 @@
+"""Hostile and huge input on the Redis front door: raw sockets against a real gateway.
+
+Each test checks that one client's input costs that client (an error, a close, time linear
+in its size) and never stalls the gateway's other clients."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+from redis_support import Gw, Tenant
+
+
+def authed(gw: Gw, tenant: Tenant, timeout: float = 10) -> socket.socket:
+    s = socket.create_connection(("127.0.0.1", gw.port), timeout=timeout)
+    s.sendall(f"AUTH {tenant.slug} {tenant.password}\r\n".encode())
+    assert s.recv(100) == b"+OK\r\n"
+    return s
+
+
+def until_closed(s: socket.socket) -> bytes:
+    data = b""
+    while chunk := s.recv(65536):
+        data += chunk
+    return data
+
+
+@contextmanager
+def ping_latency(gw: Gw, tenant: Tenant) -> Iterator[list[float]]:
+    """Another client pings the gateway meanwhile; yields the list of its latencies."""
+    client = gw.client(tenant, socket_timeout=30)
+    assert client.ping()
+    latencies: list[float] = []
+    stop = threading.Event()
+
+    def pinger() -> None:
+        while not stop.is_set():
+            t = time.perf_counter()
+            client.ping()
+            latencies.append(time.perf_counter() - t)
+            stop.wait(0.005)
+    th = threading.Thread(target=pinger)
+    th.start()
+    try:
+        yield latencies
+    finally:
+        stop.set()
+        th.join(30)
+        client.close()
+
+
+HUGE = b"-ERR Protocol error: invalid multibulk length\r\n"
+
+
+@pytest.mark.parametrize(("payload", "expect"), [
+    (b"*2147483647\r\n", HUGE),  # the first header of a chunk
+    (b"*1\r\n$4\r\nPING\r\n*2147483647\r\n", b"+PONG\r\n" + HUGE),  # after a request
+    (b"*1\r\n*2147483647\r\n", b"-ERR Protocol error: expected '$', got '*'\r\n"),  # nested
+])
+def test_a_huge_array_header_is_refused_before_anything_is_allocated(gw: Gw, payload: bytes,
+                                                                      expect: bytes):
+    s = authed(gw, gw.a)
+    with ping_latency(gw, gw.b) as latencies:
+        started = time.monotonic()
+        s.sendall(payload)  # refused at the header: no need to wait for its elements
+        data = until_closed(s)
+        elapsed = time.monotonic() - started
+        time.sleep(0.1)  # a ping or two after it
+    s.close()
+    assert data == expect
+    assert elapsed < 1, elapsed
+    assert latencies and max(latencies) < 1, max(latencies)
+
+
+def test_a_bulk_length_over_the_limit_is_refused_at_its_header(gw: Gw):
+    s = authed(gw, gw.a)
+    s.sendall(b"*2\r\n$3\r\nGET\r\n$99999999999\r\n")  # the test gateway allows 16MB
+    assert until_closed(s) == b"-ERR Protocol error: invalid bulk length\r\n"
+    s.close()
+
