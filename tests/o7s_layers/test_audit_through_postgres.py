@@ -51,7 +51,7 @@ def test_refusals_failed_logins_and_tier_changes_are_audited(workdir, caplog):
         def audit(**params: str) -> list[dict]:
             r = httpx.get(f"{base}/audit", params=params, headers=ADMIN)
             assert r.status_code == 200, r.text
-            return r.json()["entries"]
+            return r.json()["items"]
 
         failed = audit(event="login_failed")
         assert {e["user"] for e in failed} >= {tenant.slug}

@@ -83,7 +83,8 @@ async def test_admin_api_needs_the_token_and_changes_reach_live_sessions(linegat
         assert (await http.get("/admin/tenants", headers={"authorization": "Bearer nope"})
                 ).status_code == 401
         tenants = (await http.get("/admin/tenants", headers=auth)).json()
-        assert [t["slug"] for t in tenants] == ["acme"]
+        assert [t["slug"] for t in tenants["items"]] == ["acme"]
+        assert tenants["next_cursor"] is None
         stream, out = await _line(gw.port("line"), "AUTH acme acme-pass main")
         assert out == ["OK"]
         (session,) = gw.context.sessions.of("acme")

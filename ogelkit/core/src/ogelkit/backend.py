@@ -38,6 +38,7 @@ class Capability(StrEnum):
     WAKE = "wake"
     BRANCH = "branch"
     RESET = "reset"
+    CONSOLE = "console"
 
 
 class Backend(Component[OptionsT]):
@@ -51,6 +52,7 @@ class Backend(Component[OptionsT]):
     _OPTIONAL: ClassVar[tuple[str, ...]] = (
         Capability.ESTIMATE_COST, Capability.SESSION_SETTINGS, Capability.STORAGE_BYTES,
         Capability.SLEEP, Capability.WAKE, Capability.BRANCH, Capability.RESET,
+        Capability.CONSOLE,
     )
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
@@ -135,6 +137,24 @@ class Backend(Component[OptionsT]):
         gateway holds the database's clients meanwhile (one wake per database, however
         many clients), bounded by ``[lifecycle] wake_timeout``; a raise leaves it asleep.
         Must tolerate a concurrent wake from another replica."""
+
+    def console_operation(self, request: dict[str, Any]) -> tuple[str, str, str]:
+        """Studio's console: ``(kind, name, text)`` of the ``Operation`` that a console
+        ``request`` (``{sql}``, ``{command}``, ``{document}`` or ``{function}``, see
+        docs/dev/interfaces.md) is, so the layers decide on it as on a client's; raise
+        ``ValueError`` for a request this backend does not take. With ``console``
+        (``Capability.CONSOLE``)."""
+        raise ValueError(f"{self.type_name} databases have no console")
+
+    async def console(self, db: DatabaseRecord, request: dict[str, Any],
+                      session: Session) -> dict[str, Any]:
+        """Run one console request upstream as the tenant database ``db`` (admitted through
+        the layers already; ``session.settings`` holds the session layer's settings) and
+        return a JSON-able result: ``{columns, rows, command}`` for tabular answers,
+        ``{result}`` otherwise. Cancelled (the task) when the timeout layer's deadline
+        passes. Raise ``ValueError`` for the client's mistakes (bad SQL, an unknown
+        command): the message is shown to the user. Optional (``Capability.CONSOLE``)."""
+        raise NotImplementedError(f"backend type {self.type_name!r} has no console")
 
     def compute_seconds(self) -> dict[tuple[str, str], float]:
         """Usage: seconds of compute that ran for each ``(tenant, database)`` since the

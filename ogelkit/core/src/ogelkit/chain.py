@@ -12,6 +12,7 @@ from collections.abc import Awaitable, Sequence
 from typing import TYPE_CHECKING
 
 from ogelkit.audit import AuditLog, operation_refused
+from ogelkit.livestats import LiveStats
 from ogelkit.model import Reject
 
 if TYPE_CHECKING:
@@ -32,12 +33,14 @@ def _after(hooks: tuple, fn: object) -> int:
 class Chain:
     __slots__ = (
         "_auth", "_complete", "_connect", "_disconnect", "_operation", "_operation_names",
-        "_tier_change", "audit", "layers",
+        "_tier_change", "audit", "layers", "live",
     )
 
-    def __init__(self, layers: Sequence[Layer], audit: AuditLog | None = None):
+    def __init__(self, layers: Sequence[Layer], audit: AuditLog | None = None,
+                 live: LiveStats | None = None):
         self.layers = tuple(layers)
         self.audit = audit
+        self.live = live
 
         def bound(phase: str):
             return tuple(
@@ -131,6 +134,8 @@ class Chain:
         go to the audit log)."""
         if op.rejection is not None and self.audit is not None:
             operation_refused(self.audit, op)
+        if self.live is not None:
+            self.live.complete(op)
         for fn in self._complete:
             try:
                 fn(op)

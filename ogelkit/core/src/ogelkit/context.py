@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from ogelkit.audit import AuditLog
+from ogelkit.livestats import LiveStats
 
 if TYPE_CHECKING:
     from ogelkit.backend import Backend
@@ -52,6 +53,10 @@ class GatewayContext:
         self.audit = AuditLog(keep=a.keep, log_rate=a.log_rate, log_burst=a.log_burst,
                               on_suppressed=metrics.audit_suppressed.inc)
         directory.audit = self.audit
+        #: Per-tenant live counters for Studio (``ogelkit.livestats``).
+        self.live = LiveStats()
+        #: The admin API's endpoints (core and plugins'), for its OpenAPI document.
+        self.admin_endpoints: list[Any] = []
         #: Reload the config file (set by the runtime; None in CLI tools).
         self.reload: Callable[[], Awaitable[dict[str, Any]]] | None = None
 

@@ -106,6 +106,36 @@ def ogelkit_startup(context: GatewayContext) -> None:
 
 
 @hookspec
+def ogelkit_admin_endpoints(context: GatewayContext) -> list[Any]:
+    """Endpoints to add to the admin API (``/admin/...``).
+
+    Called once per ``ogelkit run``, before the HTTP port accepts. Each is an
+    ``ogelkit.admin.Endpoint``: it gets the admin API's bearer-token check (``access``:
+    ``"operator"``, ``"tenant"`` for the operator and the tenant named by ``{slug}`` in the
+    path, ``"any"`` signed-in principal, or ``"public"``), request validation against its
+    ``request`` schema, RFC 9457 problem details for errors (raise
+    ``ogelkit.admin.Problem``), and a place in ``/admin/openapi.json``. Paths start with
+    ``/admin/``. Handlers run on the event loop: never block in them.
+
+    :param context: the gateway's context.
+    :return: a list of ``ogelkit.admin.Endpoint``, or ``None``.
+
+    .. versionadded:: 0.3
+
+    Example::
+
+        from ogelkit.admin import Endpoint
+
+        @ogelkit.hookimpl
+        def ogelkit_admin_endpoints(context):
+            async def quota(call):
+                return {"tenant": call.slug, "left": 42}
+            return [Endpoint("GET", "/admin/tenants/{slug}/quota", quota,
+                             "Quota left", access="tenant")]
+    """
+
+
+@hookspec
 def ogelkit_http_routes(context: GatewayContext) -> list[Any]:
     """Routes and WebSocket endpoints to mount on the gateway's HTTP port.
 

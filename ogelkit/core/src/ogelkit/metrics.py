@@ -159,5 +159,9 @@ class Metrics:
     def decision(self, layer: str, decision: str, reason: str, tier: str) -> None:
         self.decisions.labels(layer, decision, reason, tier).inc()
 
+    def decision_counts(self) -> list[tuple[tuple[str, ...], float]]:
+        """(labels (layer, decision, reason, tier), count) of every layer decision so far."""
+        return [(key, child.value) for key, child in list(self.decisions._children.items())]
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

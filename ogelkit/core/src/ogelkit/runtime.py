@@ -164,7 +164,13 @@ class Gateway:
         then the routes of front doors served on the HTTP port (``http_routes()``), then
         every ``ogelkit_http_routes`` hook's. Sockets are bound here so a taken port is a
         StartupError before "ready"."""
-        routes = list(ops_routes(ctx))
+        endpoints: list[Any] = []
+        try:
+            for batch in self.plugins.hook.ogelkit_admin_endpoints(context=ctx):
+                endpoints.extend(batch or [])
+        except Exception as exc:
+            raise StartupError(f"a plugin's ogelkit_admin_endpoints hook failed: {exc}") from exc
+        routes = list(ops_routes(ctx, endpoints))
         for fd in self.frontdoors:
             door_routes = getattr(fd, "http_routes", None)
             if door_routes is not None:
@@ -219,7 +225,7 @@ class Gateway:
                 await self._seed(ctx)
                 await ctx.lifecycle.load()
 
-            ctx.chain = Chain(ctx.layers, audit=ctx.audit)
+            ctx.chain = Chain(ctx.layers, audit=ctx.audit, live=ctx.live)
             directory.chain = ctx.chain
 
             async with anyio.create_task_group() as tg:

@@ -6,17 +6,15 @@ running gateway, against whichever control plane the config names.
 
 from __future__ import annotations
 
-import math
-import time
 from typing import Any
 
 import click
 
 from ogelkit import NotFound, default_options
 from ogelkit.cli.common import CliState, echo_json, echo_table, opened_store, run_async
-from ogelkit_layer_intelligence.advice import advise
-from ogelkit_layer_intelligence.layer import REPORT_LAYER, calibration_subject
+from ogelkit_layer_intelligence.layer import REPORT_LAYER
 from ogelkit_layer_intelligence.options import IntelligenceOptions
+from ogelkit_layer_intelligence.report import tenant_advice
 
 
 def layer_options(config) -> IntelligenceOptions:
@@ -45,33 +43,15 @@ def advise_command(state: CliState, tenant: str, days: float, as_json: bool) -> 
     """Recommend a tier for TENANT, with the reasons, from its recent usage and refusals."""
     config = state.config()
     options = layer_options(config)
-    end = time.time()
-    start = math.floor((end - days * 86400) / 3600) * 3600
 
     async def go():
         async with opened_store(config) as store:
             try:
-                record = await store.require_tenant(tenant)
+                return await tenant_advice(store, config.tiers, options, tenant, days)
             except NotFound as exc:
                 raise click.ClickException(str(exc)) from exc
-            totals = await store.usage_totals(tenant, start, end + 3600)
-            dbs = await store.list_databases(tenant)
-            reports = {r.subject: r for r in await store.layer_reports(REPORT_LAYER)}
-            return record, totals, dbs, reports
 
-    record, totals, dbs, reports = run_async(go)
-    tier = config.tiers.get(record.tier) or next(iter(config.tiers.values()))
-    advice = advise(tenant, tier, config.tiers, totals, days,
-                    min_refusals=options.advise_min_refusals,
-                    storage_ratio=options.advise_storage_ratio,
-                    auth_failures=options.auth_failures)
-    calibration = {}
-    for backend in sorted({d.backend for d in dbs}):
-        rep = reports.get(calibration_subject(backend))
-        entry = rep.body.get("tiers", {}).get(tier.name) if rep else None
-        if entry is not None:
-            calibration[backend] = {**entry, "samples": rep.body.get("samples"),
-                                    "updated_at": rep.updated_at}
+    advice, calibration, tier = run_async(go)
     if as_json:
         echo_json({**advice.as_dict(), "calibration": calibration})
         return

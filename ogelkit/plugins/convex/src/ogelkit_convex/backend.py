@@ -133,6 +133,35 @@ class ConvexBackend(ogelkit.Backend):
         return hmac.compare_digest((expected or _DUMMY_TOKEN).encode(), token.encode()) and \
             bool(expected)
 
+    # -- Studio's function runner ------------------------------------------------------------
+    def console_operation(self, request: dict[str, Any]) -> tuple[str, str, str]:
+        fn = request.get("function")
+        if not isinstance(fn, dict) or not isinstance(fn.get("path"), str) or \
+                fn.get("kind") not in ("query", "mutation", "action") or ":" not in fn["path"]:
+            raise ValueError('a Convex console request is {"function": {"kind": '
+                             '"query|mutation|action", "path": "module:function", "args": {}}}')
+        path = canonical(fn["path"])
+        return fn["kind"], path, path
+
+    async def console(self, db: Any, request: dict[str, Any], session: Any) -> dict[str, Any]:
+        import json
+
+        fn = request["function"]
+        url = f"{db.upstream['deployment_url'].rstrip('/')}/api/{fn['kind']}"
+        body = json.dumps({"path": canonical(fn["path"]), "args": fn.get("args") or {},
+                           "format": "json"}).encode()
+        status, _headers, content = await self.upstream.post(
+            url, body, {"authorization": f"Convex {db.upstream['admin_key']}",
+                        "content-type": "application/json"})
+        try:
+            answer = json.loads(content)
+        except ValueError:
+            raise ValueError(f"the deployment answered {status}: {content[:200]!r}") from None
+        if status >= 400 or answer.get("status") == "error":
+            raise ValueError(answer.get("errorMessage") or answer.get("message") or
+                             f"the deployment answered {status}")
+        return {"result": answer.get("value"), "command": f"{fn['kind']} {fn['path']}"}
+
     # -- cost classes ------------------------------------------------------------------------
     def cost_key(self, op: Operation) -> Hashable | None:
         return (op.kind, op.text)

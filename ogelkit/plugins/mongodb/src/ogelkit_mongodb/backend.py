@@ -150,6 +150,18 @@ class MongoBackend(Backend):
             return {}
         return {"maxTimeMS": str(int(tier.statement_timeout * 1000))}
 
+    # -- Studio's collection browser ---------------------------------------------------------
+    def console_operation(self, request: dict[str, Any]) -> tuple[str, str, str]:
+        from ogelkit_mongodb.console import parse
+        name, doc = parse(request.get("document"))
+        return "command", name, str(doc)
+
+    async def console(self, db: DatabaseRecord, request: dict[str, Any],
+                      session: Any) -> dict[str, Any]:
+        from ogelkit_mongodb.console import run
+        upstream = db.upstream.get("database") or self.upstream_name(db.tenant, db.name)
+        return await run(self, upstream, request.get("document"))
+
     async def storage_bytes(self, db: DatabaseRecord) -> int | None:
         reply = await self.pool.command(db.upstream["database"], {"dbStats": 1})
         if not reply.get("ok"):

@@ -25,7 +25,7 @@ import ogelkit
 from ogelkit_postgres import provision as prov
 from ogelkit_postgres.options import PostgresOptions
 from ogelkit_postgres.pool import Pool
-from ogelkit_postgres.sql import EXPLAINABLE, normalize
+from ogelkit_postgres.sql import EXPLAINABLE, normalize, verb_of
 from ogelkit_postgres.upstream import ServerConnection, open_server
 
 if TYPE_CHECKING:
@@ -331,6 +331,18 @@ class PostgresBackend(ogelkit.Backend):
                                                       **self.upstream_startup(db)})
         entry = self._explain[key] = _ExplainConn(conn)
         return entry
+
+    # -- Studio's console --------------------------------------------------------------------
+    def console_operation(self, request: dict[str, Any]) -> tuple[str, str, str]:
+        sql = request.get("sql")
+        if not isinstance(sql, str) or not sql.strip():
+            raise ValueError('a Postgres console request is {"sql": "..."}')
+        return "query", verb_of(sql), sql
+
+    async def console(self, db: DatabaseRecord, request: dict[str, Any],
+                      session: Session) -> dict[str, Any]:
+        from ogelkit_postgres.console import run_sql
+        return await run_sql(self, db, request["sql"], session)
 
     async def storage_bytes(self, db: DatabaseRecord) -> int | None:
         dbname = db.upstream.get("dbname")
