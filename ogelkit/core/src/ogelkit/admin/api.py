@@ -61,6 +61,8 @@ class Endpoint:
     params: Sequence[Param] = ()
     tag: str = "admin"
     description: str = ""
+    #: Problem statuses this endpoint answers besides the common ones (documented).
+    errors: Sequence[int] = ()
 
     def __attrs_post_init__(self) -> None:
         if self.access not in ACCESS:
@@ -225,6 +227,11 @@ class AdminApi:
             if ep.access == "tenant" and not principal.may_see(path.get("slug", "")):
                 # The same answer as for a tenant that does not exist: no probing.
                 raise Problem(404, "not_found", f'no tenant "{path.get("slug")}"')
+        known = {p.name for p in ep.params}
+        unknown = sorted(set(request.query_params) - known)
+        if unknown:  # a typo (?tennant=) must not silently widen what is returned
+            raise Problem(400, "bad_request", f"unknown query parameter(s) {unknown}; this "
+                          f"endpoint takes {sorted(known) or 'none'}")
         query = {}
         for param in ep.params:
             raw = request.query_params.get(param.name)

@@ -426,18 +426,20 @@ async def whoami(call: Call) -> Any:
 
 async def openapi(call: Call) -> Any:
     from ogelkit.admin.openapi import document
-    return document(call.ctx.admin_endpoints)
+    return document(call.ctx.admin_endpoints, list(call.ctx.tiers))
 
 
 # -- the table ---------------------------------------------------------------------------------
 T = "/admin/tenants/{slug}"
 D = T + "/databases/{db}"
-TIER_NAMES = {"type": "string", "minLength": 1, "maxLength": 64}
+#: A tier name: the OpenAPI document lists this gateway's tiers (the handler checks them).
+TIER_NAMES = {"type": "string", "minLength": 1, "maxLength": 64, "x-ogelkit-tier": True}
 CORE_ENDPOINTS: list[Endpoint] = [
     Endpoint("GET", "/admin/openapi.json", openapi, "This OpenAPI document", access="public",
              tag="meta"),
     Endpoint("POST", "/admin/login", login, "Sign in as a tenant: a bearer token for its own "
              "data (12 h; rotating the password revokes it)", access="public", tag="meta",
+             errors=(401,),
              request={"type": "object", "required": ["tenant", "password"],
                       "additionalProperties": False,
                       "properties": {"tenant": {"type": "string", "maxLength": 200},
@@ -499,6 +501,7 @@ CORE_ENDPOINTS: list[Endpoint] = [
     Endpoint("POST", D + "/console", console, "Run one command as the tenant, through the "
              "layers: SQL (Postgres, Neon), a Redis command, a MongoDB command document, a "
              "Convex function call", access="tenant", tag="databases",
+             errors=(403, 429, 503, 504, 507),
              request={"type": "object", "additionalProperties": False, "properties": {
                  "sql": {"type": "string", "maxLength": 100_000},
                  "command": {"type": "array", "items": {"type": "string", "maxLength": 10_000},
@@ -545,5 +548,5 @@ CORE_ENDPOINTS: list[Endpoint] = [
     Endpoint("GET", "/admin/layers", layers, "The layer chain and each layer's state",
              tag="gateway", response={"type": "array"}),
     Endpoint("POST", "/admin/reload", reload, "Reload the config file (tiers, layer options, "
-             "backends, seeded tenants)", tag="gateway"),
+             "backends, seeded tenants)", tag="gateway", errors=(422, 501)),
 ]

@@ -18,6 +18,15 @@ PATH_PARAMS = {
 }
 
 
+ERRORS = {
+    401: "Bad credentials.", 422: "The new config has problems; the old one stays.",
+    429: "Refused by a layer (rate, connections, ban); see Retry-After.",
+    403: "Refused by a layer (cost ceiling, suspension).", 501: "Not supported here.",
+    503: "The upstream database or deployment is unavailable.",
+    504: "Stopped by the timeout layer.", 507: "Over the tier's quota.",
+}
+
+
 def _problem(description: str) -> dict[str, Any]:
     return {"description": description,
             "content": {MEDIA_TYPE: {"schema": {"$ref": "#/components/schemas/Problem"}}}}
@@ -44,6 +53,10 @@ def _operation(ep: Endpoint) -> dict[str, Any]:
         responses["404"] = _problem("No such tenant or database (or the admin API is off).")
     if ep.method in ("POST", "PATCH", "DELETE"):
         responses["409"] = _problem("It exists already, or cannot be done now.")
+    if ep.request is not None:
+        responses["413"] = _problem("The request body is too large.")
+    for status in ep.errors:
+        responses[str(status)] = _problem(ERRORS.get(status, "Refused."))
     op: dict[str, Any] = {"operationId": f"{ep.method.lower()}{_op_name(ep.path)}",
                           "summary": ep.summary, "tags": [ep.tag], "parameters": params,
                           "responses": responses}
@@ -62,10 +75,24 @@ def _op_name(path: str) -> str:
     return "".join(w[:1].upper() + w[1:] for w in words if w)
 
 
-def document(endpoints: Sequence[Endpoint]) -> dict[str, Any]:
+#: Marks a schema whose values are this gateway's tier names (filled in per document).
+TIER_MARK = "x-ogelkit-tier"
+
+
+def _fill(value: Any, tiers: list[str]) -> Any:
+    if isinstance(value, dict):
+        if value.get(TIER_MARK):
+            return {"type": "string", "enum": tiers}
+        return {k: _fill(v, tiers) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_fill(v, tiers) for v in value]
+    return value
+
+
+def document(endpoints: Sequence[Endpoint], tiers: Sequence[str] = ()) -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
     for ep in endpoints:
-        paths.setdefault(ep.path, {})[ep.method.lower()] = _operation(ep)
+        paths.setdefault(ep.path, {})[ep.method.lower()] = _fill(_operation(ep), list(tiers))
     return {
         "openapi": "3.1.0",
         "info": {"title": "ogelkit admin API", "version": "1",
