@@ -8,12 +8,11 @@ from __future__ import annotations
 
 import click
 
+from ogelkit import provisioning
 from ogelkit.backend import Capability
 from ogelkit.cli.common import CliState, opened_store, require_tenant, run_async, tool_context
 from ogelkit.cli.databases import databases
 from ogelkit.control.records import DatabaseRecord
-
-_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789_-")
 
 
 def _find(state: CliState, tenant: str, name: str) -> DatabaseRecord:
@@ -39,7 +38,7 @@ def _find(state: CliState, tenant: str, name: str) -> DatabaseRecord:
 @click.pass_obj
 def branch(state: CliState, tenant: str, name: str, parent_name: str) -> None:
     """Create database NAME of TENANT as a branch of database --from (its data as of now)."""
-    if not name or not set(name) <= _NAME_CHARS or not name[0].isalpha() or len(name) > 40:
+    if not provisioning.DATABASE_NAME.match(name):
         raise click.BadParameter("lower-case letters, digits, '_' and '-', starting with a "
                                  "letter, at most 40 characters", param_hint="NAME")
     parent = _find(state, tenant, parent_name)

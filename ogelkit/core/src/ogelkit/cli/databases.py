@@ -7,6 +7,7 @@ import time
 import anyio
 import click
 
+from ogelkit import provisioning
 from ogelkit.backend import Capability
 from ogelkit.cli.common import (
     CliState,
@@ -17,11 +18,7 @@ from ogelkit.cli.common import (
     run_async,
     tool_context,
 )
-from ogelkit.cli.tenants import new_password
 from ogelkit.control.records import DatabaseRecord
-from ogelkit.scram import make_verifier
-
-_NAME_CHARS = set("abcdefghijklmnopqrstuvwxyz0123456789_-")
 
 
 @click.group()
@@ -70,7 +67,7 @@ def create(state: CliState, tenant: str, name: str, kind: str, backend_id: str |
     # none keep the plain provision(tenant, name, tier) signature).
     extra = {k: v for k, v in (("deployment_url", deployment_url), ("admin_key", admin_key),
                                ("client_auth", client_auth)) if v is not None}
-    if not name or not set(name) <= _NAME_CHARS or not name[0].isalpha() or len(name) > 40:
+    if not provisioning.DATABASE_NAME.match(name):
         raise click.BadParameter("lower-case letters, digits, '_' and '-', starting with a "
                                  "letter, at most 40 characters", param_hint="NAME")
     config = state.config()
@@ -82,22 +79,14 @@ def create(state: CliState, tenant: str, name: str, kind: str, backend_id: str |
             backend = ctx.backends[bid]
             # Idempotent: rerunning after a failure half-way finishes the job.
             try:
-                upstream = await backend.provision(record, name, ctx.directory.tier(record.tier),
-                                                   **extra)
+                db, password, dsn = await provisioning.create_database(ctx, record, name,
+                                                                       backend, **extra)
             except TypeError:
                 if not extra:
                     raise
                 raise click.UsageError(f"backend kind {kind} takes no "
                                        f"{', '.join('--' + k.replace('_', '-') for k in extra)}"
                                        ) from None
-            db = await ctx.store.put_database(DatabaseRecord(tenant, name, backend.kind, bid, upstream))
-            password = None
-            if await ctx.store.get_verifier(tenant) is None:
-                password = new_password()
-                await ctx.store.set_verifier(tenant, str(make_verifier(password)))
-            port = config.listen.port_for(
-                backend.protocol, backend.frontdoor.default_port if backend.frontdoor else 0)
-            dsn = backend.connection_string(record, db, password, config.gateway.public_host, port)
             return record, db, password, dsn
 
     record, db, password, dsn = run_async(go)
@@ -179,8 +168,7 @@ def delete(state: CliState, tenant: str, name: str, yes: bool) -> None:
     async def go():
         async with tool_context(config, state.plugins, [db.backend]) as ctx:
             record = await require_tenant(ctx.store, tenant)
-            await ctx.backends[db.backend].deprovision(record, db)
-            await ctx.store.delete_database(tenant, name)
+            await provisioning.delete_database(ctx, record, db)
 
     run_async(go)
     click.echo(f"deleted database {name} of {tenant}")

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import secrets
-
 import attrs
 import click
 
+from ogelkit import provisioning
 from ogelkit.cli.common import CliState, echo_json, echo_table, opened_store, require_tenant, run_async
 from ogelkit.config.errors import did_you_mean
 from ogelkit.control.store import AlreadyExists, NotFound
-from ogelkit.scram import make_verifier
 
 
 def _check_tier(state: CliState, tier: str) -> None:
@@ -21,8 +19,6 @@ def _check_tier(state: CliState, tier: str) -> None:
                                  + (f". {hint}" if hint else ""), param_hint="--tier")
 
 
-def new_password() -> str:
-    return secrets.token_urlsafe(24)
 
 
 @click.group()
@@ -42,18 +38,15 @@ def create(state: CliState, slug: str, tier: str) -> None:
                                  param_hint="SLUG")
     _check_tier(state, tier)
     config = state.config()
-    password = new_password()
 
     async def go():
         async with opened_store(config) as store:
             try:
-                tenant = await store.create_tenant(slug, tier)
+                return await provisioning.create_tenant(store, slug, tier)
             except AlreadyExists as exc:
                 raise click.ClickException(str(exc)) from exc
-            await store.set_verifier(slug, str(make_verifier(password)))
-            return tenant
 
-    tenant = run_async(go)
+    tenant, password = run_async(go)
     # The password first: a failing third-party hook must not lose it (the tenant exists).
     click.echo(f"created tenant {slug} (tier {tier})")
     click.echo(f"password: {password}")
@@ -173,15 +166,10 @@ def delete(state: CliState, slug: str, yes: bool) -> None:
     async def go():
         async with tool_context(config, state.plugins) as ctx:
             tenant = await require_tenant(ctx.store, slug)
-            for db in await ctx.store.list_databases(slug):
-                backend = ctx.backends.get(db.backend)
-                if backend is None:
-                    raise click.ClickException(
-                        f"database {db.name} lives on backend {db.backend}, which this config "
-                        "does not define; cannot drop it")
-                await backend.deprovision(tenant, db)
-                await ctx.store.delete_database(slug, db.name)
-            await ctx.store.delete_tenant(slug)
+            try:
+                await provisioning.delete_tenant(ctx, tenant)
+            except LookupError as exc:
+                raise click.ClickException(str(exc)) from exc
 
     run_async(go)
     click.echo(f"deleted tenant {slug}")
@@ -198,15 +186,14 @@ def credentials() -> None:
 def rotate(state: CliState, slug: str) -> None:
     """Give tenant SLUG a new generated password and print it once."""
     config = state.config()
-    password = new_password()
 
     async def go():
         async with opened_store(config) as store:
             try:
-                await store.set_verifier(slug, str(make_verifier(password)))
+                return await provisioning.rotate_password(store, slug)
             except NotFound as exc:
                 raise click.ClickException(str(exc)) from exc
 
-    run_async(go)
+    password = run_async(go)
     click.echo(f"new password for {slug}: {password}")
     click.echo("Existing connections stay open; new ones need the new password.")
