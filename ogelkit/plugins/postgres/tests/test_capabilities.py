@@ -26,7 +26,7 @@ class TestPostgresBackendContract(BackendContract):
 def test_capabilities_are_declared():
     assert PostgresBackend.capabilities == {
         Capability.ESTIMATE_COST, Capability.SESSION_SETTINGS, Capability.STORAGE_BYTES,
-        Capability.SLEEP, Capability.WAKE}
+        Capability.SLEEP, Capability.WAKE, Capability.CONSOLE}
 
 
 def _session(gw, t, tier: str = "pro"):

@@ -20,8 +20,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import BaseRoute, Route
 
-from ogelkit.admin import tokens
 from ogelkit.admin.problems import Problem, problem_response
+from ogelkit.admin.tokens import ANONYMOUS, OPERATOR, Principal, parse, valid
 from ogelkit.http import MAX_BODY, json_response
 
 if TYPE_CHECKING:
@@ -78,7 +78,7 @@ class Call:
 
     request: Request
     ctx: GatewayContext
-    principal: tokens.Principal
+    principal: Principal
     path: dict[str, str]
     body: Any
     query: dict[str, Any]
@@ -159,7 +159,7 @@ class AdminApi:
         self.endpoints = list(endpoints)
 
     # -- who calls ---------------------------------------------------------------------------
-    async def principal(self, request: Request) -> tokens.Principal:
+    async def principal(self, request: Request) -> Principal:
         gw = self.ctx.config.gateway
         scheme, _, given = request.headers.get("authorization", "").partition(" ")
         given = given.strip()
@@ -168,12 +168,12 @@ class AdminApi:
                           "or a tenant token from POST /admin/login)",
                           headers={"www-authenticate": 'Bearer realm="ogelkit"'})
         if gw.admin_token and hmac.compare_digest(given.encode(), gw.admin_token.encode()):
-            return tokens.OPERATOR
-        parsed = tokens.parse(given)
+            return OPERATOR
+        parsed = parse(given)
         if parsed is not None:
             verifier = await self.ctx.store.get_verifier(parsed[0])
-            if tokens.valid(self.ctx.config.control.secret_key, given, verifier):
-                return tokens.Principal(parsed[0])
+            if valid(self.ctx.config.control.secret_key, given, verifier):
+                return Principal(parsed[0])
         raise Problem(401, "unauthorized", "bad, expired or revoked token",
                       headers={"www-authenticate": 'Bearer realm="ogelkit", '
                                                    'error="invalid_token"'})
@@ -214,7 +214,7 @@ class AdminApi:
 
     async def _serve(self, ep: Endpoint, request: Request) -> Response:
         if ep.access == "public":
-            principal = tokens.ANONYMOUS
+            principal = ANONYMOUS
         else:
             if not self.ctx.config.gateway.admin_token and ep.access == "operator":
                 raise Problem(404, "admin_disabled", "the admin API is disabled ([gateway] "

@@ -14,9 +14,9 @@ from typing import Any
 import attrs
 
 from ogelkit import provisioning
-from ogelkit.admin import tokens
 from ogelkit.admin.api import CURSOR, LIMIT, Call, Endpoint, Param, page_schema, paginate
 from ogelkit.admin.problems import Problem
+from ogelkit.admin.tokens import issue
 from ogelkit.backend import Capability
 from ogelkit.billing import invoice, month_range
 from ogelkit.control.records import DatabaseRecord, TenantRecord
@@ -410,7 +410,7 @@ async def login(call: Call) -> Any:
                          tenant=slug if verifier_text is not None else None,
                          reason="auth", text="Studio/admin API sign-in")
         raise Problem(401, "unauthorized", "unknown tenant or wrong password")
-    token, expires = tokens.issue(ctx.config.control.secret_key, slug, verifier_text)
+    token, expires = issue(ctx.config.control.secret_key, slug, verifier_text)
     return {"token": token, "tenant": slug, "expires_at": expires}
 
 
