@@ -186,16 +186,21 @@ def test_writes_over_the_key_quota_get_oom():
 
 
 def test_resp_codec():
-    argv, end = wire.parse_command(b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n*1", 0, 100)
+    state = wire.Partial()
+    argv, end = wire.parse_command(b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\n*1", 0, 100, 16, state)
     assert argv == [b"GET", b"k"] and end == 20
     partial = b"*2\r\n$3\r\nGET\r\n$10\r\nab"
-    argv, need = wire.parse_command(partial, 0, 100)
-    assert argv is None and need == len(partial) - 2 + 12  # waits for the whole value
+    argv, resume = wire.parse_command(partial, 0, 100, 16, state)
+    # GET is read; the rest is kept from the value's header and waits for the whole value
+    assert argv is None and resume == 13 and state.argv == [b"GET"] and state.left == 1
+    assert state.need == len(b"$10\r\n") + 12
+    argv, end = wire.parse_command(b"$10\r\nabcdefghij\r\n+", 0, 100, 16, state)
+    assert argv == [b"GET", b"abcdefghij"] and end == 17 and state.argv is None
     assert wire.split_args(b'SET "a b\\x41" \'c\\\'d\'') == [b"SET", b"a bA", b"c'd"]
     with pytest.raises(wire.ProtocolError):
         wire.split_args(b'SET "open')
     with pytest.raises(wire.ProtocolError, match="invalid bulk length"):
-        wire.parse_command(b"*1\r\n$101\r\n", 0, 100)
+        wire.parse_command(b"*1\r\n$101\r\n", 0, 100, 16, wire.Partial())
     for raw in (b"+OK\r\n", b"$-1\r\n", b"*2\r\n$1\r\na\r\n:1\r\n", b"%1\r\n+a\r\n_\r\n",
                 b">3\r\n$7\r\nmessage\r\n$1\r\nc\r\n$1\r\nx\r\n", b",1.5\r\n", b"#t\r\n",
                 b"|1\r\n+ttl\r\n:3\r\n$1\r\nv\r\n", b"=8\r\ntxt:abcd\r\n"):

@@ -82,3 +82,54 @@ def test_a_bulk_length_over_the_limit_is_refused_at_its_header(gw: Gw):
     assert until_closed(s) == b"-ERR Protocol error: invalid bulk length\r\n"
     s.close()
 
+
+def test_a_huge_command_costs_linear_time_and_does_not_stall_others(gw: Gw):
+    # 1M arguments (Redis's own limit is 1024*1024), 7 MB: read in ~30 chunks or more,
+    # each parsed once; the other client's PINGs are answered meanwhile.
+    n = 1_000_000
+    request = b"*%d\r\n$5\r\nRPUSH\r\n$3\r\nbig\r\n%s" % (n + 2, b"$1\r\nx\r\n" * n)
+    s = authed(gw, gw.a, timeout=30)
+    try:
+        with ping_latency(gw, gw.b) as latencies:
+            started = time.monotonic()
+            s.sendall(request)
+            reply = s.recv(100)
+            elapsed = time.monotonic() - started
+            time.sleep(0.1)
+        assert reply == b":%d\r\n" % n
+        assert elapsed < 10, elapsed
+        assert latencies and max(latencies) < 1, max(latencies)
+        # the same for a request whose values are large: each waits whole before parsing
+        value = b"v" * 1_000_000
+        request = b"*%d\r\n$5\r\nRPUSH\r\n$4\r\nbig2\r\n%s" % (
+            10 + 2, b"$%d\r\n%s\r\n" % (len(value), value) * 10)
+        s.sendall(request)
+        assert s.recv(100) == b":10\r\n"
+        s.sendall(b"DEL big big2\r\n")
+        assert s.recv(100) == b":2\r\n"
+    finally:
+        s.close()
+
+
+def test_requests_cut_anywhere_are_parsed_once_and_right(gw: Gw):
+    # Every cut point of a pipeline mixing multibulk and inline requests: the parser goes
+    # on where it stopped (in a header, a length, a value, between arguments).
+    pipeline = (b"*3\r\n$3\r\nSET\r\n$3\r\ncut\r\n$12\r\nhello\r\nworld\r\n"
+                b"GET cut\r\n*2\r\n$4\r\nECHO\r\n$0\r\n\r\n*0\r\n"
+                b"*3\r\n$6\r\nAPPEND\r\n$3\r\ncut\r\n$1\r\n!\r\nPING\r\n")
+    expect = (b"+OK\r\n$12\r\nhello\r\nworld\r\n$0\r\n\r\n:13\r\n+PONG\r\n")
+    s = authed(gw, gw.a)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    try:
+        for cut in range(1, len(pipeline)):
+            s.sendall(pipeline[:cut])
+            time.sleep(0.002)  # most likely two reads for the gateway
+            s.sendall(pipeline[cut:])
+            data = b""
+            while len(data) < len(expect):
+                data += s.recv(1000)
+            assert data == expect, cut
+            s.sendall(b"DEL cut\r\n")
+            assert s.recv(100) == b":1\r\n"
+    finally:
+        s.close()

@@ -35,6 +35,7 @@ from ogelkit_redis.upstream import Pending, RedisOperation, Upstream
 from ogelkit_redis.wire import (
     BIG_ARRAY,
     FastProtocolError,
+    Partial,
     ProtocolError,
     encode_command,
     encode_tuple,
@@ -55,6 +56,7 @@ log = logging.getLogger("ogelkit.redis.client")
 PREAUTH_MAX_BULK = 16 * 1024  # like Redis for unauthenticated clients
 PREAUTH_MAX_ARGS = 16
 MAX_PENDING_INPUT = 8 * 1024 * 1024  # input buffered while stalled before we stop reading
+YIELD_AFTER = 64 * 1024  # a chunk this big: other clients' turn before the next one
 
 
 class RedisConnection(asyncio.Protocol):
@@ -98,10 +100,21 @@ class RedisConnection(asyncio.Protocol):
         self.reply_off = False
         self.skip_next = False
         self.no_evict = False
-        # Input handling: chunks waiting for a complete request or for a stall to end.
+        # Input handling. _chunks: bytes received and not parsed yet (an incomplete request
+        # first: _partial says how far it was parsed, _need/_line what it still lacks; and
+        # what arrived while the input was suspended); _have: their length. A stall or a
+        # task keeps the input it interrupted as it is: _rest from _rest_pos (a buffer being
+        # parsed), _rest_cmds from _rest_i (requests hiredis parsed); both come before
+        # _chunks.
         self._chunks: list[bytes] = []
         self._have = 0
         self._need = 0
+        self._line = False
+        self._partial = Partial()
+        self._rest: bytes | None = None
+        self._rest_pos = 0
+        self._rest_cmds: list | None = None
+        self._rest_i = 0
         self.suspended = False
         self._stalled: Callable[[], bool] | None = None
         self._reading_paused = False
@@ -173,32 +186,101 @@ class RedisConnection(asyncio.Protocol):
         self._resume_reading()
 
     def data_received(self, data: bytes) -> None:
-        self.session.bytes_in += len(data)
+        size = len(data)
+        self.session.bytes_in += size
         if self._chunks or self.suspended:
             self._chunks.append(data)
-            self._have += len(data)
+            self._have += size
             if self.suspended:
                 if self._have > MAX_PENDING_INPUT:
                     self._pause_reading()
                 return
-            if self._have < self._need:
-                return
-            data = b"".join(self._chunks)
-            self._chunks = []
-            self._have = 0
-        self._process(data)
+            if self._have < self._need and (not self._line or b"\n" not in data):
+                return  # the request cut short still lacks bytes: nothing to parse again
+            self._process(self._take(), 0)
+        else:
+            pos = self._parse(data, 0)
+            if 0 <= pos < size:  # an incomplete request at the end: keep it (from pos)
+                rest = data[pos:] if pos else data
+                self._chunks.append(rest)
+                self._have = len(rest)
+        if size >= YIELD_AFTER and not self._reading_paused and self.transport is not None:
+            # A client sending faster than we parse: let the other clients' events run
+            # before its next chunk (uvloop reads a busy socket up to 32 times in a row).
+            self.transport.pause_reading()
+            self.loop.call_soon(self._end_yield)
+
+    def _end_yield(self) -> None:
+        if not self._reading_paused and self.transport is not None and not self.closing:
+            self.transport.resume_reading()
+
+    def _take(self) -> bytes:
+        """The buffered chunks as one buffer (their number is small: a request cut short
+        waits for all the bytes it needs before they are joined)."""
+        chunks = self._chunks
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        self._chunks = []
+        self._have = 0
+        return data
 
     # == request loop ===========================================================================
-    def _process(self, data: bytes) -> None:
+    def _process(self, data: bytes, pos: int) -> None:
+        """Run the requests in ``data`` from ``pos``, then those buffered meanwhile.
+
+        An incomplete request at the end is kept (from where ``parse_command`` says) in
+        ``_chunks`` with what it needs in ``_need``/``_line``; a request that suspends the
+        input (stall, task) leaves the rest in ``_rest``/``_rest_pos`` as it is, uncopied.
+        (``data_received`` does the same inline for a chunk when nothing is buffered.)"""
+        while True:
+            pos = self._parse(data, pos)
+            if pos < 0:
+                return  # suspended (the rest is kept) or closing
+            chunks = self._chunks
+            if pos < len(data):
+                rest = data[pos:] if pos else data
+                chunks.insert(0, rest)
+                self._have += len(rest)
+                if len(chunks) == 1:
+                    return  # wait for more (data_received checks _need/_line)
+            elif not chunks:
+                return
+            # Input that arrived while suspended: go on with it (after the rest, if any).
+            data = self._take()
+            pos = 0
+
+    def _parse(self, data: bytes, pos: int) -> int:
+        """Parse and run requests from ``pos`` (< ``len(data)``). Returns where an incomplete
+        request starts (``len(data)``: none; ``_need``/``_line`` say what it lacks), or -1
+        when the input stopped (suspended or closing)."""
+        partial = self._partial
+        n = len(data)
+        if partial.argv is not None:  # finish the request the previous chunk cut short
+            try:
+                argv, end = parse_command(data, pos, self.max_bulk, self.max_args, partial)
+            except ProtocolError as exc:
+                self._protocol_error(str(exc))
+                return -1
+            if argv is None:
+                self._need = partial.need
+                self._line = False
+                return end
+            pos = end
+            if not self._execute(argv, None, 0, 0):
+                self._keep(data, pos)
+                return -1
+            if self.closing:
+                return -1
+            if pos >= n:
+                return n
         reader = self._reader
-        if (reader is not None and self.authed and data[0] == 42 and len(data) <= self.max_bulk
-                and BIG_ARRAY.search(data) is None):
+        if (reader is not None and self.authed and data[pos] == 42
+                and n - pos <= self.max_bulk and BIG_ARRAY.search(data, pos) is None):
             # Fast path: hiredis parses every request of the chunk, if the chunk holds only
             # complete multibulk requests. Anything else (a partial request, an inline one,
             # garbage, a huge array header) goes to the Python parser below, which also
             # enforces the limits. hiredis never sees an array header of 100000+ elements
             # (BIG_ARRAY): it would allocate the list before any check.
-            reader.feed(data)
+            reader.feed(data, pos)
             gets = reader.gets
             cmds = []
             try:
@@ -213,46 +295,43 @@ class RedisConnection(asyncio.Protocol):
             except (FastProtocolError, TypeError):
                 complete = False
             if complete:
-                self._run_parsed(cmds)
-                return
+                return n if self._run_parsed(cmds, 0) else -1
             self._reader = new_reader()
-        pos = 0
-        n = len(data)
         execute = self._execute
         while pos < n:
             if self.closing:
-                return
+                return -1
             try:
-                argv, end = parse_command(data, pos, self.max_bulk, self.max_args)
+                argv, end = parse_command(data, pos, self.max_bulk, self.max_args, partial)
             except ProtocolError as exc:
                 self._protocol_error(str(exc))
-                return
+                return -1
             if argv is None:
-                rest = data[pos:] if pos else data
-                self._chunks = [rest]
-                self._have = len(rest)
-                self._need = end - pos
-                if self._need > self.max_bulk + 1024 * 1024 and self.authed:
-                    self._protocol_error("invalid bulk length")
-                return
+                self._need = partial.need
+                self._line = partial.line
+                return end
             start = pos
             pos = end
             if not argv:
                 continue
             if not execute(argv, data, start, end):
-                # Stalled or handed to a task: keep the rest for when it resumes.
-                if pos < n:
-                    self._chunks.insert(0, data[pos:])
-                    self._have += n - pos
-                return
+                self._keep(data, pos)  # stalled or handed to a task: kept for _resume
+                return -1
+        return -1 if self.closing else n
 
-    def _run_parsed(self, cmds: list) -> None:
+    def _keep(self, data: bytes, pos: int) -> None:
+        if pos < len(data):
+            self._rest = data
+            self._rest_pos = pos
+
+    def _run_parsed(self, cmds: list, i: int) -> bool:
         # The commonest request, a one-key command on the shared connection with nothing
         # else going on, is prefixed and queued right here (through the layers' admission
         # when they look at operations), the pass-through ones of a chunk in one write.
         # Every other request takes ``_execute``, after which the conditions are checked
-        # again (it may change them).
-        i, n = 0, len(cmds)
+        # again (it may change them). False: the input stopped (the rest of ``cmds`` is
+        # kept for ``_resume``) or the client is closing.
+        n = len(cmds)
         outs: list[bytes] = []  # pass-through commands to send together
         up = None
         try:
@@ -286,32 +365,33 @@ class RedisConnection(asyncio.Protocol):
                         self.metrics.ok += 1
                         if not self._admit(cmd, argv, encode_tuple(tuple(argv)), None, up, None):
                             self._stash(cmds, i)  # admission went asynchronous
-                            return
+                            return False
                     if outs:
                         self._send_run(up, outs)
                         outs = []
                     if i >= n:
-                        return
+                        return True
                 argv = cmds[i]
                 i += 1
                 if not argv:
                     continue
                 if not self._execute(argv, None, 0, 0):
                     self._stash(cmds, i)
-                    return
+                    return False
                 if self.closing:
-                    return
+                    return False
         except (TypeError, AttributeError):  # not an array of bulk strings
             if outs and up is not None:
                 self._send_run(up, outs)
             self._protocol_error("expected '$', got something else")
+            return False
+        return True
 
     def _stash(self, cmds: list, i: int) -> None:
         """Keep the requests from ``cmds[i]`` on for when the client's input resumes."""
-        rest = [encode_command(a) for a in cmds[i:] if a]
-        if rest:
-            self._chunks.insert(0, b"".join(rest))
-            self._have += len(self._chunks[0])
+        if i < len(cmds):
+            self._rest_cmds = cmds
+            self._rest_i = i
 
     def _send_run(self, up: Upstream, outs: list[bytes]) -> None:
         k = len(outs)
@@ -325,18 +405,23 @@ class RedisConnection(asyncio.Protocol):
         up.send_run(outs, self)
 
     def _resume(self) -> None:
-        """Continue with buffered input after a stall or a task."""
+        """Continue with the kept and buffered input after a stall or a task."""
         self.suspended = False
         self._stalled = None
         if self.closing:
             return
         self._resume_reading()
-        if self._chunks:
-            data = b"".join(self._chunks)
-            self._chunks = []
-            self._have = 0
-            self._need = 0
-            self._process(data)
+        cmds = self._rest_cmds
+        if cmds is not None:
+            self._rest_cmds = None
+            if not self._run_parsed(cmds, self._rest_i):
+                return
+        data = self._rest
+        if data is not None:
+            self._rest = None
+            self._process(data, self._rest_pos)
+        elif self._chunks:  # received while suspended (input stops only between requests)
+            self._process(self._take(), 0)
 
     def _stall(self, retry: Callable[[], bool]) -> bool:
         """Wait until every reply owed is delivered, then call ``retry`` (which finishes

@@ -30,43 +30,80 @@ class ProtocolError(Exception):
 BIG_ARRAY = re.compile(rb"\*[0-9]{6}")
 
 
-def parse_command(buf: bytes, pos: int, max_bulk: int, max_args: int = MAX_ARGS
+class Partial:
+    """Where ``parse_command`` stopped in an incomplete request, to go on from there.
+
+    ``argv``: the arguments read so far (``None``: nothing of the request was consumed,
+    retry it from its start); ``left``: how many are still to come; ``need``: how many bytes
+    from the position ``parse_command`` returned are worth waiting for before parsing again
+    (the whole value of a large argument, so a 10 MB value is not rescanned on every chunk);
+    ``line``: a line (inline request, array header) lacks its end, so parsing is worth
+    trying again only once a ``\n`` arrives (or ``need`` bytes, which are too many).
+    """
+
+    __slots__ = ("argv", "left", "line", "need")
+
+    def __init__(self) -> None:
+        self.argv: list[bytes] | None = None
+        self.left = 0
+        self.need = 0
+        self.line = False
+
+
+def parse_command(buf: bytes, pos: int, max_bulk: int, max_args: int, partial: Partial
                   ) -> tuple[list[bytes] | None, int]:
-    """Parse one request at ``pos``.
+    """Parse one request at ``pos`` (or go on with the one ``partial`` holds).
 
     Returns ``(argv, end)`` for a complete request, ``([], end)`` for an empty one to skip,
-    or ``(None, need)`` when more bytes are needed: ``need`` is the buffer length worth
-    waiting for (so a 10 MB value is not re-parsed on every chunk).
+    or ``(None, resume)`` when more bytes are needed: the bytes from ``resume`` on must be
+    kept, and ``partial`` says how many are worth waiting for and what was read already.
+    Each byte is parsed once however the request is cut into chunks.
+
+    Lengths are checked against ``max_args``/``max_bulk`` before anything is allocated.
     """
+    argv = partial.argv
+    if argv is not None:  # arguments of a request cut short by the previous chunk
+        partial.argv = None
+        return _bulks(buf, pos, max_bulk, partial, argv, partial.left)
     n = len(buf)
     if buf[pos] != 42:  # not '*': inline command
-        return _parse_inline(buf, pos, n)
+        return _parse_inline(buf, pos, n, partial)
     eol = buf.find(CRLF, pos)
     if eol < 0:
         if n - pos > MAX_INLINE:
             raise ProtocolError("too big mbulk count string")
-        return None, n + 1
+        partial.need = MAX_INLINE + 1
+        partial.line = True
+        return None, pos
     try:
         count = int(buf[pos + 1:eol])
     except ValueError:
         raise ProtocolError("invalid multibulk length") from None
     if count > max_args:
         raise ProtocolError("invalid multibulk length")
-    p = eol + 2
     if count <= 0:
-        return [], p
-    argv: list[bytes] = []
+        return [], eol + 2
+    return _bulks(buf, eol + 2, max_bulk, partial, [], count)
+
+
+def _bulks(buf: bytes, p: int, max_bulk: int, partial: Partial, argv: list[bytes], left: int
+           ) -> tuple[list[bytes] | None, int]:
+    """Read ``left`` more bulk strings of a request into ``argv``, from ``p``."""
+    n = len(buf)
+    find = buf.find
     append = argv.append
-    for _ in range(count):
+    while left:
         if p >= n:
-            return None, n + 1
+            need = 1
+            break
         if buf[p] != 36:  # '$'
             raise ProtocolError(f"expected '$', got '{chr(buf[p])}'")
-        eol = buf.find(CRLF, p)
+        eol = find(CRLF, p)
         if eol < 0:
             if n - p > 32:
                 raise ProtocolError("invalid bulk length")
-            return None, n + 1
+            need = n - p + 1
+            break
         try:
             size = int(buf[p + 1:eol])
         except ValueError:
@@ -74,20 +111,31 @@ def parse_command(buf: bytes, pos: int, max_bulk: int, max_args: int = MAX_ARGS
         if size < 0 or size > max_bulk:
             raise ProtocolError("invalid bulk length")
         start = eol + 2
-        p = start + size + 2
-        if p > n:
-            # Lower bound of what the whole request needs: this argument, at least.
-            return None, p
+        end = start + size + 2
+        if end > n:
+            need = end - p  # this whole argument
+            break
         append(buf[start:start + size])
-    return argv, p
+        p = end
+        left -= 1
+    else:
+        return argv, p
+    partial.argv = argv
+    partial.left = left
+    partial.need = need
+    partial.line = False
+    return None, p
 
 
-def _parse_inline(buf: bytes, pos: int, n: int) -> tuple[list[bytes] | None, int]:
+def _parse_inline(buf: bytes, pos: int, n: int, partial: Partial
+                  ) -> tuple[list[bytes] | None, int]:
     eol = buf.find(b"\n", pos)
     if eol < 0:
         if n - pos > MAX_INLINE:
             raise ProtocolError("too big inline request")
-        return None, n + 1
+        partial.need = MAX_INLINE + 1
+        partial.line = True
+        return None, pos
     if eol - pos > MAX_INLINE:
         raise ProtocolError("too big inline request")
     line = buf[pos:eol]
