@@ -133,3 +133,37 @@ def test_requests_cut_anywhere_are_parsed_once_and_right(gw: Gw):
             assert s.recv(100) == b":1\r\n"
     finally:
         s.close()
+
+
+BAD_BULK = b"-ERR Protocol error: invalid bulk length\r\n"
+BAD_COUNT = b"-ERR Protocol error: invalid multibulk length\r\n"
+
+
+@pytest.mark.parametrize("authenticated", [True, False])
+@pytest.mark.parametrize(("payload", "expect"), [
+    (b"*1\r\n$4_0\r\n" + b"x" * 40 + b"\r\n", BAD_BULK),  # int() reads 4_0 as 40
+    (b"*1_0\r\n" + b"$4\r\nPING\r\n" * 10, BAD_COUNT),
+    (b"*1\r\n$+4\r\nPING\r\n", BAD_BULK),
+    (b"*+1\r\n$4\r\nPING\r\n", BAD_COUNT),
+    (b"*1\r\n$ 4\r\nPING\r\n", BAD_BULK),
+    (b"*1\r\n$4 \r\nPING\r\n", BAD_BULK),
+    (b"* 1\r\n$4\r\nPING\r\n", BAD_COUNT),
+    (b"*1\r\n$-1\r\n", BAD_BULK),
+    (b"*1\r\n$\r\nPING\r\n", BAD_BULK),
+    (b"*\r\n", BAD_COUNT),
+    (b"*1\r\n$\xd9\xa4\r\nPING\r\n", BAD_BULK),  # a non-ASCII digit (Arabic-Indic 4)
+])
+def test_lengths_are_ascii_digits_only(gw: Gw, payload: bytes, expect: bytes,
+                                       authenticated: bool):
+    s = (authed(gw, gw.a) if authenticated
+         else socket.create_connection(("127.0.0.1", gw.port), timeout=10))
+    s.sendall(payload)
+    assert until_closed(s) == expect
+    s.close()
+
+
+def test_negative_and_zero_counts_are_empty_requests(gw: Gw):
+    s = authed(gw, gw.a)
+    s.sendall(b"*-1\r\n*0\r\n*-5\r\n*1\r\n$4\r\nPING\r\n")
+    assert s.recv(100) == b"+PONG\r\n"
+    s.close()

@@ -59,7 +59,9 @@ def parse_command(buf: bytes, pos: int, max_bulk: int, max_args: int, partial: P
     kept, and ``partial`` says how many are worth waiting for and what was read already.
     Each byte is parsed once however the request is cut into chunks.
 
-    Lengths are checked against ``max_args``/``max_bulk`` before anything is allocated.
+    Lengths are ASCII digits (``-`` first for an empty request) and nothing else: Python's
+    ``int`` would also take ``+``, ``_`` and spaces (``$4_0`` as 40), which Redis refuses.
+    They are checked against ``max_args``/``max_bulk`` before anything is allocated.
     """
     argv = partial.argv
     if argv is not None:  # arguments of a request cut short by the previous chunk
@@ -75,13 +77,15 @@ def parse_command(buf: bytes, pos: int, max_bulk: int, max_args: int, partial: P
         partial.need = MAX_INLINE + 1
         partial.line = True
         return None, pos
-    try:
-        count = int(buf[pos + 1:eol])
-    except ValueError:
-        raise ProtocolError("invalid multibulk length") from None
+    head = buf[pos + 1:eol]
+    if len(head) > 18 or not head.isdigit():
+        if len(head) > 18 or head[:1] != b"-" or not head[1:].isdigit():
+            raise ProtocolError("invalid multibulk length")
+        return [], eol + 2  # negative: an empty request, like Redis
+    count = int(head)
     if count > max_args:
         raise ProtocolError("invalid multibulk length")
-    if count <= 0:
+    if count == 0:
         return [], eol + 2
     return _bulks(buf, eol + 2, max_bulk, partial, [], count)
 
@@ -104,11 +108,11 @@ def _bulks(buf: bytes, p: int, max_bulk: int, partial: Partial, argv: list[bytes
                 raise ProtocolError("invalid bulk length")
             need = n - p + 1
             break
-        try:
-            size = int(buf[p + 1:eol])
-        except ValueError:
-            raise ProtocolError("invalid bulk length") from None
-        if size < 0 or size > max_bulk:
+        head = buf[p + 1:eol]
+        if len(head) > 18 or not head.isdigit():
+            raise ProtocolError("invalid bulk length")
+        size = int(head)
+        if size > max_bulk:
             raise ProtocolError("invalid bulk length")
         start = eol + 2
         end = start + size + 2
