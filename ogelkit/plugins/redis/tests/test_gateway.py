@@ -88,6 +88,33 @@ def test_eval_and_sort(gw: Gw):
     assert a.sort("ids", store="sorted") == 3 and a.lrange("sorted", 0, -1) == [b"1", b"2", b"3"]
 
 
+def test_sort_get_hash_returns_the_elements_and_patterns_stay_in_the_tenant(gw: Gw):
+    a, b = gw.client(gw.a), gw.client(gw.b)
+    a.flushdb()
+    b.flushdb()
+    a.rpush("ids", 3, 1, 2)
+    a.mset({"name_1": "one", "name_2": "two", "name_3": "three"})
+    b.mset({"name_1": "B1", "name_2": "B2", "name_3": "B3", "secret": "s"})
+    # GET # is the element itself: Redis refuses it to the tenant's ACL user all the same
+    assert a.sort("ids", get="#") == [b"1", b"2", b"3"]
+    assert a.execute_command("SORT_RO", "ids", "GET", "#", "DESC") == [b"3", b"2", b"1"]
+    assert a.sort("ids", get="#", start=1, num=1) == [b"2"]
+    assert a.sort("ids", get="#", store="copy") == 3 and a.lrange("copy", 0, -1) == [b"1", b"2",
+                                                                                     b"3"]
+    with a.pipeline(transaction=True) as p:  # stays on the tenant's connection: MULTI works
+        p.sort("ids", get="#", desc=True)
+        assert p.execute() == [[b"3", b"2", b"1"]]
+    assert a.sort("ids", get=["#", "#"]) == [b"1", b"1", b"2", b"2", b"3", b"3"]
+    assert a.sort("ids", get=["#", "name_*"]) == [b"1", b"one", b"2", b"two", b"3", b"three"]
+    # patterns read this tenant's keys only, never the other tenant's of the same name
+    assert a.sort("ids", get="name_*") == [b"one", b"two", b"three"]
+    assert a.sort("ids", get="secret") == [None, None, None]
+    assert a.sort("ids", by="nosort", get=["#", "name_*"]) == [b"3", b"three", b"1", b"one",
+                                                               b"2", b"two"]
+    b.rpush("ids", 1)
+    assert b.sort("ids", get=["#", "name_*"]) == [b"1", b"B1"]
+
+
 def test_refused_commands_say_why(gw: Gw):
     a = gw.client(gw.a)
     for cmd, expect in [

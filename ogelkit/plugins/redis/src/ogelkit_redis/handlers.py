@@ -478,7 +478,10 @@ def sort(c: RedisConnection, cmd: Command, argv: list[bytes], raw: bytes) -> boo
 
     BY/GET patterns name other keys: they get the prefix too. Redis refuses BY/GET to users
     without access to every key, so such a SORT runs on the gateway's admin connection: the
-    prefixed patterns can only reach this tenant's keys."""
+    prefixed patterns can only reach this tenant's keys. ``GET #`` is the element itself
+    (no other key), but Redis refuses it to such users all the same: a lone ``GET #`` is
+    dropped (``SORT k GET #`` is ``SORT k``) and the SORT stays on the tenant's connection;
+    next to other GETs or a BY pattern, the SORT goes to the admin connection anyway."""
     if len(argv) < 2:
         return _arity_error(c, cmd)
     ns = c.ns
@@ -486,11 +489,17 @@ def sort(c: RedisConnection, cmd: Command, argv: list[bytes], raw: bytes) -> boo
     new[1] = ns.prefix + new[1]
     needs_admin = False
     stores = False
+    gets = 0
+    get_self = -1  # index of a GET # option
     i = 2
     while i < len(new):
         opt = new[i].upper()
         if opt in (b"BY", b"GET") and i + 1 < len(new):
-            if new[i + 1] != b"#":
+            if opt == b"GET":
+                gets += 1
+            if opt == b"GET" and new[i + 1] == b"#":
+                get_self = i
+            elif new[i + 1] != b"#":  # (BY #: a constant, no sorting, no key read)
                 new[i + 1] = ns.prefix + new[i + 1]
                 needs_admin = True
             i += 2
@@ -502,6 +511,11 @@ def sort(c: RedisConnection, cmd: Command, argv: list[bytes], raw: bytes) -> boo
             i += 3
         else:
             i += 1
+    if get_self >= 0:
+        if gets == 1 and not needs_admin:
+            del new[get_self:get_self + 2]
+        else:
+            needs_admin = True
     if stores and c.tdb.over_quota is not None:
         return c._refuse(cmd, argv, c.tdb.over_quota)
     out = wire.encode_command(new)
