@@ -11,8 +11,9 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import hiredis
 import pytest
-from redis_support import Gw, Tenant
+from redis_support import Gw, Tenant, admin, gateway, new_tenants
 
 
 def authed(gw: Gw, tenant: Tenant, timeout: float = 10) -> socket.socket:
@@ -167,3 +168,78 @@ def test_negative_and_zero_counts_are_empty_requests(gw: Gw):
     s.sendall(b"*-1\r\n*0\r\n*-5\r\n*1\r\n$4\r\nPING\r\n")
     assert s.recv(100) == b"+PONG\r\n"
     s.close()
+
+
+class Resp:
+    """A raw client socket and a hiredis reader for its replies."""
+
+    def __init__(self, gw: Gw, tenant: Tenant, proto: int):
+        self.sock = socket.create_connection(("127.0.0.1", gw.port), timeout=5)
+        self.reader = hiredis.Reader()
+        if proto == 3:
+            self.sock.sendall(f"HELLO 3 AUTH {tenant.slug} {tenant.password}\r\n".encode())
+        else:
+            self.sock.sendall(f"AUTH {tenant.slug} {tenant.password}\r\n".encode())
+        assert self.read() is not None
+
+    def read(self):
+        while (reply := self.reader.gets()) is False:
+            self.reader.feed(self.sock.recv(65536))
+        return reply
+
+    def read_within(self, seconds: float):
+        self.sock.settimeout(seconds)
+        try:
+            return self.read()
+        except TimeoutError:
+            return None
+        finally:
+            self.sock.settimeout(5)
+
+
+@pytest.mark.parametrize("proto", [2, 3])
+def test_a_subscribe_behind_an_unsubscribe_all_keeps_its_connection(gw: Gw, proto: int):
+    # UNSUBSCRIBE (all) and SUBSCRIBE in one write: after the unsubscribe's confirmation the
+    # client has no subscription for a moment, but its SUBSCRIBE is on the upstream
+    # connection already. That connection must stay the client's (not go back to the idle
+    # pool, where the next client of the database would get the subscription).
+    c = Resp(gw, gw.a, proto)
+    c.sock.sendall(b"SUBSCRIBE leak1\r\n")
+    assert list(c.read()) == [b"subscribe", b"leak1", 1]
+    c.sock.sendall(b"UNSUBSCRIBE\r\nSUBSCRIBE leak2\r\n")
+    assert list(c.read()) == [b"unsubscribe", b"leak1", 0]
+    assert list(c.read()) == [b"subscribe", b"leak2", 1]
+    time.sleep(0.1)
+    # the next client of the same tenant database that takes a dedicated connection
+    other = Resp(gw, gw.a, proto)
+    other.sock.sendall(b"SUBSCRIBE elsewhere\r\n")
+    assert list(other.read()) == [b"subscribe", b"elsewhere", 1]
+    publisher = gw.client(gw.a)
+    assert publisher.publish("leak2", "for c") == 1
+    assert list(c.read()) == [b"message", b"leak2", b"for c"]
+    assert other.read_within(0.5) is None
+    assert publisher.publish("elsewhere", "for other") == 1
+    assert list(other.read()) == [b"message", b"elsewhere", b"for other"]
+    # and out of pub/sub mode, both connections are in neutral state again
+    for client in (c, other):
+        client.sock.sendall(b"UNSUBSCRIBE\r\nPING\r\n")
+        assert list(client.read())[::2] == [b"unsubscribe", 0]
+        assert client.read() in (b"PONG", [b"pong", b""])
+        client.sock.close()
+    publisher.close()
+
+
+@pytest.mark.parametrize("proto", [2, 3])
+def test_a_refused_subscribe_is_answered_and_leaves_no_state(proto: int):
+    tenants = new_tenants(1)
+    with gateway(tenants) as gw:
+        c = Resp(gw, gw.a, proto)
+        c.sock.sendall(b"SET k v\r\n")
+        assert c.read() == b"OK"  # the tenant's ACL user exists now
+        admin().execute_command("ACL", "SETUSER", gw.a.acl_user, "resetchannels")  # none allowed
+        c.sock.sendall(b"SUBSCRIBE nope\r\nPING\r\nGET k\r\n")
+        err = c.read()
+        assert isinstance(err, hiredis.ReplyError) and "NOPERM" in str(err), err
+        assert c.read() in (b"PONG", [b"pong", b""])  # the client's own PING
+        assert c.read() == b"v"  # back on the shared connection: a plain reply
+        c.sock.close()

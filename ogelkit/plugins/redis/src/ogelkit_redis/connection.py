@@ -57,6 +57,8 @@ PREAUTH_MAX_BULK = 16 * 1024  # like Redis for unauthenticated clients
 PREAUTH_MAX_ARGS = 16
 MAX_PENDING_INPUT = 8 * 1024 * 1024  # input buffered while stalled before we stop reading
 YIELD_AFTER = 64 * 1024  # a chunk this big: other clients' turn before the next one
+#: Sent behind each (UN)SUBSCRIBE (see RedisConnection.send_subscribe).
+SUBSCRIBE_BARRIER = encode_command([b"PING"])
 
 
 class RedisConnection(asyncio.Protocol):
@@ -96,6 +98,7 @@ class RedisConnection(asyncio.Protocol):
         self.watching = False
         self.subs = 0
         self.ssubs = 0
+        self.sub_inflight = 0  # (un)subscribe commands whose confirmations may still come
         self.blocked = 0  # blocking commands in flight
         self.reply_off = False
         self.skip_next = False
@@ -635,9 +638,45 @@ class RedisConnection(asyncio.Protocol):
             self.ssubs = count
         else:
             self.subs = count
-        if not self.subs and not self.ssubs and self.dedicated is not None:
-            # Out of pub/sub mode: later arrays on this connection are replies again.
-            self.dedicated.pubsub_client = None
+        up = self.dedicated
+        if up is not None:
+            up.subscriptions = self.subs + self.ssubs
+        # With no subscription left, the connection leaves pub/sub mode only once no other
+        # (un)subscribe is on its way (see send_subscribe): a SUBSCRIBE right behind an
+        # UNSUBSCRIBE still gets its confirmation here.
+
+    def send_subscribe(self, up: Upstream, out: bytes) -> None:
+        """An (UN)SUBSCRIBE command on the dedicated connection. It has no reply of its own
+        (each channel gets a confirmation, as a push, and an UNSUBSCRIBE of all channels as
+        many as there were), so a PING goes right behind it: its reply, swallowed, says every
+        confirmation of the command has arrived. Until then the command counts as owed
+        (``sent``/``recv``): the connection stays the client's (no stall ends, no release to
+        the idle pool) and the pushes keep coming to this client."""
+        self.sub_inflight += 1
+        self.session.operations += 1
+        self.sent += 1
+        up.send(out + SUBSCRIBE_BARRIER, self._barrier(up))
+
+    def _barrier(self, up: Upstream) -> Pending:
+        ponged = False
+
+        def pong(raw: bytes) -> bytes:  # the PING's reply (an error skips the transform)
+            nonlocal ponged
+            ponged = True
+            return b""
+
+        def done(c: RedisConnection) -> None:
+            if not ponged and not up.closed:
+                # The command's own error (delivered to the client, like Redis): the PING's
+                # reply comes next.
+                self.sent += 1
+                up.waiters.appendleft(self._barrier(up))
+                return
+            self.sub_inflight -= 1
+            if not self.sub_inflight and not self.subs and not self.ssubs \
+                    and self.dedicated is up:
+                up.pubsub_client = None  # out of pub/sub mode: arrays are replies again
+        return Pending(self, pong, post=done)
 
     def _after_reply(self) -> None:
         if self._stalled is not None and self.recv == self.sent:
@@ -660,8 +699,9 @@ class RedisConnection(asyncio.Protocol):
         if up is not self.dedicated:
             return
         self.dedicated = None
-        stateful = self.in_multi or self.watching or self.subs or self.ssubs
-        self.subs = self.ssubs = 0
+        stateful = (self.in_multi or self.watching or self.subs or self.ssubs
+                    or self.sub_inflight)
+        self.subs = self.ssubs = self.sub_inflight = 0
         self.in_multi = self.watching = False
         self.blocked = 0
         if stateful:
@@ -1076,7 +1116,7 @@ class RedisConnection(asyncio.Protocol):
         self.max_args = PREAUTH_MAX_ARGS
         self.upstream = None
         self.in_multi = self.watching = self.multi_error = False
-        self.subs = self.ssubs = self.blocked = 0
+        self.subs = self.ssubs = self.blocked = self.sub_inflight = 0
         self.proto = 2
         self._shared = None
         self.name = None

@@ -387,13 +387,7 @@ def subscribe(c: RedisConnection, cmd: Command, argv: list[bytes], raw: bytes) -
             return c._stall(lambda: then(up))
         up.pubsub_client = c
         c.upstream = up
-        if not unsub:
-            if name == "ssubscribe":
-                c.ssubs = max(c.ssubs, 1)
-            else:
-                c.subs = max(c.subs, 1)
-        c.session.operations += 1
-        up.send_noreply(out)
+        c.send_subscribe(up, out)  # c.subs/ssubs follow the confirmations
         return True
     return c.with_dedicated(argv, raw, then)
 

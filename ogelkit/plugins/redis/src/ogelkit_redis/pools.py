@@ -111,8 +111,9 @@ class Pools:
         idle = self.idle[proto]
         while idle:
             up = idle.pop()
-            if not up.closed:
+            if up.neutral:
                 return up
+            up.close()
         return None
 
     async def get_dedicated(self, proto: int) -> Upstream:
@@ -137,12 +138,13 @@ class Pools:
                          hint="Retry in a moment.") from None
 
     def release(self, up: Upstream) -> None:
-        """A dedicated connection is clean again (after EXEC/DISCARD/UNWATCH, a blocking
-        reply, the last UNSUBSCRIBE): keep it for the next client, or close it."""
+        """A dedicated connection its client is done with (after EXEC/DISCARD/UNWATCH, a
+        blocking reply, the last UNSUBSCRIBE): kept for the next client only if it is
+        provably in neutral state (``Upstream.neutral``), closed otherwise."""
         if up.closed:
             return
         idle = self.idle[up.proto]
-        if self.closed or len(idle) >= IDLE_DEDICATED or not up.idle:
+        if self.closed or len(idle) >= IDLE_DEDICATED or not up.neutral:
             up.close()
         else:
             idle.append(up)

@@ -104,6 +104,8 @@ class Upstream(asyncio.Protocol):
         self.paused_clients: list[RedisConnection] = []
         self.pubsub_client: RedisConnection | None = None  # receives push/pubsub messages
         self.holder: RedisConnection | None = None  # the client of a dedicated connection
+        self.subscriptions = 0  # as the last (un)subscribe confirmation counted them
+        self.tainted = False  # a push came with no subscriber to take it: state unknown
         self.attached: list[int] = [0]  # the pool's clients per shared index
         self.index = -1  # shared connection index; -1: dedicated (one client at a time)
         self.ready: asyncio.Future[None] | None = None
@@ -206,7 +208,8 @@ class Upstream(asyncio.Protocol):
                 if cur is not None:
                     self._finish(cur, data, start, pos, count, errors, collecting)
                     cur, start, collecting = None, -1, False
-                if t == 62:  # stray RESP3 push (no subscriber any more): ignore
+                if t == 62:  # stray RESP3 push (no subscriber): ignored, never pooled again
+                    self.tainted = True
                     pos = end
                     continue
                 if pubsub is not None:  # e.g. an error about a SUBSCRIBE
@@ -346,13 +349,6 @@ class Upstream(asyncio.Protocol):
             self._flush_scheduled = True
             self.loop.call_soon(self._flush)
 
-    def send_noreply(self, data: bytes) -> None:
-        """Queue a command that has no reply of its own (SUBSCRIBE family)."""
-        self._out.append(data)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self.loop.call_soon(self._flush)
-
     def _flush(self) -> None:
         self._flush_scheduled = False
         out = self._out
@@ -375,6 +371,16 @@ class Upstream(asyncio.Protocol):
     @property
     def idle(self) -> bool:
         return not self.waiters and not self._out
+
+    @property
+    def neutral(self) -> bool:
+        """Provably as a fresh connection: no reply owed, no subscription (the client sends a
+        PING behind each (un)subscribe, so no reply owed also means no confirmation still to
+        come), no stray push seen. Only such a dedicated connection goes back to the idle
+        pool; MULTI/WATCH/blocking state is the client's to clear (it releases the
+        connection only once EXEC/DISCARD/UNWATCH or the blocking reply is answered)."""
+        return (not self.waiters and not self._out and not self.subscriptions
+                and not self.tainted and not self.closed)
 
     # -- handshake -----------------------------------------------------------------------------
     async def handshake(self, user: str | None, password: str | None, db: int) -> None:
