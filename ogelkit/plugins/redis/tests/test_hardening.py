@@ -112,6 +112,32 @@ def test_a_huge_command_costs_linear_time_and_does_not_stall_others(gw: Gw):
         s.close()
 
 
+def test_a_huge_reply_costs_linear_time_and_does_not_stall_others(gw: Gw):
+    # The same on the way back: a 1M-element LRANGE reply (7 MB) is scanned once, however
+    # many chunks it arrives in, and the other client's PINGs are answered meanwhile.
+    n = 1_000_000
+    s = authed(gw, gw.a, timeout=30)
+    try:
+        s.sendall(b"*%d\r\n$5\r\nRPUSH\r\n$4\r\nbigr\r\n%s" % (n + 2, b"$1\r\nx\r\n" * n))
+        assert s.recv(100) == b":%d\r\n" % n
+        expect = b"*%d\r\n%s" % (n, b"$1\r\nx\r\n" * n)
+        with ping_latency(gw, gw.b) as latencies:
+            started = time.monotonic()
+            s.sendall(b"LRANGE bigr 0 -1\r\n")
+            data = b""
+            while len(data) < len(expect):
+                data += s.recv(1 << 20)
+            elapsed = time.monotonic() - started
+            time.sleep(0.1)
+        assert data == expect
+        assert elapsed < 10, elapsed
+        assert latencies and max(latencies) < 1, max(latencies)
+        s.sendall(b"DEL bigr\r\n")
+        assert s.recv(100) == b":1\r\n"
+    finally:
+        s.close()
+
+
 def test_requests_cut_anywhere_are_parsed_once_and_right(gw: Gw):
     # Every cut point of a pipeline mixing multibulk and inline requests: the parser goes
     # on where it stopped (in a header, a length, a value, between arguments).
@@ -243,3 +269,17 @@ def test_a_refused_subscribe_is_answered_and_leaves_no_state(proto: int):
         assert c.read() in (b"PONG", [b"pong", b""])  # the client's own PING
         assert c.read() == b"v"  # back on the shared connection: a plain reply
         c.sock.close()
+
+
+def test_reply_scan_goes_on_where_it_stopped():
+    from ogelkit_redis import wire
+
+    reply = (b"*4\r\n$3\r\nabc\r\n*2\r\n:1\r\n$-1\r\n%1\r\n+k\r\n~1\r\n_\r\n"
+             b"|1\r\n+ttl\r\n:3\r\n$10\r\n0123456789\r\n")
+    for cut in range(len(reply)):
+        acc = bytearray(reply[:cut])
+        at, left, need = wire.reply_scan(acc, 0, 1)
+        assert left and need > len(acc)
+        acc += reply[cut:] + b"+next\r\n"
+        assert wire.reply_scan(acc, at, left) == (len(reply), 0, 0), cut
+    assert wire.reply_scan(reply, 0, 1) == (len(reply), 0, 0)

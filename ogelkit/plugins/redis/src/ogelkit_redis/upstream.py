@@ -38,6 +38,9 @@ _PUBSUB_EVENTS = frozenset((b"message", b"pmessage", b"smessage", b"subscribe",
                             b"sunsubscribe"))
 
 
+YIELD_AFTER = 64 * 1024  # a read this big: other connections' turn before the next one
+
+
 class UpstreamError(Exception):
     """The upstream server could not be reached or refused our credentials."""
 
@@ -96,8 +99,12 @@ class Upstream(asyncio.Protocol):
         self.waiters: deque[Any] = deque()
         self._out: list[bytes] = []
         self._flush_scheduled = False
-        self._chunks: list[bytes] = []
-        self._have = 0
+        # An incomplete reply at the end of a read: its bytes so far, where its scan
+        # (wire.reply_scan) stopped, how many elements are still to scan and how many bytes
+        # it needs before scanning on. Each byte is scanned once, copied twice.
+        self._acc: bytearray | None = None
+        self._scan = 0
+        self._left = 0
         self._need = 0
         self.closed = False
         self.paused = False
@@ -157,13 +164,21 @@ class Upstream(asyncio.Protocol):
             c.upstream_resumed()
 
     def data_received(self, data: bytes) -> None:
-        if self._chunks:
-            self._chunks.append(data)
-            self._have += len(data)
-            if self._have < self._need:
+        known = 0  # the end of the first reply, when an incomplete one just completed
+        acc = self._acc
+        if acc is not None:
+            acc += data
+            if len(acc) < self._need:
                 return
-            data = b"".join(self._chunks)
-            self._chunks = []
+            end, left, need = wire.reply_scan(acc, self._scan, self._left)
+            if left:
+                self._scan, self._left, self._need = end, left, need
+                if len(data) >= YIELD_AFTER:
+                    self._yield()
+                return
+            self._acc = None
+            known = end
+            data = bytes(acc)
         waiters = self.waiters
         popleft = waiters.popleft
         pos = 0
@@ -194,7 +209,7 @@ class Upstream(asyncio.Protocol):
                     break
                 end = eol + 2
             else:
-                end = wire.reply_end(data, pos)
+                end = known if known and not pos else wire.reply_end(data, pos)
                 if end < 0:
                     break
             if pubsub is not None and (t == 62 or (t == 42 and self._is_event(data[pos:end]))):
@@ -283,11 +298,24 @@ class Upstream(asyncio.Protocol):
             if collecting:
                 cur.flush_out()
         if pos < n:
-            rest = data[pos:]
-            self._chunks = [rest]
-            self._have = len(rest)
-            need = -wire.reply_end(rest, 0)
-            self._need = need if need > 0 else self._have + 1
+            at, left, need = wire.reply_scan(data, pos, 1)
+            self._acc = bytearray(memoryview(data)[pos:])
+            self._scan = at - pos
+            self._left = left
+            self._need = need - pos
+        if n >= YIELD_AFTER:
+            self._yield()
+
+    def _yield(self) -> None:
+        """After a big read, let other connections' events run before the next one (uvloop
+        reads a busy socket up to 32 times in a row)."""
+        if self.transport is not None and not self.closed:
+            self.transport.pause_reading()
+            self.loop.call_soon(self._end_yield)
+
+    def _end_yield(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.resume_reading()
 
     @staticmethod
     def _finish(cur: RedisConnection, data: bytes, start: int, pos: int, count: int, errors: int,

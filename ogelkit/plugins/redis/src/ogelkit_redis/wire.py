@@ -285,6 +285,43 @@ def reply_end(buf: bytes, pos: int) -> int:
     return pos
 
 
+def reply_scan(buf: bytes | bytearray, pos: int, remaining: int) -> tuple[int, int, int]:
+    """Scan ``remaining`` more elements of a reply from ``pos`` (``reply_end`` that can go
+    on where it stopped). Returns ``(end, 0, 0)`` when the reply ends at ``end``, else
+    ``(at, remaining, need)``: scanning goes on at ``at`` (where an incomplete element
+    starts) with ``remaining`` elements once the buffer holds ``need`` bytes."""
+    n = len(buf)
+    find = buf.find
+    while remaining:
+        if pos >= n:
+            return pos, remaining, n + 1
+        t = buf[pos]
+        eol = find(CRLF, pos)
+        if eol < 0:
+            return pos, remaining, n + 1
+        if t in _BULK:
+            size = int(buf[pos + 1:eol])
+            end = eol + 2 if size < 0 else eol + 4 + size
+            if end > n:
+                return pos, remaining, end
+        elif t in _AGG:
+            c = int(buf[pos + 1:eol])
+            if c > 0:
+                remaining += c
+            end = eol + 2
+        elif t == 37:  # '%' map
+            remaining += 2 * int(buf[pos + 1:eol])
+            end = eol + 2
+        elif t == 124:  # '|' attribute: a map, then the reply it annotates
+            remaining += 2 * int(buf[pos + 1:eol]) + 1
+            end = eol + 2
+        else:
+            end = eol + 2
+        remaining -= 1
+        pos = end
+    return pos, 0, 0
+
+
 class Frame:
     """A decoded reply: ``kind`` is the RESP type byte (``b"*"``, ``b"$"`` ...), ``value`` the
     line (simple types), the payload (bulk types, ``None`` for nil) or a list of frames."""
