@@ -8,6 +8,7 @@ to wait, so the common path creates no coroutine and no task.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Sequence
 from typing import TYPE_CHECKING
 
@@ -112,6 +113,20 @@ class Chain:
                 rej.layer = self._operation_names[_after(hooks, fn) - 1]
             op.rejection = rej
             raise
+        return None
+
+    async def try_admit(self, op: Operation) -> Reject | None:
+        """``admit`` for callers off the hot path (HTTP calls, Studio's console, the Convex
+        socket): awaits what needs awaiting and returns a refusal instead of raising it,
+        with ``op.rejection`` and ``op.ended`` set. The caller still calls ``complete``."""
+        try:
+            pending = self.admit(op)
+            if pending is not None:
+                await pending
+        except Reject as rej:
+            op.rejection = op.rejection or rej
+            op.ended = time.monotonic()
+            return rej
         return None
 
     async def _admit_rest(self, op: Operation, pending: Awaitable[None], start: int) -> None:

@@ -50,6 +50,10 @@ class FastCounter:
             child = self._children[key] = _Child()
         return child
 
+    def items(self) -> list[tuple[tuple[str, ...], float]]:
+        """(label values, count) of every child so far."""
+        return [(key, child.value) for key, child in list(self._children.items())]
+
     def _family(self) -> CounterMetricFamily:
         return CounterMetricFamily(self.name, self.documentation, labels=self.labelnames)
 
@@ -161,7 +165,7 @@ class Metrics:
 
     def decision_counts(self) -> list[tuple[tuple[str, ...], float]]:
         """(labels (layer, decision, reason, tier), count) of every layer decision so far."""
-        return [(key, child.value) for key, child in list(self.decisions._children.items())]
+        return self.decisions.items()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -23,6 +23,19 @@ NAME_RULE = ("lower-case letters, digits, '_' and '-', starting with a letter, a
              "characters")
 
 
+def database_json(d: DatabaseRecord) -> dict[str, Any]:
+    """A tenant database as the CLI's ``--json`` and the admin API show it: where it lives
+    and its lifecycle (state, last client, last cold start, a pending sleep/wake request).
+    Upstream credentials are never shown."""
+    return {"tenant": d.tenant, "name": d.name, "kind": d.kind, "backend": d.backend,
+            "state": d.state, "created_at": d.created_at,
+            "last_active_at": d.last_active_at or None,
+            "last_cold_start_at": d.last_cold_start_at,
+            "last_cold_start_seconds": d.last_cold_start_seconds,
+            "state_changed_at": d.state_changed_at or None,
+            "requested_state": d.requested_state}
+
+
 def new_password() -> str:
     return secrets.token_urlsafe(24)
 

@@ -10,6 +10,7 @@ command upstream itself (``Backend.console``).
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -55,7 +56,7 @@ def refusal(rej: Reject, session: Session) -> Problem:
     headers = None
     if rej.retry_after is not None:
         extra["retry_after"] = rej.retry_after
-        headers = {"retry-after": str(max(1, round(rej.retry_after + 0.5)))}
+        headers = {"retry-after": str(max(1, math.ceil(rej.retry_after)))}
     return Problem(STATUS.get(rej.reason, 503), "refused", rej.message, headers=headers,
                    **extra)
 
@@ -83,15 +84,10 @@ async def run_console(ctx: GatewayContext, tenant: TenantRecord, db: DatabaseRec
         op = Operation(session, kind, name, text, len(text.encode()))
         chain = ctx.chain
         if chain is not None:
-            try:
-                pending = chain.admit(op)
-                if pending is not None:
-                    await pending
-            except Reject as rej:
-                op.rejection = op.rejection or rej
-                op.ended = time.monotonic()
+            refused = await chain.try_admit(op)
+            if refused is not None:
                 chain.complete(op)
-                raise refusal(rej, session) from None
+                raise refusal(refused, session)
         return await _execute(ctx, backend, db, request, session, op)
     finally:
         login.end()

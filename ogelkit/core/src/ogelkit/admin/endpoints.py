@@ -21,6 +21,7 @@ from ogelkit.backend import Capability
 from ogelkit.billing import invoice, month_range
 from ogelkit.control.records import DatabaseRecord, TenantRecord
 from ogelkit.control.store import AlreadyExists, NotFound
+from ogelkit.scram import parse_verifier
 
 # -- schemas -----------------------------------------------------------------------------------
 SLUG_SCHEMA = {"type": "string", "pattern": provisioning.SLUG.pattern, "maxLength": 63}
@@ -56,20 +57,11 @@ MONTH = Param("month", {"type": "string", "pattern": r"^\d{4}-(0[1-9]|1[0-2])$"}
               "YYYY-MM (default: this month).")
 
 
+database_json = provisioning.database_json
+
+
 def tenant_json(t: TenantRecord) -> dict[str, Any]:
     return attrs.asdict(t)
-
-
-def database_json(d: DatabaseRecord) -> dict[str, Any]:
-    """A tenant database, with its lifecycle (state, last client, last cold start, a
-    pending sleep/wake request). Upstream credentials are never shown."""
-    return {"tenant": d.tenant, "name": d.name, "kind": d.kind, "backend": d.backend,
-            "state": d.state, "created_at": d.created_at,
-            "last_active_at": d.last_active_at or None,
-            "last_cold_start_at": d.last_cold_start_at,
-            "last_cold_start_seconds": d.last_cold_start_seconds,
-            "state_changed_at": d.state_changed_at or None,
-            "requested_state": d.requested_state}
 
 
 def _tier_json(ctx: Any, name: str) -> dict[str, Any]:
@@ -313,7 +305,7 @@ def _sessions_of(ctx: Any, slug: str) -> list[dict[str, Any]]:
     now = time.monotonic()
     return [{"protocol": s.protocol, "database": s.database, "client": s.client_addr,
              "tier": s.tier.name if s.tier is not None else None,
-             "seconds": round(now - s.opened_at, 3) if getattr(s, "opened_at", None) else None}
+             "seconds": round(now - s.opened_at, 3)}
             for s in ctx.sessions.of(slug)]
 
 
@@ -397,14 +389,11 @@ async def login(call: Call) -> Any:
     slug, password = call.body["tenant"], call.body["password"]
     verifier_text = await ctx.store.get_verifier(slug) if provisioning.SLUG.match(slug) \
         else None
-    entry = None
-    if verifier_text is not None:
-        entry = await ctx.directory.lookup(slug)
     directory = ctx.directory
-    verifier = directory.verifier_for(slug, entry)
+    verifier = parse_verifier(verifier_text) if verifier_text is not None else \
+        directory.verifier_for(slug, None)
     # The same key derivation for an unknown tenant: the answer's timing tells nothing.
-    ok = await directory.check_password_against(verifier, password) and \
-        verifier_text is not None
+    ok = await directory.check_password_against(verifier, password)
     if not ok or verifier_text is None:
         ctx.audit.record("login_failed", protocol="admin", client=_client(call), user=slug,
                          tenant=slug if verifier_text is not None else None,

@@ -114,20 +114,10 @@ def list_(state: CliState, tenant: str | None, as_json: bool) -> None:
 
     dbs = run_async(go)
     if as_json:
-        echo_json([_db_json(d) for d in dbs])
+        echo_json([provisioning.database_json(d) for d in dbs])
     else:
         echo_table([[d.tenant, d.name, d.kind, d.backend, d.state, _cold_start(d)] for d in dbs],
                    ["TENANT", "NAME", "KIND", "BACKEND", "STATE", "LAST COLD START"])
-
-
-def _db_json(d: DatabaseRecord) -> dict[str, object]:
-    return {"tenant": d.tenant, "name": d.name, "kind": d.kind, "backend": d.backend,
-            "state": d.state, "created_at": d.created_at,
-            "last_active_at": d.last_active_at or None,
-            "last_cold_start_at": d.last_cold_start_at,
-            "last_cold_start_seconds": d.last_cold_start_seconds,
-            "state_changed_at": d.state_changed_at or None,
-            "requested_state": d.requested_state}
 
 
 def _when(ts: float | None) -> str:
@@ -191,7 +181,7 @@ def show(state: CliState, tenant: str, name: str, as_json: bool) -> None:
     if db is None:
         raise click.ClickException(f'tenant "{tenant}" has no database "{name}"')
     if as_json:
-        echo_json(_db_json(db))
+        echo_json(provisioning.database_json(db))
         return
     for label, value in (("tenant", db.tenant), ("name", db.name), ("kind", db.kind),
                          ("backend", db.backend), ("state", db.state),

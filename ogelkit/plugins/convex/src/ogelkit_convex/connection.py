@@ -325,19 +325,13 @@ class SyncConnection:
         chain = self.ctx.chain
         if chain is None:
             return None
-        try:
-            pending = chain.admit(op)
-            if pending is not None:
-                await pending
-        except Reject as rej:
-            op.rejection = op.rejection or rej
-            op.ended = time.monotonic()
+        rej = await chain.try_admit(op)
+        if rej is not None:
             chain.complete(op)
             self.door.metrics.rejected += 1
             self.door.meter.call(self.tenant, self.dbname, op.text or "", duration=0.0,
                                  bytes_in=op.size, bytes_out=0, error=False, rejected=True)
-            return rej
-        return None
+        return rej
 
     def _tier(self) -> str | None:
         tier = self.session.tier if self.session is not None else None

@@ -113,18 +113,10 @@ async def serve_http(door: ConvexDoor, request: Request) -> Response:
 async def _admit(door: ConvexDoor, op: Operation) -> Reject | None:
     """One call through the chain's admission; a refusal is completed (logged) here."""
     chain = door.context.chain
-    if chain is None:
-        return None
-    try:
-        pending = chain.admit(op)
-        if pending is not None:
-            await pending
-    except Reject as rej:
-        op.rejection = op.rejection or rej
-        op.ended = time.monotonic()
+    rej = await chain.try_admit(op) if chain is not None else None
+    if rej is not None:
         _complete(door, op, 0, None)
-        return rej
-    return None
+    return rej
 
 
 async def _login(door: ConvexDoor, login: Any, request: Request, token: str
