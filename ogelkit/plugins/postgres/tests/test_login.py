@@ -37,9 +37,9 @@ def connect_error(gw, **kw) -> asyncpg.PostgresError:
 # -- the three drivers --------------------------------------------------------------------
 
 def test_psql_logs_in_and_queries(gw):
-    out = gw.psql(A, "-c", "SELECT 40 + 2", "-c", "SELECT current_database() LIKE '%__main'")
+    out = gw.psql(A, "-c", "SELECT 40 + 2", "-c", "SELECT current_database()")
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split() == ["42", "t"]
+    assert out.stdout.split() == ["42", gw.backend().names(A.slug, "main")[1]]
 
 
 def test_asyncpg_logs_in_and_queries(gw):

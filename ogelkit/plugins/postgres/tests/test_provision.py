@@ -95,6 +95,38 @@ def test_tenant_b_cannot_reach_tenant_a(gw):
     asyncio.run(go())
 
 
+def test_other_tenants_are_not_named_in_the_shared_catalogs(gw):
+    """Issue 16, defect 11: pg_database, pg_roles and pg_stat_activity of the shared server
+    are readable by every role; provisioned names say nothing about the tenant."""
+    async def go():
+        conn = await asyncpg.connect(**gw.asyncpg_kw(A), ssl=False)
+        other = await asyncpg.connect(**gw.asyncpg_kw(B), ssl=False)  # B is connected too
+        try:
+            seen = [r[0] for r in await conn.fetch(
+                "SELECT datname::text FROM pg_database UNION ALL "
+                "SELECT rolname::text FROM pg_roles UNION ALL "
+                "SELECT concat_ws(' ', usename, datname, application_name) "
+                "FROM pg_stat_activity")]
+            assert upstream(gw, B)["role"] in seen  # B's role is listed, under its opaque name
+        finally:
+            await other.close()
+            await conn.close()
+        for text in seen:
+            for t in (A, B):
+                assert t.slug.replace("-", "_") not in text and t.slug not in text, text
+    asyncio.run(go())
+
+
+def test_readable_names_on_request():
+    from ogelkit_postgres import provision as prov
+    assert prov.role_name("o7s_", "acme") == "o7s_acme"
+    one = prov.opaque_role_name("o7s_", "key-1", "acme")
+    assert one == prov.opaque_role_name("o7s_", "key-1", "acme")  # stable for the tenant
+    assert one != prov.opaque_role_name("o7s_", "key-2", "acme")  # keyed
+    assert prov.opaque_database_name("o7s_", "key-1", "acme", "main") != \
+        prov.opaque_database_name("o7s_", "key-1", "acme", "other")
+
+
 def test_provision_is_idempotent_and_finishes_a_half_done_job(gw):
     backend = gw.backend()
     t = gw.call(gw.context.store.get_tenant(A.slug))
@@ -179,13 +211,13 @@ def test_cli_databases_create_and_delete(tmp_path):
     assert re.search(rf"postgresql://{slug}:<password>@localhost:\d+/main", created.stdout)
     again = _cli(str(config), "databases", "create", slug, "main", "--kind", "postgres")
     assert again.returncode == 0, again.stderr  # idempotent
-    role = f"{PREFIX}{slug.replace('-', '_')}"
     try:
         # A gateway on the same control plane serves the new database.
         with pg_gateway([], control_url=control, cleanup=False) as gw:
             out = gw.psql(Tenant(slug), "-c", "SELECT current_user", password=password)
             assert out.returncode == 0, out.stderr
-            assert out.stdout.strip() == role
+            role = out.stdout.strip()  # opaque: the prefix and an HMAC, not the slug
+            assert re.fullmatch(rf"{PREFIX}r[0-9a-f]{{20}}", role), role
     finally:
         deleted = _cli(str(config), "databases", "delete", slug, "main", "--yes")
         assert deleted.returncode == 0, deleted.stderr

@@ -183,8 +183,14 @@ class PostgresBackend(ogelkit.Backend):
 
     # -- provisioning ----------------------------------------------------------------------
     def names(self, tenant: str, name: str) -> tuple[str, str]:
+        """Upstream role and database of ``tenant``'s database ``name`` when provisioned now
+        (a provisioned database's own names are in its ``upstream`` record)."""
         prefix = self.config.name_prefix
-        return prov.role_name(prefix, tenant), prov.database_name(prefix, tenant, name)
+        if self.config.upstream_names == "readable":
+            return prov.role_name(prefix, tenant), prov.database_name(prefix, tenant, name)
+        key = self.context.config.control.secret_key
+        return (prov.opaque_role_name(prefix, key, tenant),
+                prov.opaque_database_name(prefix, key, tenant, name))
 
     async def _known_password(self, tenant: str, role: str) -> str | None:
         """The role's password from an earlier provisioning, so a second database of the

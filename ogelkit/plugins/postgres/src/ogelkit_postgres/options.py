@@ -48,6 +48,14 @@ class PostgresOptions:
     name_prefix: str = option("o7s_", doc="Prefix of the roles and databases that provisioning "
                                           "creates upstream (lets several gateways share a "
                                           "server).")
+    upstream_names: Literal["opaque", "readable"] = option(
+        "opaque", doc='Names of the roles and databases provisioning creates: "opaque" '
+                      '(name_prefix + an HMAC of the tenant and database under '
+                      '[control] secret_key) so other tenants of a shared server learn '
+                      'nothing from pg_database, pg_roles or pg_stat_activity; "readable" '
+                      '(name_prefix + tenant + database) for operators who prefer names '
+                      'they can read. Existing databases keep the names they were created '
+                      'with.')
     role_connection_reserve: int = option(2, doc="Connections a tenant role may open beyond "
                                                  "its tier's connection limit (cost estimates, "
                                                  "health checks).")

@@ -8,6 +8,7 @@ plane; PostgreSQL receives only its SCRAM verifier.
 from __future__ import annotations
 
 import hashlib
+import hmac
 import logging
 import re
 import secrets
@@ -40,6 +41,22 @@ def role_name(prefix: str, tenant: str) -> str:
 
 def database_name(prefix: str, tenant: str, name: str) -> str:
     return _fit(f"{prefix}{_clean(tenant)}__{_clean(name)}")
+
+
+def _opaque(key: str, *parts: str) -> str:
+    """20 hex digits of an HMAC of ``parts`` under the control plane's key: stable for a
+    tenant (its second database finds its role), meaningless to anyone without the key."""
+    mac = hmac.new(hashlib.sha256(b"ogelkit upstream names\0" + key.encode()).digest(),
+                   "\0".join(parts).encode(), hashlib.sha256)
+    return mac.hexdigest()[:20]
+
+
+def opaque_role_name(prefix: str, key: str, tenant: str) -> str:
+    return f"{prefix}r{_opaque(key, 'role', tenant)}"
+
+
+def opaque_database_name(prefix: str, key: str, tenant: str, name: str) -> str:
+    return f"{prefix}d{_opaque(key, 'database', tenant, name)}"
 
 
 def new_password() -> str:
