@@ -146,3 +146,38 @@ async def test_an_operation_refusal_names_the_layer_that_refused():
     with pytest.raises(ogelkit.Reject):
         await chain.admit(op)
     assert op.rejection.layer == "c"
+
+
+class Batching(OnlyComplete):
+    batches = True
+
+
+class ConnectOnly(ogelkit.Layer):
+    async def on_connect(self, session):
+        pass
+
+
+def test_batches_only_when_every_layer_that_sees_operations_takes_them():
+    """A third-party layer that never said it takes batches gets one operation per
+    request: the chain says no and front doors do not batch."""
+    assert Chain([Batching(None, name="a", context=None),
+                  ConnectOnly(None, name="b", context=None)]).batches
+    assert not Chain([Batching(None, name="a", context=None),
+                      OnlyComplete(None, name="c", context=None)]).batches
+
+
+def test_live_stats_count_a_batch_as_its_requests():
+    from ogelkit.livestats import LiveStats
+    live = LiveStats()
+    chain = Chain([], live=live)
+    op = make_operation(make_session())
+    op.count, op.error, op.failed = 16, "ERR", 3
+    chain.complete(op)
+    refused = make_operation(make_session())
+    refused.count = 4
+    refused.rejection = Reject(Reason.RATE, "slow down", layer="ratelimit")
+    chain.complete(refused)
+    snap = live.snapshot("acme")
+    assert snap["operations"] == 20 and snap["errors"] == 3
+    assert snap["rejections"] == [{"layer": "ratelimit", "reason": str(Reason.RATE),
+                                   "count": 4}]

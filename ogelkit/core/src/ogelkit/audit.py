@@ -106,7 +106,8 @@ def operation_refused(audit: AuditLog, op: Any) -> None:
     rej = op.rejection
     audit.record("operation_refused", protocol=s.protocol, client=s.client_addr,
                  tenant=s.tenant_slug, database=s.database, operation=op.name,
-                 reason=rej.reason.value, layer=rej.layer, text=rej.message)
+                 reason=rej.reason.value, layer=rej.layer, text=rej.message,
+                 requests=op.count if op.count > 1 else None)
 
 
 _LIFECYCLE = {"cold_start": "database_woken", "wake_failed": "wake_failed",

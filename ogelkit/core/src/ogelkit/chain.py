@@ -34,7 +34,7 @@ def _after(hooks: tuple, fn: object) -> int:
 class Chain:
     __slots__ = (
         "_auth", "_complete", "_connect", "_disconnect", "_operation", "_operation_names",
-        "_tier_change", "audit", "layers", "live",
+        "_tier_change", "audit", "batches", "layers", "live",
     )
 
     def __init__(self, layers: Sequence[Layer], audit: AuditLog | None = None,
@@ -57,6 +57,10 @@ class Chain:
         self._complete = tuple(fn for _, fn in bound("on_complete"))
         self._disconnect = bound("on_disconnect")
         self._tier_change = bound("on_tier_change")
+        # Front doors may admit pipelined requests as one Operation (count > 1) only when
+        # every layer that looks at operations can take one.
+        self.batches = all(layer.batches for layer in self.layers
+                           if "on_operation" in layer.phases or "on_complete" in layer.phases)
 
     # -- connection phases -------------------------------------------------------------------
     def auth(self, session: Session) -> None:

@@ -41,6 +41,13 @@ class Layer(Component[OptionsT]):
     #: Phases this class overrides; filled in by ``__init_subclass__``.
     phases: ClassVar[frozenset[str]] = frozenset()
 
+    #: True when ``on_operation``/``on_complete`` handle a batch (``Operation.count`` > 1:
+    #: pipelined requests admitted and completed as one unit). A front door batches only
+    #: when every layer of the chain that has either phase says so; a layer that needs to
+    #: see each request leaves this False and gets one operation per request (each costs
+    #: a trip through the whole chain). See docs/dev/performance.md.
+    batches: ClassVar[bool] = False
+
     PHASES: ClassVar[tuple[str, ...]] = (
         "on_auth", "on_connect", "on_operation", "on_complete", "on_disconnect", "on_tier_change",
     )

@@ -33,16 +33,17 @@ class LiveStats:
         counters = self.tenants.get(slug)
         if counters is None:
             counters = self.tenants[slug] = TenantCounters()
-        counters.operations += 1
+        n = op.count
+        counters.operations += n
         ended = op.ended
         if ended is not None:
             counters.seconds += ended - op.started
         rej = op.rejection
         if rej is not None:
             key = (rej.layer or "gateway", str(rej.reason))
-            counters.rejections[key] = counters.rejections.get(key, 0) + 1
+            counters.rejections[key] = counters.rejections.get(key, 0) + n
         elif op.error is not None:
-            counters.errors += 1
+            counters.errors += op.failed or 1
 
     def snapshot(self, slug: str | None = None) -> dict[str, Any]:
         """Totals of one tenant (or of every tenant when ``slug`` is None)."""

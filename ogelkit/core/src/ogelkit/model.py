@@ -148,14 +148,22 @@ class Operation:
     ``text`` is the statement or ``None`` when the protocol has none. The front door fills
     in the result fields before ``complete``; ``canceller`` lets the timeout layer stop the
     operation upstream and answer the client with a ``Reject``.
+
+    ``count`` is how many client requests the operation stands for: 1, or the size of a
+    *batch* (pipelined requests of one read that a front door admits and completes as one
+    unit when every layer of the chain accepts batches, see ``Layer.batches``). A batch is
+    admitted or refused as a whole; ``failed`` says how many of its requests got an
+    upstream error (``error`` is the first one's code).
     """
 
     __slots__ = (
         "bytes_out",
         "canceller",
         "cost",
+        "count",
         "ended",
         "error",
+        "failed",
         "kind",
         "name",
         "rejection",
@@ -185,6 +193,8 @@ class Operation:
         self.rejection: Reject | None = None
         self.canceller: Callable[[Reject], None] | None = None
         self.state: dict[str, Any] | None = None  # lazily created; most operations need none
+        self.count = 1  # client requests this operation stands for (a batch: more)
+        self.failed = 0  # of a batch: requests answered with an upstream error
 
     @property
     def backend(self) -> Backend | None:
@@ -194,6 +204,11 @@ class Operation:
     def duration(self) -> float:
         end = self.ended if self.ended is not None else time.monotonic()
         return end - self.started
+
+    @property
+    def failures(self) -> int:
+        """Requests of this operation that got an upstream error (0 or 1 unless a batch)."""
+        return self.failed or (0 if self.error is None else 1)
 
     @property
     def outcome(self) -> str:

@@ -77,6 +77,7 @@ class _Scope:
 
 class Cost(Layer[CostOptions]):
     type_name = "cost"
+    batches = True  # requests a front door batches need no estimate (O(1) commands): one decision
     Config = CostOptions
 
     def __init__(self, config: CostOptions, *, name: str, context: Any):

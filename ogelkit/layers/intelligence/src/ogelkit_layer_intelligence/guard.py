@@ -107,8 +107,8 @@ class RateMeter:
         self.size = max(1, round(window))
         self._buckets: dict[str, tuple[list[int], list[int]]] = {}  # key -> (seconds, counts)
 
-    def add(self, key: str, now: float) -> float:
-        """Count one event at ``now``; return the key's average rate over the window."""
+    def add(self, key: str, now: float, n: int = 1) -> float:
+        """Count ``n`` events at ``now``; return the key's average rate over the window."""
         second = int(now)
         entry = self._buckets.get(key)
         if entry is None:
@@ -119,7 +119,7 @@ class RateMeter:
         if seconds[i] != second:
             seconds[i] = second
             counts[i] = 0
-        counts[i] += 1
+        counts[i] += n
         oldest = second - self.size
         return sum(c for s, c in zip(seconds, counts, strict=True) if s > oldest) / self.size
 

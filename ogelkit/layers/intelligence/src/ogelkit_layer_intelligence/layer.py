@@ -63,6 +63,7 @@ class IntelligenceLayer(Layer[IntelligenceOptions]):
     """O7s layer 7: bans, back-offs, calibration."""
 
     type_name = "intelligence"
+    batches = True  # a refused batch is op.count refusals; batches carry no cost sample
     Config = IntelligenceOptions
 
     def __init__(self, config: IntelligenceOptions, *, name: str, context: Any):
@@ -201,7 +202,7 @@ class IntelligenceLayer(Layer[IntelligenceOptions]):
         rej = op.rejection
         if rej is not None:
             if rej.layer != self.name and rej.reason in STORM_REASONS:
-                self._refused(op.session)
+                self._refused(op.session, op.count)
             return
         cost = op.cost
         if cost is not None and op.error is None:
@@ -230,7 +231,7 @@ class IntelligenceLayer(Layer[IntelligenceOptions]):
         tier = session.tier.name if session.tier is not None else "unknown"
         self._dispatch("fail", key, tier)
 
-    def _refused(self, session: Session) -> None:
+    def _refused(self, session: Session, n: int = 1) -> None:
         tenant = session.tenant_slug
         if tenant is None:
             return
@@ -238,7 +239,7 @@ class IntelligenceLayer(Layer[IntelligenceOptions]):
         now = time.monotonic()
         if self._blocked(key, now) is not None:
             return  # already backing off: refusals now are the back-off working
-        if self._rates.add(tenant, now) >= self.options.storm_threshold:
+        if self._rates.add(tenant, now, n) >= self.options.storm_threshold:
             self._rates.reset(tenant)
             tier = session.tier.name if session.tier is not None else "unknown"
             self._dispatch("storm", key, tier)

@@ -23,6 +23,17 @@ from ogelkit_layer_ratelimit.redis_bucket import STATE_ERRORS, RedisBuckets
 log = logging.getLogger("ogelkit.layer.ratelimit")
 
 PURGE_INTERVAL = 60.0
+
+
+def batch_cells(interval: Any, tolerance: Any, n: int) -> tuple[Any, Any]:
+    """GCRA parameters of a batch of ``n`` requests (``Operation.count``) taken as one
+    decision: admitted when its first request would be, and charged ``n`` cells. The rate
+    holds exactly over time (the bucket owes what a batch took beyond the burst, and the
+    tenant's next requests pay it); a burst may be exceeded by less than one batch (a
+    batch is one read's worth of pipelined requests). Requiring the whole batch to fit
+    instead would refuse a batch bigger than the burst forever."""
+    step = interval * n
+    return step, tolerance + step - interval
 #: Credits (tokens prefetched from Redis) not used within this long are dropped, so an idle
 #: replica cannot save them up and add them to a later burst.
 CREDIT_TTL = 0.1
@@ -96,6 +107,7 @@ class _Scope:
 
 class Ratelimit(Layer[RatelimitOptions]):
     type_name = "ratelimit"
+    batches = True  # a batch takes op.count cells
     Config = RatelimitOptions
 
     def __init__(self, config: RatelimitOptions, *, name: str, context: Any):
@@ -167,9 +179,13 @@ class Ratelimit(Layer[RatelimitOptions]):
             return None
         key = scope.key
         redis = self._redis
+        n = op.count
         if redis is None:
             # GCRA admit-now, inline (LocalBuckets.take's first branch): the common case
             # costs no call; anything else goes through take() with the same clock reading.
+            if n > 1:
+                wait = self._local_wait(info, key, session, info.allowed, None, n)
+                return None if wait == 0.0 else _delay(wait)
             now = time.monotonic()
             tats = self._tats
             tat = tats.get(key, now)
@@ -183,15 +199,19 @@ class Ratelimit(Layer[RatelimitOptions]):
             wait = self._local_wait(info, key, session, info.allowed, now)
             return None if wait == 0.0 else _delay(wait)
         credit = self._credits.get(key)
-        if credit is not None and credit[0] >= 1 and credit[1] > time.monotonic():
-            credit[0] -= 1  # a token this replica already took from Redis
+        if credit is not None and credit[0] >= n and credit[1] > time.monotonic():
+            credit[0] -= n  # tokens this replica already took from Redis
             info.allowed.inc()
             return None
         if self._down_until:
             if time.monotonic() < self._down_until:
-                wait = self._down_wait(info, key, session, self._down_exc)  # type: ignore[arg-type]
+                wait = self._down_wait(info, key, session, self._down_exc, n)  # type: ignore[arg-type]
                 return None if wait == 0.0 else _delay(wait)
             self._down_until = 0.0  # try Redis again
+        if n > 1:
+            interval_us, tolerance_us = batch_cells(info.interval_us, info.tolerance_us, n)
+            # No credits on a batch's entry: the script sizes them with its tolerance.
+            return redis.submit(key, interval_us, tolerance_us, (info, key, session), 0)
         return redis.submit(key, info.interval_us, info.tolerance_us, (info, key, session),
                             info.prefetch)
 
@@ -211,8 +231,11 @@ class Ratelimit(Layer[RatelimitOptions]):
         return scope
 
     def _local_wait(self, info: _TierInfo, key: str, session: Session, allowed: Any,
-                    now: float | None = None) -> float:
-        wait = self._local.take(key, info.interval, info.tolerance, self._max_delay,
+                    now: float | None = None, n: int = 1) -> float:
+        interval, tolerance = info.interval, info.tolerance
+        if n > 1:
+            interval, tolerance = batch_cells(interval, tolerance, n)
+        wait = self._local.take(key, interval, tolerance, self._max_delay,
                                 time.monotonic() if now is None else now)
         if wait == 0.0:
             allowed.inc()
@@ -224,13 +247,13 @@ class Ratelimit(Layer[RatelimitOptions]):
         raise self._reject(info, session, -wait)
 
     def _down_wait(self, info: _TierInfo, key: str, session: Session,
-                   exc: BaseException) -> float:
+                   exc: BaseException, n: int = 1) -> float:
         try:
             self._policy.failed(exc)  # logs once per episode, counts, raises when closed
         except Reject:
             info.rejected_down.inc()
             raise
-        return self._local_wait(info, key, session, info.allowed_down)
+        return self._local_wait(info, key, session, info.allowed_down, n=n)
 
     # -- callbacks of the Redis batcher -------------------------------------------------------
     def _settle(self, fut: asyncio.Future, context: tuple[_TierInfo, str, Session],

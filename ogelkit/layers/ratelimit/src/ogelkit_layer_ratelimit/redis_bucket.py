@@ -112,7 +112,9 @@ class RedisBuckets:
         self._settle = settle
         self._fail = fail
         self._credit = credit
-        self._pending: dict[str, _Batch] = {}
+        # Queued per (bucket, interval, tolerance): a batch of n requests is one entry with
+        # n times the interval, its bucket's key then appears more than once in KEYS.
+        self._pending: dict[tuple[str, int, int], _Batch] = {}
         self._sending = False
         self._task: asyncio.Task | None = None
         self.calls = 0  # round trips made (for describe/tests)
@@ -126,9 +128,10 @@ class RedisBuckets:
         for ``key``); the future is settled by the caller's ``settle``/``fail`` callbacks."""
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
-        batch = self._pending.get(key)
+        pk = (key, interval, tolerance)
+        batch = self._pending.get(pk)
         if batch is None:
-            batch = self._pending[key] = _Batch(interval, tolerance, extra)
+            batch = self._pending[pk] = _Batch(interval, tolerance, extra)
         batch.entries.append((fut, context))
         if not self._sending:
             self._sending = True
@@ -143,10 +146,10 @@ class RedisBuckets:
         finally:
             self._sending = False
 
-    async def _send(self, batches: dict[str, _Batch]) -> None:
+    async def _send(self, batches: dict[tuple[str, int, int], _Batch]) -> None:
         keys = []
         args: list[int] = [self.max_delay_us]
-        for key, batch in batches.items():
+        for (key, _, _), batch in batches.items():
             keys.append(self.prefix + key)
             args += (batch.interval, batch.tolerance, len(batch.entries), batch.extra)
         try:
@@ -169,7 +172,7 @@ class RedisBuckets:
                 self._settle(fut, context, int(results[i]))
                 i += 1
         if self._credit is not None:
-            for key, batch in batches.items():
+            for (key, _, _), batch in batches.items():
                 granted = int(results[i])
                 i += 1
                 if batch.extra:

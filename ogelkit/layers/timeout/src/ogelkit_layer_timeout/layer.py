@@ -58,6 +58,7 @@ class _Watch:
 
 class Timeout(Layer[TimeoutOptions]):
     type_name = "timeout"
+    batches = True  # one deadline for the whole batch
     Config = TimeoutOptions
 
     def __init__(self, config: TimeoutOptions, *, name: str, context: Any):

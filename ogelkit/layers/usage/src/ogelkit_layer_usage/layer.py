@@ -66,6 +66,7 @@ class UsageLayer(Layer[UsageOptions]):
     """O7s layer 6: usage metering and durable, idempotent delivery."""
 
     type_name = "usage"
+    batches = True  # a batch counts op.count operations
     Config = UsageOptions
 
     def __init__(self, config: UsageOptions, *, name: str, context: Any):
@@ -173,21 +174,21 @@ class UsageLayer(Layer[UsageOptions]):
             # Executed (a timed-out operation ran upstream until it was stopped: billed).
             ended = op.ended
             duration = (ended if ended is not None else time.monotonic()) - op.started
-            ev.operations += 1
+            ev.operations += op.count  # a batch's requests, its wall time once
             ev.duration += duration
             ev.vcpu_seconds += duration * meter.factor
             err = op.error
             if rej is not None:
                 ev.timeouts += 1
             elif err is not None:
-                ev.errors += 1
+                ev.errors += op.failed or 1
                 if err in TIMEOUT_ERRORS:
                     ev.timeouts += 1
         else:
-            ev.rejected += 1
+            ev.rejected += op.count
             field = REASON_FIELDS.get(rej.reason)
             if field is not None:
-                setattr(ev, field, getattr(ev, field) + 1)
+                setattr(ev, field, getattr(ev, field) + op.count)
         ev.bytes_in += op.size
         ev.bytes_out += op.bytes_out
         rows = op.rows

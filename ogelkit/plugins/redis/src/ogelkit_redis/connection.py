@@ -28,6 +28,7 @@ from ogelkit import Reason, Reject, Session
 from ogelkit.frontdoor import peer_address
 from ogelkit_redis import wire
 from ogelkit_redis.commands import Command, CommandTable
+from ogelkit_redis.cost import UNBATCHED
 from ogelkit_redis.errors import NOAUTH, WRONGPASS, protocol_error, reject_error
 from ogelkit_redis.login import authenticate
 from ogelkit_redis.namespace import Namespace, first_word
@@ -123,6 +124,7 @@ class RedisConnection(asyncio.Protocol):
         self._reading_paused = False
         self._task: asyncio.Task[None] | None = None
         self.observe = False  # some layer looks at operations
+        self.batching = False  # ... and all of them take batches
         self.chain: Any = None  # the layer chain; only used when self.observe says it exists
         self._reader = new_reader()
         self._out: list[bytes] | None = None
@@ -134,6 +136,9 @@ class RedisConnection(asyncio.Protocol):
         self.session.client_addr = peer_address(transport)
         self.chain = self.ctx.chain
         self.observe = self.door.observe
+        # Pipelined plain commands of one read become one Operation (Operation.count) when
+        # every layer that looks at operations takes batches (docs/dev/performance.md).
+        self.batching = self.observe and bool(getattr(self.chain, "batches", False))
         self._timer = self.loop.call_later(self.door.handshake_timeout, self._handshake_expired)
         self.clients.add(self)
 
@@ -335,8 +340,9 @@ class RedisConnection(asyncio.Protocol):
         # again (it may change them). False: the input stopped (the rest of ``cmds`` is
         # kept for ``_resume``) or the client is closing.
         n = len(cmds)
-        outs: list[bytes] = []  # pass-through commands to send together
+        outs: list[bytes] = []  # pass-through commands (or a batch) to send together
         up = None
+        first = None
         try:
             while i < n:
                 up = self._shared
@@ -344,9 +350,11 @@ class RedisConnection(asyncio.Protocol):
                         and not self.skip_next and not self.reply_off
                         and (up is self.upstream or self.recv == self.sent)):
                     observe = self.observe
+                    batching = self.batching and not self.in_multi
                     commands = self.table.commands
                     prefix = self.ns.prefix
                     quota_ok = self.tdb.over_quota is None
+                    first = None  # the batch's first command (when batching)
                     while i < n:
                         argv = cmds[i]
                         if not argv:
@@ -358,9 +366,17 @@ class RedisConnection(asyncio.Protocol):
                         k = cmd.one_key
                         if not k or len(argv) <= k or not (quota_ok or not cmd.denyoom):
                             break
+                        alone = observe and (not batching or cmd.full_name in UNBATCHED)
+                        if alone and outs:  # the batch so far goes first, in order
+                            if not self._admit_run(up, outs, first):
+                                self._stash(cmds, i)  # this command has not run yet
+                                return False
+                            outs, first = [], None
                         i += 1
                         argv[k] = prefix + argv[k]
-                        if not observe:
+                        if not alone:
+                            if observe and first is None:
+                                first = (cmd, argv)
                             outs.append(encode_tuple(tuple(argv)))
                             continue
                         self.upstream = up
@@ -370,8 +386,12 @@ class RedisConnection(asyncio.Protocol):
                             self._stash(cmds, i)  # admission went asynchronous
                             return False
                     if outs:
-                        self._send_run(up, outs)
-                        outs = []
+                        if first is None:
+                            self._send_run(up, outs)
+                        elif not self._admit_run(up, outs, first):
+                            self._stash(cmds, i)  # admission went asynchronous
+                            return False
+                        outs, first = [], None
                     if i >= n:
                         return True
                 argv = cmds[i]
@@ -385,7 +405,10 @@ class RedisConnection(asyncio.Protocol):
                     return False
         except (TypeError, AttributeError):  # not an array of bulk strings
             if outs and up is not None:
-                self._send_run(up, outs)
+                if first is None:
+                    self._send_run(up, outs)
+                else:
+                    self._admit_run(up, outs, first)
             self._protocol_error("expected '$', got something else")
             return False
         return True
@@ -588,9 +611,16 @@ class RedisConnection(asyncio.Protocol):
             raw = b""
             error = False
         op.ended = _monotonic()
-        op.bytes_out = len(raw)
-        if error:
-            op.error = first_word(raw)
+        if op.count == 1:
+            op.bytes_out = len(raw)
+            if error:
+                op.error = first_word(raw)
+        else:  # the batch's last reply: the others went by as pass-through replies
+            op.bytes_out = self.session.bytes_out - op.bytes_at + len(raw)
+            failed = self.metrics.error - op.errors_at
+            if failed:
+                op.failed = failed
+                op.error = first_word(raw) if error and failed == 1 else "ERR"
         self.chain.complete(op)
         self.recv += 1
         if raw and self.transport is not None:  # _write, inline
@@ -897,6 +927,78 @@ class RedisConnection(asyncio.Protocol):
         self.sent += 1
         up.send(out, op)
         return True
+
+    def _admit_run(self, up: Upstream, outs: list[bytes],
+                   first: tuple[Command, list[bytes]] | None) -> bool:
+        """Admit pipelined plain commands of one read as one batch (``op.count``): one trip
+        through the layers and one completion, at the last reply, for all of them. A batch
+        of one is an ordinary operation. False: admission went asynchronous."""
+        assert first is not None
+        k = len(outs)
+        self.upstream = up
+        self.session.operations += k
+        self.metrics.ok += k
+        cmd, argv = first
+        if k == 1:
+            return self._admit(cmd, argv, outs[0], None, up, None)
+        op = RedisOperation(self.session, "command", cmd.op_name, None, sum(map(len, outs)))
+        op.count = k
+        op.argv = argv
+        op.command = cmd
+        op.client = self
+        op.transform = None
+        op.post = None
+        op.up = up
+        # Not cancellable: its commands are O(1) ones (UNBATCHED keeps the others out), and a
+        # timeout answer for a batch would have to stand in for several replies.
+        op.queued = False
+        try:
+            pending = self.chain.admit(op)
+        except Reject as rej:
+            self._batch_refused(op, rej)
+            return True
+        if pending is not None:
+            return self._spawn(self._admit_run_later(op, pending, outs))
+        self._send_batch(op, outs)
+        return True
+
+    def _send_batch(self, op: RedisOperation, outs: list[bytes]) -> None:
+        up = op.up
+        if up.paused:
+            up.paused_clients.append(self)
+            self._pause_reading()
+        self.sent += len(outs)
+        op.errors_at = self.metrics.error
+        op.bytes_at = self.session.bytes_out
+        up.send_run(outs, self, op)
+
+    async def _admit_run_later(self, op: RedisOperation, pending: Awaitable[None],
+                               outs: list[bytes]) -> None:
+        try:
+            await pending
+        except Reject as rej:
+            self._batch_refused(op, rej)
+            return
+        if op.up.closed:
+            op.ended = _monotonic()
+            op.error, op.failed = "ERR", op.count
+            self.chain.complete(op)
+            lost = wire.error("ERR upstream Redis connection lost")
+            for _ in range(op.count):
+                self.reply(lost)
+            return
+        self._send_batch(op, outs)
+
+    def _batch_refused(self, op: RedisOperation, rej: Reject) -> None:
+        """Every command of a refused batch gets the refusal (one reply each)."""
+        op.ended = _monotonic()
+        self.chain.complete(op)
+        k = op.count
+        self.metrics.rejected += k
+        self.metrics.ok -= k
+        answer = reject_error(rej)
+        for _ in range(k):
+            self.reply(answer)
 
     def _admission_refused(self, op: RedisOperation, rej: Reject) -> None:
         op.ended = _monotonic()

@@ -39,6 +39,11 @@ SIZE_OF = {
     "zrevrangebyscore": b"ZCARD", "zrangebylex": b"ZCARD", "zrevrangebylex": b"ZCARD",
     "xrange": b"XLEN", "xrevrange": b"XLEN", "sort": b"SIZE", "sort_ro": b"SIZE",
 }
+#: Commands never admitted in a batch (the front door gives each its own operation): the
+#: ones with a cost class, whose estimate is per command, and those that block.
+UNBATCHED = frozenset(KEYSPACE | SIZE_OF.keys() | {
+    "blpop", "brpop", "brpoplpush", "blmove", "blmpop", "bzpopmin", "bzpopmax", "bzmpop",
+    "xread", "xreadgroup", "wait", "waitaof"})
 _STORE_DEST_FIRST = {"sinterstore", "sunionstore", "sdiffstore", "zunionstore",
                      "zinterstore", "zdiffstore"}
 

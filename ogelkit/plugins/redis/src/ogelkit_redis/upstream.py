@@ -65,7 +65,8 @@ class RedisOperation(Operation):
     setting ``canceller``, which would be a reference cycle per command (the cyclic garbage
     collector, not reference counting, would then free every operation)."""
 
-    __slots__ = ("argv", "client", "command", "post", "queued", "transform", "up")
+    __slots__ = ("argv", "bytes_at", "client", "command", "errors_at", "post", "queued",
+                 "transform", "up")
     done = None  # never an internal waiter
     argv: list[bytes]
     client: RedisConnection
@@ -354,24 +355,26 @@ class Upstream(asyncio.Protocol):
             self._flush_scheduled = True
             self.loop.call_soon(self._flush)
 
-    def send_run(self, outs: list[bytes], client: RedisConnection) -> None:
+    def send_run(self, outs: list[bytes], client: RedisConnection,
+                 last: RedisOperation | None = None) -> None:
         """``send`` for several pass-through commands of one client in a row (one parsed
-        chunk): one write or queue entry for all of them, one waiter per command."""
+        chunk): one write or queue entry for all of them, one waiter per command. ``last``:
+        a batch's operation, the waiter of its last reply (the others pass through)."""
         k = len(outs)
         data = outs[0] if k == 1 else b"".join(outs)
         waiters = self.waiters
-        if (not waiters and not self._out and self.transport is not None
-                and (self.index < 0 or self.attached[self.index] <= 1)):
-            if k == 1:
-                waiters.append(client)
-            else:
-                waiters.extend(repeat(client, k))
-            self.transport.write(data)
-            return
-        if k == 1:
+        direct = (not waiters and not self._out and self.transport is not None
+                  and (self.index < 0 or self.attached[self.index] <= 1))
+        if last is not None:
+            waiters.extend(repeat(client, k - 1))
+            waiters.append(last)
+        elif k == 1:
             waiters.append(client)
         else:
             waiters.extend(repeat(client, k))
+        if direct:
+            self.transport.write(data)  # type: ignore[union-attr]
+            return
         self._out.append(data)
         if not self._flush_scheduled:
             self._flush_scheduled = True
