@@ -617,10 +617,10 @@ class RedisConnection(asyncio.Protocol):
                 op.error = first_word(raw)
         else:  # the batch's last reply: the others went by as pass-through replies
             op.bytes_out = self.session.bytes_out - op.bytes_at + len(raw)
-            failed = self.metrics.error - op.errors_at
-            if failed:
-                op.failed = failed
-                op.error = first_word(raw) if error and failed == 1 else "ERR"
+            bad = self.metrics.error - op.errors_at
+            if bad:
+                op.failed = bad
+                op.error = first_word(raw) if error and bad == 1 else "ERR"
         self.chain.complete(op)
         self.recv += 1
         if raw and self.transport is not None:  # _write, inline

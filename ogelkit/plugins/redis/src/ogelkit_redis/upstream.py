@@ -69,6 +69,8 @@ class RedisOperation(Operation):
                  "transform", "up")
     done = None  # never an internal waiter
     argv: list[bytes]
+    bytes_at: int  # of a batch: the client's bytes_out and error count when it was sent
+    errors_at: int
     client: RedisConnection
     command: Command
     post: Callable[[Any], None] | None
