@@ -268,7 +268,30 @@ def main() -> int:
                     ratios.append(f"{ref} {statistics.mean(rs):.2f}x (" + " ".join(
                         f"{r:.2f}" for r in rs) + ")")
             print(line + "   " + "; ".join(ratios))
+    print_targets(results, tests)
     return 0
+
+
+#: Issue 15's Redis targets: (cell, gateway target, minimum ratio vs twemproxy).
+TARGETS = [("c50", "gateway", 1.0), ("c50", "gateway+layers", 0.9),
+           ("c50 P16", "gateway+layers", 1.0)]
+
+
+def print_targets(results: dict[tuple[str, str], dict[str, list[float]]],
+                  tests: list[str]) -> None:
+    """The targets next to this run's ratios (mean over the commands) and a verdict."""
+    print("\ntargets (ratio vs twemproxy, this run)")
+    print(f"{'cell':<10}{'path':<18}{'target':>8}{'now':>8}  verdict")
+    for cell, name, goal in TARGETS:
+        mine, base = results.get((name, cell)), results.get(("twemproxy", cell))
+        if not mine or not base:
+            print(f"{cell:<10}{name:<18}{goal:>7.2f}x{'-':>8}  not measured")
+            continue
+        rs = [statistics.median(mine[t]) / statistics.median(base[t])
+              for t in tests if t in mine and t in base]
+        now = statistics.mean(rs)
+        print(f"{cell:<10}{name:<18}{goal:>7.2f}x{now:>7.2f}x  "
+              f"{'met' if now >= goal else 'not met'}")
 
 
 if __name__ == "__main__":
