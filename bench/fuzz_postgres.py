@@ -49,6 +49,8 @@ class Figures:
     canary_failures: int = 0
     canary_worst_ms: float = 0.0
     canary_queries: int = 0
+    canary_latencies_ms: list[float] = field(default_factory=list)
+    peak_rss_mb: float = 0.0
     seconds: float = 0.0
     crash_samples: list[str] = field(default_factory=list)
     hang_samples: list[str] = field(default_factory=list)
@@ -60,8 +62,25 @@ class Figures:
         return (f"frames tried {self.frames:,} in {self.connections:,} connections, "
                 f"{self.seconds:.1f}s: crashes {self.crashes}, hangs {self.hangs}, canary "
                 f"failures {self.canary_failures} ({self.canary_queries:,} queries, worst "
-                f"{self.canary_worst_ms:.0f} ms); attacker logins refused "
-                f"{self.logins_refused}")
+                f"{self.canary_worst_ms:.0f} ms, p99 {self.canary_p99_ms:.1f} ms); attacker "
+                f"logins refused {self.logins_refused}; peak RSS {self.peak_rss_mb:.0f} MB")
+
+    @property
+    def canary_p99_ms(self) -> float:
+        return percentile(self.canary_latencies_ms, 99)
+
+
+def percentile(values: list[float], pct: float) -> float:
+    if not values:
+        return 0.0
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(len(ordered) * pct / 100))]
+
+
+def peak_rss_mb() -> float:
+    """This process's peak RSS (the gateway runs in it, beside the fuzzer's own sockets)."""
+    import resource
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 class _Errors(logging.Handler):
@@ -269,8 +288,9 @@ def _canary(conninfo: str, stop: threading.Event, figures: Figures) -> None:
                 figures.canary_failures += 1
                 return
             figures.canary_queries += 1
-            figures.canary_worst_ms = max(figures.canary_worst_ms,
-                                          (time.monotonic() - t0) * 1000)
+            ms = (time.monotonic() - t0) * 1000
+            figures.canary_latencies_ms.append(ms)
+            figures.canary_worst_ms = max(figures.canary_worst_ms, ms)
             time.sleep(0.02)
 
 
@@ -339,6 +359,7 @@ def run(frames: int = 20_000, seconds: float = 120.0, seed: int = 1, mode: str =
         for logger in watched:
             logger.removeHandler(handler)
     figures.seconds = time.monotonic() - started
+    figures.peak_rss_mb = peak_rss_mb()
     return figures
 
 
