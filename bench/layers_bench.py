@@ -226,11 +226,15 @@ def _tps(output: str) -> float:
     return float(m.group(1))
 
 
-def pgbench(host: str, port: int, user: str, password: str, db: str, seconds: int) -> float:
+def pgbench(host: str, port: int, user: str, password: str, db: str, seconds: int, *,
+            select_only: bool = True, clients: int = 16) -> float:
+    """pgbench's tps: ``-S`` (one SELECT per transaction) or, with ``select_only=False``,
+    its TPC-B-like script (BEGIN, three UPDATEs, a SELECT, an INSERT, END: writes)."""
     env = {**os.environ, "PGPASSWORD": password, "PGSSLMODE": "disable"}
+    script = ["-S"] if select_only else []
     out = subprocess.run(
-        ["pgbench", "-h", host, "-p", str(port), "-U", user, "-n", "-S", "-M", "simple",
-         "-c", "16", "-j", "2", "-T", str(seconds), db],
+        ["pgbench", "-h", host, "-p", str(port), "-U", user, "-n", *script, "-M", "simple",
+         "-c", str(clients), "-j", "2", "-T", str(seconds), db],
         env=env, capture_output=True, text=True, timeout=seconds + 60)
     if out.returncode != 0:
         raise RuntimeError(f"pgbench failed ({out.returncode}):\n{out.stderr}\n{out.stdout}")
@@ -403,6 +407,47 @@ def run_phase(title: str, gateways: list[Gateway], seconds: int, repeat: int) ->
         print(f"target >= {goal:.2f}x PgBouncer for '{name}': {ratio:.2f}x, {verdict}")
 
 
+def upstream_database(gw: Gateway) -> str:
+    """The bench tenant's upstream database name (what ``current_database()`` says)."""
+    env = {**os.environ, "PGPASSWORD": PASSWORD, "PGSSLMODE": "disable"}
+    out = subprocess.run(["psql", "-X", "-At", "-h", "127.0.0.1", "-p", str(gw.port), "-U",
+                          TENANT, "-d", "main", "-c", "SELECT current_database()"],
+                         env=env, capture_output=True, text=True, timeout=60)
+    if out.returncode != 0:
+        raise SystemExit(f"psql through the gateway failed:\n{out.stderr}")
+    return out.stdout.strip()
+
+
+def run_writes(gw: Gateway, seconds: int, repeat: int) -> None:
+    """pgbench's TPC-B-like writes at -c 8: direct (superuser, the tenant's upstream
+    database) against the gateway with every layer; issue 15's target is >= 0.8x direct."""
+    from urllib.parse import urlsplit
+    dsn = urlsplit(services.pg_dsn())
+    dbname = upstream_database(gw)
+    tps: dict[str, list[float]] = {"direct": [], gw.label: []}
+    for rep in range(repeat):
+        for name in (("direct", gw.label) if rep % 2 == 0 else (gw.label, "direct")):
+            if name == "direct":
+                tps[name].append(pgbench(dsn.hostname or "127.0.0.1", dsn.port or 5432,
+                                         dsn.username or "postgres", dsn.password or "",
+                                         dbname, seconds, select_only=False, clients=8))
+            else:
+                tps[name].append(pgbench("127.0.0.1", gw.port, TENANT, PASSWORD, "main",
+                                         seconds, select_only=False, clients=8))
+            time.sleep(1)
+    anchor = statistics.median(tps["direct"])
+    print(f"\n## writes: pgbench TPC-B-like -M simple -c 8 -j 2 -T {seconds}, "
+          f"median of {repeat} alternating run(s)")
+    print(f"{'path':44} {'tps':>9} {'x direct':>12}  runs")
+    for name, values in tps.items():
+        med = statistics.median(values)
+        print(f"{name:44} {med:9,.0f} {med / anchor:11.2f}x  "
+              + ", ".join(f"{v:,.0f}" for v in values))
+    ratio = statistics.median(tps[gw.label]) / anchor
+    print(f"target >= 0.80x direct for '{gw.label}' (writes): {ratio:.2f}x, "
+          f"{'met' if ratio >= 0.8 else 'NOT met'}")
+
+
 def run_pgbench_paths(plugins, seconds: int, repeat: int) -> None:
     if shutil.which("pgbench") is None:
         raise SystemExit("pgbench not found (scripts/services.sh up installs it)")
@@ -422,6 +467,7 @@ def run_pgbench_paths(plugins, seconds: int, repeat: int) -> None:
         local = Gateway(f"gateway, {n} layers, in-process state", local_layers, None, env).start()
         try:
             run_phase("in-process state", [bare, local], seconds, repeat)
+            run_writes(local, seconds, repeat)
         finally:
             local.stop()
         shared = Gateway(f"gateway, {n} layers, Redis-shared state", shared_layers,
