@@ -4,6 +4,7 @@
     python bench/profile_pg_path.py chain     # µs per operation in the chain, per layer phase
     python bench/profile_pg_path.py profile   # cProfile of the event loop under pgbench
     python bench/profile_pg_path.py profile --no-layers --seconds 5 --clients 16
+    python bench/profile_pg_path.py profile --writes --clients 8   # TPC-B-like writes
 
 All run the gateway in this process (uvloop) with the configuration of
 ``bench/layers_bench.py`` (the bench tenant ``benchco`` on tier ``bench``, every installed
@@ -298,7 +299,8 @@ async def profile_mode(args) -> None:
     async with running_gateway(_config(plugins, not args.no_layers), plugins=plugins) as gw:
         port = gw.port("postgres")
         env = {**os.environ, "PGPASSWORD": lb.PASSWORD, "PGSSLMODE": "disable"}
-        cmd = ["pgbench", "-h", "127.0.0.1", "-p", str(port), "-U", lb.TENANT, "-n", "-S",
+        script = [] if args.writes else ["-S"]
+        cmd = ["pgbench", "-h", "127.0.0.1", "-p", str(port), "-U", lb.TENANT, "-n", *script,
                "-M", args.mode, "-c", str(args.clients), "-j", str(min(2, args.clients)),
                "-T", str(args.seconds), "main"]
         # Warm-up: logins, pool, cost cache.
@@ -320,7 +322,9 @@ async def profile_mode(args) -> None:
             raise SystemExit(f"pgbench failed:\n{err.decode()}\n{text}")
         tps = lb._tps(text)
         layers = "no layers" if args.no_layers else f"{len(gw.context.chain)} layers"
-        print(f"# {layers}: pgbench -S -M {args.mode} -c {args.clients} -T {args.seconds}: "
+        script_name = "TPC-B" if args.writes else "-S"
+        print(f"# {layers}: pgbench {script_name} -M {args.mode} -c {args.clients} "
+              f"-T {args.seconds}: "
               f"{tps:,.0f} tps (under cProfile), process CPU {cpu / (tps * args.seconds) * 1e6:.1f}"
               f" µs/tx (profiler overhead included)")
         buf = io.StringIO()
@@ -345,6 +349,7 @@ def main() -> None:
     pr.add_argument("--no-layers", action="store_true")
     pr.add_argument("--seconds", type=int, default=5)
     pr.add_argument("--clients", type=int, default=16)
+    pr.add_argument("--writes", action="store_true", help="pgbench's TPC-B-like script")
     pr.add_argument("--mode", default="simple", choices=("simple", "extended", "prepared"))
     pr.add_argument("--sort", default="tottime")
     pr.add_argument("--top", type=int, default=35)
