@@ -34,6 +34,7 @@ CORE = {
     "state": models.StateConfig,
     "lifecycle": models.LifecycleConfig,
     "audit": models.AuditConfig,
+    "limits": models.LimitsConfig,
     "plugins": models.PluginsConfig,
     "tiers": models.TierConfig,
     "price": models.PriceConfig,

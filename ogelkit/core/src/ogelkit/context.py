@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from ogelkit.audit import AuditLog
+from ogelkit.limits import OutputGuard
 from ogelkit.livestats import LiveStats
 
 if TYPE_CHECKING:
@@ -53,6 +54,8 @@ class GatewayContext:
         self.audit = AuditLog(keep=a.keep, log_rate=a.log_rate, log_burst=a.log_burst,
                               on_suppressed=metrics.audit_suppressed.inc)
         directory.audit = self.audit
+        #: Memory ceilings on replies clients do not read (``ogelkit.limits``).
+        self.output_guard = OutputGuard.from_config(config.limits)
         #: Per-tenant live counters for Studio (``ogelkit.livestats``).
         self.live = LiveStats()
         #: The admin API's endpoints (core and plugins'), for its OpenAPI document.

@@ -30,6 +30,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, ClassVar, Generic, Protocol, TypeVar
 
+from ogelkit.limits import MAX_INFLIGHT, OutputGuard
 from ogelkit.model import Reason, Reject, Session
 
 if TYPE_CHECKING:
@@ -405,6 +406,13 @@ class FrontDoor:
         self.servers: list[asyncio.AbstractServer] = []
         self.loop: asyncio.AbstractEventLoop | None = None
         self.observe = False  # set at start: see observes_operations()
+        limits = getattr(getattr(context, "config", None), "limits", None)
+        #: Unanswered requests one connection may have upstream (``[limits] max_inflight``).
+        self.max_inflight: int = limits.max_inflight if limits is not None else MAX_INFLIGHT
+        #: The gateway's ceilings on replies clients do not read (``ogelkit.limits``);
+        #: connections report ``pause_writing``/``resume_writing`` to it.
+        self.output_guard: OutputGuard = getattr(context, "output_guard", None) \
+            or OutputGuard.from_config(limits)
         self._tasks: set[asyncio.Task[Any]] = set()
 
     def add_backend(self, backend: Backend) -> None:

@@ -36,6 +36,7 @@ class Reason(StrEnum):
     COST = "cost"  # estimated cost over the tier's ceiling
     TIMEOUT = "timeout"  # gateway-side deadline
     QUOTA = "quota"  # storage / memory / key quota
+    MEMORY = "memory"  # the gateway's own memory ceiling (per connection, per gateway)
     FORBIDDEN = "forbidden"  # command not allowed through the gateway
     UNAVAILABLE = "unavailable"  # upstream or shared state down (fail closed)
     SHUTDOWN = "shutdown"  # gateway draining

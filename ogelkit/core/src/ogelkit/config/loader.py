@@ -26,6 +26,7 @@ from ogelkit.config.models import (
     ControlConfig,
     GatewayConfig,
     LifecycleConfig,
+    LimitsConfig,
     ListenConfig,
     PluginsConfig,
     PriceConfig,
@@ -78,6 +79,7 @@ class Config:
     raw: dict[str, Any] = attrs.field(repr=False)
     lifecycle: LifecycleConfig = attrs.field(factory=LifecycleConfig)
     audit: AuditConfig = attrs.field(factory=AuditConfig)
+    limits: LimitsConfig = attrs.field(factory=LimitsConfig)
     #: Parsed without plugins (control-plane CLI commands): backends carry their id and type
     #: only (``cls`` is the ``Backend`` base, ``options`` None) and there are no layers.
     core_only: bool = False
@@ -155,6 +157,7 @@ def parse_config(text: str, plugins: Plugins | None, *, env: Mapping[str, str] |
         raw=data,
         lifecycle=sections["lifecycle"],
         audit=sections["audit"],
+        limits=sections["limits"],
         core_only=plugins is None,
     )
 

@@ -12,6 +12,7 @@ import attrs
 
 from ogelkit.config.schema import Duration, Size, option
 from ogelkit.config.validators import positive
+from ogelkit.limits import CONNECTION_OUTPUT, GATEWAY_OUTPUT, MAX_INFLIGHT
 
 _UNSET: Any = None
 
@@ -106,6 +107,27 @@ class AuditConfig:
 
 
 @attrs.define(kw_only=True)
+class LimitsConfig:
+    """Bounds on what one client may make the gateway hold (docs/operations.md, "Fairness
+    and limits"). They apply to every tenant and tier alike: they protect the gateway and
+    its other clients, not a plan."""
+
+    max_inflight: int = option(MAX_INFLIGHT, validator=positive, doc="Requests one client connection "
+                               "may have sent upstream and not yet answered (Redis "
+                               "pipelines); past it the gateway stops reading that client "
+                               "until replies have been delivered. Bounds the replies an "
+                               "upstream buffers for a client that does not read them.")
+    connection_output: Size = option(CONNECTION_OUTPUT, validator=positive, doc="Replies "
+                                     "buffered for one client that does not read them; past "
+                                     "it the client is refused in its protocol (Postgres "
+                                     "53200, Redis -OOM, MongoDB code 146) and closed.")
+    gateway_output: Size = option(GATEWAY_OUTPUT, validator=positive, doc="Replies "
+                                  "buffered for all clients that do not read them, together; "
+                                  "past it the client holding the most is refused and "
+                                  "closed, until the total is under the limit again.")
+
+
+@attrs.define(kw_only=True)
 class PluginsConfig:
     disable: list[str] = option(factory=list, doc="Plugin (entry point) names not to load.")
 
@@ -176,6 +198,7 @@ TOP_LEVEL = {
     "state": StateConfig,
     "lifecycle": LifecycleConfig,
     "audit": AuditConfig,
+    "limits": LimitsConfig,
     "plugins": PluginsConfig,
 }
 SPECIAL = ("backends", "layers", "tiers", "tenants")

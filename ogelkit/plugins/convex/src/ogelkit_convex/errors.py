@@ -18,6 +18,7 @@ TABLE: dict[str, tuple[int, str, str]] = {
     Reason.COST: (403, "CostCeiling", "FatalError"),
     Reason.TIMEOUT: (504, "GatewayTimeout", "FatalError"),
     Reason.QUOTA: (507, "QuotaExceeded", "FatalError"),
+    Reason.MEMORY: (503, "OutOfMemory", "FatalError"),
     Reason.FORBIDDEN: (403, "Forbidden", "FatalError"),
     Reason.UNAVAILABLE: (503, "Unavailable", "FatalError"),
     Reason.SHUTDOWN: (503, "Shutdown", "FatalError"),

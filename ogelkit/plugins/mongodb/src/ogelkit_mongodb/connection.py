@@ -71,6 +71,7 @@ class MongoConnection(asyncio.Protocol, Planner, ReplyMapper, LocalCommands):
         self.buf = bytearray()
         self.busy = False  # a command is being answered: later ones wait in buf
         self.paused = False
+        self.write_paused = False  # the client reads slower than its replies come
         self.closed = False
         self._processing = False
         self._reply_ids = itertools.count(1)
@@ -147,7 +148,7 @@ class MongoConnection(asyncio.Protocol, Planner, ReplyMapper, LocalCommands):
     def data_received(self, data: bytes) -> None:
         if self.closed:
             return
-        if not self.busy and not self.buf and len(data) >= 16:
+        if not self.busy and not self.write_paused and not self.buf and len(data) >= 16:
             n = _I32(data, 0)[0]
             if n == len(data) and n <= self.limit:
                 self._message(data)
@@ -161,7 +162,8 @@ class MongoConnection(asyncio.Protocol, Planner, ReplyMapper, LocalCommands):
         self._processing = True
         try:
             buf = self.buf
-            while not self.busy and not self.closed and len(buf) >= 16:
+            while not self.busy and not self.write_paused and not self.closed \
+                    and len(buf) >= 16:
                 n = _I32(buf, 0)[0]
                 if n < 16 or n > self.limit:
                     request_id = _I32(buf, 4)[0]
@@ -183,11 +185,24 @@ class MongoConnection(asyncio.Protocol, Planner, ReplyMapper, LocalCommands):
                 del buf[:n]
                 self._message(msg)
             if not self.paused and len(buf) > self.limit and (
-                    self.busy or not self.authenticated):
+                    self.busy or self.write_paused or not self.authenticated):
                 self.paused = True
                 self.transport.pause_reading()  # type: ignore[union-attr]
         finally:
             self._processing = False
+
+    def pause_writing(self) -> None:
+        # The client does not read its replies: run none of its next commands until it
+        # does (buffered commands wait in buf, then its socket); the output guard refuses
+        # it if the replies already written pile up past the ceilings.
+        self.write_paused = True
+        self.door.output_guard.writing_paused(self)
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        self.door.output_guard.writing_resumed(self)
+        if not self.busy:
+            self._resume()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.closed and self.transport is None:

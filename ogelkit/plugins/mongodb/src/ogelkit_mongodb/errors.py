@@ -21,6 +21,7 @@ COMMAND_NOT_FOUND = (59, "CommandNotFound")
 INVALID_NAMESPACE = (73, "InvalidNamespace")
 MESSAGE_TOO_LARGE = (10334, "BSONObjectTooLarge")
 INTERNAL_ERROR = (1, "InternalError")
+EXCEEDED_MEMORY_LIMIT = (146, "ExceededMemoryLimit")
 
 #: Every ``ogelkit.Reason`` and the MongoDB error it is answered with (one table, used by the
 #: connection and by the FrontDoorContract).
@@ -35,6 +36,7 @@ BY_REASON: dict[Reason, tuple[int, str]] = {
     Reason.TIMEOUT: MAX_TIME_EXPIRED,
     # MongoDB has no quota code (14 is TypeMismatch): 13 with reason "quota" in the document.
     Reason.QUOTA: UNAUTHORIZED,
+    Reason.MEMORY: EXCEEDED_MEMORY_LIMIT,
     Reason.FORBIDDEN: UNAUTHORIZED,
     Reason.UNAVAILABLE: HOST_UNREACHABLE,
     Reason.SHUTDOWN: SHUTDOWN,

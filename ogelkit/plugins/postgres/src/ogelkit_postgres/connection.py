@@ -292,12 +292,14 @@ class PostgresConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         self.write_paused = True
+        self.door.output_guard.writing_paused(self)
         srv = self.server
         if srv is not None:
             srv.pause()
 
     def resume_writing(self) -> None:
         self.write_paused = False
+        self.door.output_guard.writing_resumed(self)
         srv = self.server
         if srv is not None:
             srv.resume()

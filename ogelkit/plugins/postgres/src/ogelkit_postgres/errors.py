@@ -15,6 +15,7 @@ SQLSTATE = {
     Reason.COST: "54001",
     Reason.TIMEOUT: "57014",
     Reason.QUOTA: "53100",
+    Reason.MEMORY: "53200",  # out_of_memory
     Reason.FORBIDDEN: "42501",
     Reason.UNAVAILABLE: "08006",
     Reason.SHUTDOWN: "57P01",

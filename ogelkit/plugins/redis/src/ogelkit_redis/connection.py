@@ -122,6 +122,8 @@ class RedisConnection(asyncio.Protocol):
         self.suspended = False
         self._stalled: Callable[[], bool] | None = None
         self._reading_paused = False
+        self.write_paused = False  # the client reads slower than its replies come
+        self.max_inflight = door.max_inflight
         self._task: asyncio.Task[None] | None = None
         self.observe = False  # some layer looks at operations
         self.batching = False  # ... and all of them take batches
@@ -174,11 +176,37 @@ class RedisConnection(asyncio.Protocol):
 
     def pause_writing(self) -> None:
         # The client reads its replies slower than we produce them: stop reading its
-        # requests until its socket buffer drains.
+        # requests, and sending them upstream (_over_bound), until its buffer drains; the
+        # output guard refuses it if what is already owed piles up past the ceilings.
+        self.write_paused = True
         self._pause_reading()
+        self.door.output_guard.writing_paused(self)
 
     def resume_writing(self) -> None:
-        self._resume_reading()
+        self.write_paused = False
+        self.door.output_guard.writing_resumed(self)
+        if self._stalled is _held and self.sent - self.recv < self.max_inflight:
+            self.loop.call_soon(self._unstall)
+        else:
+            self._resume_reading()
+
+    def _over_bound(self) -> bool:
+        """Enough is owed to this client: [limits] max_inflight unanswered requests, or
+        replies it does not read (a 64 kB chunk can hold 4,000 LRANGEs)."""
+        return self.sent - self.recv >= self.max_inflight or self.write_paused
+
+    def _hold(self) -> bool:
+        """Stop the client's input until the replies owed are delivered (``_after_reply``
+        then resumes it) and its transport takes writes again (``resume_writing``)."""
+        self.suspended = True
+        self._stalled = _held
+        self._pause_reading()
+        return False
+
+    def abort(self) -> None:
+        self.closing = True
+        if self.transport is not None:
+            self.transport.abort()
 
     def _pause_reading(self) -> None:
         if not self._reading_paused and self.transport is not None:
@@ -309,6 +337,10 @@ class RedisConnection(asyncio.Protocol):
         while pos < n:
             if self.closing:
                 return -1
+            if self._over_bound():
+                self._keep(data, pos)
+                self._hold()
+                return -1
             try:
                 argv, end = parse_command(data, pos, self.max_bulk, self.max_args, partial)
             except ProtocolError as exc:
@@ -345,6 +377,9 @@ class RedisConnection(asyncio.Protocol):
         first = None
         try:
             while i < n:
+                if self._over_bound():
+                    self._stash(cmds, i)
+                    return self._hold()
                 up = self._shared
                 if (up is not None and not up.closed and self.authed and self.dedicated is None
                         and not self.skip_next and not self.reply_off
@@ -355,7 +390,10 @@ class RedisConnection(asyncio.Protocol):
                     prefix = self.ns.prefix
                     quota_ok = self.tdb.over_quota is None
                     first = None  # the batch's first command (when batching)
+                    limit = self.max_inflight
                     while i < n:
+                        if len(outs) + self.sent - self.recv >= limit:
+                            break  # sent below, then _over_bound holds the rest
                         argv = cmds[i]
                         if not argv:
                             i += 1
@@ -1250,6 +1288,11 @@ class RedisConnection(asyncio.Protocol):
             self.suspended = False
             return then(up)
         return self._spawn(get())
+
+
+def _held() -> bool:
+    """The retry of a connection held by ``_hold``: nothing to redo, input goes on."""
+    return True
 
 
 def _silence(raw: bytes) -> bytes:

@@ -22,6 +22,7 @@ CODES: dict[Reason, str] = {
     Reason.COST: "ERR",
     Reason.TIMEOUT: "TIMEOUT",
     Reason.QUOTA: "OOM",
+    Reason.MEMORY: "OOM",
     Reason.FORBIDDEN: "ERR",
     Reason.UNAVAILABLE: "ERR",
     Reason.SHUTDOWN: "ERR",
