@@ -235,7 +235,13 @@ class RedisBackend(Backend):
         user = tdb.record.upstream.get("user") or self.acl_user(tdb.tenant, tdb.name)
         fresh = [p for p in patterns if p.startswith((tdb.ns.escaped, b"__keyspace@"))]
         if fresh:
-            await self.call(b"ACL", b"SETUSER", user.encode(), *(b"&" + p for p in fresh))
+            try:
+                await self.call(b"ACL", b"SETUSER", user.encode(), *(b"&" + p for p in fresh))
+            except RedisCallError as exc:
+                # Redis's ACL rules cannot hold every pattern (one with a space is a syntax
+                # error): the client's PSUBSCRIBE is refused, not a gateway error.
+                raise Reject(Reason.FORBIDDEN, "ERR this pattern cannot be subscribed to "
+                             f"through the gateway ({exc})") from None
         tdb.granted.update(patterns)
 
     async def deprovision(self, tenant: TenantRecord, db: DatabaseRecord) -> None:
