@@ -18,7 +18,9 @@ from __future__ import annotations
 
 import argparse
 import logging
+import resource
 import sys
+import time
 import uuid
 from typing import Any
 
@@ -56,10 +58,17 @@ class Watch(logging.Handler):
         self.seen.append(f"asyncio: {context.get('message')} {context.get('exception')!r}"[:300])
 
 
-def make_canary(client: pymongo.MongoClient, counter: list[int]) -> Any:
+def make_canary(client: pymongo.MongoClient, counter: list[int],
+                latencies_ms: list[float] | None = None) -> Any:
     coll = client.main.canary
 
     def canary() -> None:
+        t0 = time.monotonic()
+        check()
+        if latencies_ms is not None:
+            latencies_ms.append((time.monotonic() - t0) * 1000)
+
+    def check() -> None:
         counter[0] += 1
         value = counter[0]
         coll.insert_one({"n": value, "canary": True})
@@ -89,8 +98,11 @@ def run(frames: int, seed: int = 1, canary_every: int = 25,
                                          password=PASSWORD, authSource="main",
                                          serverSelectionTimeoutMS=5000)
             try:
+                latencies: list[float] = []
                 report = fuzz(port, attacker, PASSWORD, frames=frames, seed=seed,
-                              canary=make_canary(client, [0]), canary_every=canary_every)
+                              canary=make_canary(client, [0], latencies),
+                              canary_every=canary_every)
+                report.canary_latencies_ms = latencies
             finally:
                 client.close()
     finally:
@@ -111,6 +123,11 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     report, problems = run(args.frames, args.seed, args.canary_every)
     print(report.summary())
+    latencies = sorted(getattr(report, "canary_latencies_ms", []) or [0.0])
+    p99 = latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))]
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(f"  canary p99 {p99:.1f} ms (insert + find + count), worst {latencies[-1]:.0f} ms; "
+          f"peak RSS of the process (gateway and fuzzer) {peak:.0f} MB")
     for item in problems[:20]:
         print("  exception:", item)
     for item in report.hangs[:20]:
