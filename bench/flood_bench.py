@@ -19,8 +19,9 @@ it wants them) and floods during the scenario:
 - ``baseline``: no flood;
 - ``resp_malformed``: 150 connections write malformed RESP at full speed (half of them
   after AUTH), reconnecting after each close;
-- ``resp_big``: valid but huge work: pipelines of 10,000 SETs, MGETs of 10,000 keys and a
-  1M-element LRANGE, on connections that read their replies and on ones that never do;
+- ``resp_big``: valid but huge work: pipelines of 10,000 SETs and MGETs of 10,000 keys
+  (read and never read), 1M-element LRANGEs (each read whole), pipelined 10,000-element
+  LRANGEs whose replies are never read;
 - ``pg_flood``: 20 connections sending 900 kB queries and floods of 5,000 Parse messages;
 - ``mongo_flood``: 1 MB-document inserts and malformed OP_MSG (before authentication);
 - ``login_storm``: logins with wrong passwords on all three protocols (SCRAM and AUTH).
@@ -67,7 +68,8 @@ statement_timeout = "60s"
 
 # -- the gateway -----------------------------------------------------------------------------
 
-def gateway_config(suffix: str, control: str, extra: str = "") -> str:
+def gateway_config(suffix: str, control: str, extra: str = "",
+                   without: tuple[str, ...] = ()) -> str:
     from ogelkit.testing import minimal_config
     from ogelkit.testing.services import ferretdb_url, pg_dsn, redis_url
     text = minimal_config(f'''{TIER}
@@ -103,6 +105,8 @@ flush_interval = "1s"
 [[layers]]
 type = "intelligence"
 {extra}''', control_url=control)
+    for layer in without:  # --without: find what a layer costs under a flood
+        text = text.replace(f'[[layers]]\ntype = "{layer}"\n', "")
     return text.replace('admin_token = "test-admin-token"', f'admin_token = "{ADMIN_TOKEN}"') \
         .replace("http = 0\n", "http = 0\npostgres = 0\nredis = 0\nmongodb = 0\n")
 
@@ -304,6 +308,22 @@ async def attack_resp_big(env: dict[str, Any], stop: float) -> None:
     pipeline = b"".join(_resp("SET", k, "v" * 16) for k in keys)
     mget = _resp("MGET", *keys)
     lrange = _resp("LRANGE", "big", "0", "-1")
+    mid = _resp("LRANGE", "mid", "0", "-1")
+
+    async def one_at_a_time(payload: bytes, size: int) -> None:
+        # The 1M-element LRANGE, each reply read whole before the next request (pipelined,
+        # every copy costs the shared upstream Redis 14 MB of output buffer).
+        while time.monotonic() < stop:
+            try:
+                reader, writer = await asyncio.open_connection(host, port)
+                writer.write(auth)
+                await reader.readline()
+                while time.monotonic() < stop:
+                    writer.write(payload)
+                    await reader.readexactly(size)
+                writer.transport.abort()
+            except (OSError, ConnectionError, asyncio.IncompleteReadError):
+                await asyncio.sleep(0.05)
 
     async def conn(payload: bytes, read: bool) -> None:
         while time.monotonic() < stop:
@@ -321,14 +341,20 @@ async def attack_resp_big(env: dict[str, Any], stop: float) -> None:
             except (OSError, ConnectionError, TimeoutError):
                 await asyncio.sleep(0.05)
     tasks = [conn(pipeline, True) for _ in range(4)] + [conn(mget, True) for _ in range(4)]
-    tasks += [conn(lrange, True) for _ in range(2)] + [conn(lrange, False) for _ in range(2)]
+    tasks += [one_at_a_time(lrange, BIG_REPLY) for _ in range(2)]
+    tasks += [conn(mid, False) for _ in range(2)]  # pipelined LRANGEs, replies never read
     tasks += [conn(pipeline, False) for _ in range(2)]
     await asyncio.gather(*tasks)
+
+
+BIG_REPLY = 10 + 1_000_000 * 14  # *1000000 and 1M of $8 e0000000
 
 
 def _setup_big_list(env: dict[str, Any]) -> None:
     import redis
     client = redis.Redis.from_url(env["attacker"]["redis"], socket_timeout=120)
+    if client.llen("mid") < 10_000:
+        client.rpush("mid", *(b"m%07d" % i for i in range(10_000)))
     if client.llen("big") < 1_000_000:
         client.delete("big")
         for start in range(0, 1_000_000, 50_000):
@@ -479,8 +505,6 @@ def run_scenario(scenario: str, env: dict[str, Any], sampler: Sampler,
     canary = Canary()
     stop = threading.Event()
     child = None
-    if scenario == "resp_big":
-        _setup_big_list(env)
     if scenario != "baseline":
         child = subprocess.Popen([sys.executable, __file__, "--attack", scenario,
                                   "--env", env_path, "--seconds", str(seconds)])
@@ -534,6 +558,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--list", action="store_true")
     ap.add_argument("--extra", default="", help="TOML appended to the gateway's config")
     ap.add_argument("--json", help="write the rows to this file")
+    ap.add_argument("--without", action="append", default=[], metavar="LAYER",
+                    help="leave this layer out of the gateway (repeatable)")
     ap.add_argument("--attack", help=argparse.SUPPRESS)
     ap.add_argument("--env", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -547,7 +573,8 @@ def main(argv: list[str] | None = None) -> int:
     from ogelkit.testing import GatewayProcess
     suffix = secrets.token_hex(3)
     workdir = tempfile.mkdtemp(prefix="ogelkit-flood-")
-    proc = GatewayProcess(gateway_config(suffix, f"sqlite:///{workdir}/control.db", args.extra),
+    proc = GatewayProcess(gateway_config(suffix, f"sqlite:///{workdir}/control.db", args.extra,
+                                         tuple(args.without)),
                           workdir=workdir)
     proc.start(wait_ready=60)
     rows = []
@@ -558,6 +585,8 @@ def main(argv: list[str] | None = None) -> int:
                "attacker": create_tenant(ports["http"], "attacker")}
         env_path = f"{workdir}/env.json"
         Path(env_path).write_text(json.dumps(env))
+        if "resp_big" in scenarios:  # now: a flood before it may get the attacker backed off
+            _setup_big_list(env)
         sampler = Sampler(proc.proc.pid)
         sampler.start()
         print(f"gateway pid {proc.proc.pid}, log {proc.log_path}; {args.seconds:.0f} s per "
