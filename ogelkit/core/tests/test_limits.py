@@ -89,4 +89,4 @@ def test_the_limits_section():
     assert config.limits.connection_output == 2 * 1024 * 1024
     assert config.limits.gateway_output == 1024 ** 3
     default = parse_config(minimal_config(""), None).limits
-    assert (default.max_inflight, default.connection_output) == (1024, 64 * 1024 * 1024)
+    assert (default.max_inflight, default.connection_output) == (128, 64 * 1024 * 1024)

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("ogelkit.limits")
 
 #: The defaults of ``[limits]`` (``ogelkit.config.models.LimitsConfig`` documents them).
-MAX_INFLIGHT = 1024
+MAX_INFLIGHT = 128
 CONNECTION_OUTPUT = 64 * 1024 * 1024
 GATEWAY_OUTPUT = 512 * 1024 * 1024
 
