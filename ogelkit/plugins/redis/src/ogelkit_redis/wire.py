@@ -248,48 +248,28 @@ _BULK = frozenset(b"$=!")
 _AGG = frozenset(b"*~>")
 
 
+def _length(buf: bytes | bytearray, start: int, eol: int) -> int:
+    """The length or count of a reply header (``-1`` and other negatives: null)."""
+    try:
+        return int(buf[start:eol])
+    except ValueError:
+        raise ProtocolError(f"invalid length in a reply: {bytes(buf[start:eol][:32])!r}"
+                            ) from None
+
+
 def reply_end(buf: bytes, pos: int) -> int:
     """End offset of the reply starting at ``pos``; ``-need`` if incomplete (``need`` is the
-    buffer length worth waiting for)."""
-    n = len(buf)
-    remaining = 1
-    while remaining:
-        if pos >= n:
-            return -(n + 1)
-        t = buf[pos]
-        eol = buf.find(CRLF, pos)
-        if eol < 0:
-            return -(n + 1)
-        remaining -= 1
-        if t in _BULK:
-            size = int(buf[pos + 1:eol])
-            if size < 0:
-                pos = eol + 2
-            else:
-                pos = eol + 4 + size
-                if pos > n:
-                    return -pos
-        elif t in _AGG:
-            c = int(buf[pos + 1:eol])
-            pos = eol + 2
-            if c > 0:
-                remaining += c
-        elif t == 37:  # '%' map
-            remaining += 2 * int(buf[pos + 1:eol])
-            pos = eol + 2
-        elif t == 124:  # '|' attribute: a map, then the reply it annotates
-            remaining += 2 * int(buf[pos + 1:eol]) + 1
-            pos = eol + 2
-        else:
-            pos = eol + 2
-    return pos
+    buffer length worth waiting for). ProtocolError on a malformed length."""
+    end, remaining, need = reply_scan(buf, pos, 1)
+    return -need if remaining else end
 
 
 def reply_scan(buf: bytes | bytearray, pos: int, remaining: int) -> tuple[int, int, int]:
     """Scan ``remaining`` more elements of a reply from ``pos`` (``reply_end`` that can go
     on where it stopped). Returns ``(end, 0, 0)`` when the reply ends at ``end``, else
     ``(at, remaining, need)``: scanning goes on at ``at`` (where an incomplete element
-    starts) with ``remaining`` elements once the buffer holds ``need`` bytes."""
+    starts) with ``remaining`` elements once the buffer holds ``need`` bytes. A length that
+    is not a number is a ProtocolError (the upstream is Redis, but the scanner is total)."""
     n = len(buf)
     find = buf.find
     while remaining:
@@ -300,20 +280,23 @@ def reply_scan(buf: bytes | bytearray, pos: int, remaining: int) -> tuple[int, i
         if eol < 0:
             return pos, remaining, n + 1
         if t in _BULK:
-            size = int(buf[pos + 1:eol])
+            size = _length(buf, pos + 1, eol)
             end = eol + 2 if size < 0 else eol + 4 + size
             if end > n:
                 return pos, remaining, end
         elif t in _AGG:
-            c = int(buf[pos + 1:eol])
+            c = _length(buf, pos + 1, eol)
             if c > 0:
                 remaining += c
             end = eol + 2
         elif t == 37:  # '%' map
-            remaining += 2 * int(buf[pos + 1:eol])
+            c = _length(buf, pos + 1, eol)
+            if c > 0:
+                remaining += 2 * c
             end = eol + 2
         elif t == 124:  # '|' attribute: a map, then the reply it annotates
-            remaining += 2 * int(buf[pos + 1:eol]) + 1
+            c = _length(buf, pos + 1, eol)
+            remaining += 2 * max(c, 0) + 1
             end = eol + 2
         else:
             end = eol + 2
