@@ -259,8 +259,11 @@ def _redis_auth(url: str) -> bytes:
 
 
 async def _drain(reader: asyncio.StreamReader) -> None:
-    while await reader.read(1 << 20):
-        pass
+    try:
+        while await reader.read(1 << 20):
+            pass
+    except (OSError, ConnectionError):
+        pass  # the gateway closed or reset the connection: what the flood expects
 
 
 MALFORMED = (
