@@ -202,6 +202,33 @@ async def test_refused_connections_count_toward_a_storm_but_auth_failures_do_not
         assert rej is not None and "backing off" in rej.message
 
 
+async def test_policy_refusals_do_not_cascade_into_a_back_off(make_intelligence, caplog):
+    """A command refused by design (forbidden), looped 1000 times, never backs off the
+    tenant's allowed traffic; a real storm does, and its log line keeps its log level."""
+    async with make_intelligence('storm_threshold = 5\nstorm_window = "1s"\n') as (ctx, layer):
+        chain = Chain([layer])
+        looping, reading = make_session(ctx, tenant="acme"), make_session(ctx, tenant="acme")
+        await chain.connect(looping)
+        await chain.connect(reading)
+        for _ in range(1000):
+            op = make_operation(looping)
+            op.rejection = Reject(Reason.FORBIDDEN, "ERR 'CONFIG' is not allowed")
+            chain.complete(op)
+            assert chain.admit(make_operation(reading)) is None
+        assert layer.describe()["storms"] == 0
+        with caplog.at_level("WARNING", logger="ogelkit.layer.intelligence"):
+            for _ in range(5):
+                op = make_operation(looping)
+                op.rejection = Reject(Reason.RATE, "rate limited", layer="ratelimit")
+                chain.complete(op)
+        with pytest.raises(Reject):
+            chain.admit(make_operation(reading))
+        record = next(r for r in caplog.records if r.getMessage().startswith("retry storm"))
+        assert record.levelname == "WARNING" and record.escalation_level == 1
+        assert not hasattr(record, "level")
+        assert layer.describe()["recent"][-1]["level"] == 1  # the API keeps its key
+
+
 async def test_stale_entries_are_pruned(make_intelligence):
     body = 'auth_failures = 2\nauth_window = "100ms"\nban = "100ms"\nban_memory = "100ms"\n'
     async with make_intelligence(body) as (ctx, layer):

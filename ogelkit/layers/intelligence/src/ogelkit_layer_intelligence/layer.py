@@ -40,9 +40,14 @@ log = logging.getLogger("ogelkit.layer.intelligence")
 
 #: Refusals that count toward a retry storm. Not: failed logins (they have bans of their
 #: own), unknown tenants (no tenant to back off), timeouts (a slow query is not a retry),
-#: the gateway's own trouble (unavailable, shutdown), nor this layer's own refusals.
+#: the gateway's own trouble (unavailable, shutdown), nor this layer's own refusals, nor
+#: policy refusals (forbidden: a command refused by design). A policy refusal costs the
+#: gateway a lookup and the upstream nothing, and retrying it is a client bug, not load:
+#: counting it would let one connection looping on e.g. CONFIG back off the tenant's
+#: allowed traffic on every connection (issue 16, item 6). Its cost is bounded by the
+#: rate layer like any other operation.
 STORM_REASONS = frozenset({Reason.CONNECTIONS, Reason.RATE, Reason.COST, Reason.QUOTA,
-                           Reason.FORBIDDEN, Reason.SUSPENDED, Reason.BANNED})
+                           Reason.SUSPENDED, Reason.BANNED})
 
 REPORT_LAYER = "intelligence"  # LayerReport.layer of the calibration reports
 MAX_OUTBOX = 10_000
@@ -274,8 +279,10 @@ class IntelligenceLayer(Layer[IntelligenceOptions]):
                  "address": parts[2] if len(parts) > 2 else None, "level": block.level,
                  "seconds": round(block.duration, 3), "at": time.time()}
         self.recent.append(event)
+        # "level" would overwrite the JSON log line's own level field: renamed in the record only.
+        fields = {("escalation_level" if k == "level" else k): v for k, v in event.items()}
         log.warning("auth-failure burst: banned" if kind == "fail" else "retry storm: backing off",
-                    extra={"layer": self.name, **event})
+                    extra={"layer": self.name, **fields})
 
     # -- shared state ------------------------------------------------------------------------
     async def _outbox_loop(self) -> None:
