@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -56,6 +57,7 @@ log = logging.getLogger("ogelkit.redis.client")
 
 PREAUTH_MAX_BULK = 16 * 1024  # like Redis for unauthenticated clients
 PREAUTH_MAX_ARGS = 16
+PROTOVER = re.compile(rb"0|-?[1-9][0-9]{0,17}")  # what Redis's string2ll takes as HELLO's protover
 MAX_PENDING_INPUT = 8 * 1024 * 1024  # input buffered while stalled before we stop reading
 YIELD_AFTER = 64 * 1024  # a chunk this big: other clients' turn before the next one
 #: Sent behind each (UN)SUBSCRIBE (see RedisConnection.send_subscribe).
@@ -104,6 +106,7 @@ class RedisConnection(asyncio.Protocol):
         self.reply_off = False
         self.skip_next = False
         self.no_evict = False
+        self.lib_name = self.lib_ver = b""  # CLIENT SETINFO, shown in CLIENT INFO/LIST
         # Input handling. _chunks: bytes received and not parsed yet (an incomplete request
         # first: _partial says how far it was parsed, _need/_line what it still lacks; and
         # what arrived while the input was suspended); _have: their length. A stall or a
@@ -1168,11 +1171,11 @@ class RedisConnection(asyncio.Protocol):
         auth: tuple[bytes, bytes] | None = None
         name: bytes | None = None
         if len(argv) > 1:
-            try:
-                proto = int(argv[1])
-            except ValueError:
+            # Redis's integer syntax, not Python's: int() reads "0_3", " 3" and "+3" as 3.
+            if PROTOVER.fullmatch(argv[1]) is None:
                 self.reply(wire.error("ERR Protocol version is not an integer or out of range"))
                 return True
+            proto = int(argv[1])
             if proto not in (2, 3):
                 self.reply(wire.error("NOPROTO unsupported protocol version"))
                 return True
@@ -1261,6 +1264,7 @@ class RedisConnection(asyncio.Protocol):
         self._shared = None
         self.name = None
         self.reply_off = self.skip_next = self.no_evict = False
+        self.lib_name = self.lib_ver = b""
 
     # == dedicated connections ==================================================================
     def with_dedicated(self, argv: list[bytes], raw: bytes,

@@ -224,11 +224,40 @@ def _client_line(c: RedisConnection) -> bytes:
         flags = "x"
     elif c.subs or c.ssubs:
         flags = "P"
+    lib_name = c.lib_name.decode("utf-8", "replace")
+    lib_ver = c.lib_ver.decode("utf-8", "replace")
     return (f"id={s.id} addr={s.client_addr} laddr= fd=-1 name={name} age={age} idle=0 "
             f"flags={flags} db=0 sub={c.subs} psub=0 ssub={c.ssubs} multi={-1 if not c.in_multi else 0} "
             f"qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 "
-            f"tot-mem=0 events=r cmd=client|info user={s.user} redir=-1 resp={c.proto}\n"
-            ).encode()
+            f"tot-mem=0 events=r cmd=client|info user={s.user} redir=-1 resp={c.proto} "
+            f"lib-name={lib_name} lib-ver={lib_ver}\n").encode()
+
+
+def _client_setinfo(c: RedisConnection, cmd: Command, argv: list[bytes]) -> bool:
+    """CLIENT SETINFO LIB-NAME|LIB-VER <value> (Redis 7.2): redis-py sends it on connect."""
+    if len(argv) != 4:
+        return _arity_error(c, cmd)
+    attr, value = argv[2].lower(), argv[3]
+    if attr not in (b"lib-name", b"lib-ver"):
+        shown = argv[2][:64].decode("utf-8", "replace")
+        c.reply(wire.error(f"ERR Unrecognized option '{shown}'"))
+        return True
+    if any(ch < 33 or ch > 126 for ch in value):
+        c.reply(wire.error(f"ERR {attr.decode()} cannot contain spaces, newlines or special "
+                           "characters."))
+        return True
+    if attr == b"lib-name":
+        c.lib_name = value[:128]
+    else:
+        c.lib_ver = value[:128]
+    c.reply(wire.OK)
+    return True
+
+
+#: Real CLIENT subcommands the gateway refuses by design besides KILL/PAUSE/UNPAUSE/UNBLOCK
+#: (client-side caching needs server-side tracking of keys across tenants); any other
+#: unsupported name gets Redis's own unknown-subcommand error.
+REFUSED_CLIENT_SUBCOMMANDS = frozenset({b"caching", b"getredir", b"tracking", b"trackinginfo"})
 
 
 def _client(c: RedisConnection, cmd: Command, argv: list[bytes]) -> bool:
@@ -237,6 +266,8 @@ def _client(c: RedisConnection, cmd: Command, argv: list[bytes]) -> bool:
     sub = argv[1].lower()
     if sub == b"id":
         c.reply(wire.integer(c.session.id))
+    elif sub == b"setinfo":
+        return _client_setinfo(c, cmd, argv)
     elif sub == b"getname":
         c.reply(wire.bulk(c.name, c.proto))
     elif sub == b"setname":
@@ -277,17 +308,23 @@ def _client(c: RedisConnection, cmd: Command, argv: list[bytes]) -> bool:
             c.reply(wire.error("ERR syntax error"))
     elif sub == b"help":
         lines = [b"CLIENT <subcommand> [<arg> ...]. Through the gateway:",
-                 b"ID", b"GETNAME", b"SETNAME <name>", b"INFO", b"LIST [ID <own id>]",
+                 b"ID", b"GETNAME", b"SETNAME <name>", b"SETINFO (LIB-NAME|LIB-VER) <value>",
+                 b"INFO", b"LIST [ID <own id>]",
                  b"NO-EVICT (ON|OFF)", b"REPLY (ON|OFF|SKIP)", b"HELP"]
         c.reply(wire.array([b"+%s\r\n" % line for line in lines]))
     elif sub in (b"kill", b"pause", b"unpause", b"unblock"):
         shown = sub.decode().upper()
         return c.refuse_text(cmd, f"CLIENT {shown} could act on other tenants' connections")
-    else:
-        shown = sub[:32].decode("utf-8", "replace").upper()
+    elif sub in REFUSED_CLIENT_SUBCOMMANDS:
+        shown = sub.decode().upper()
         return c.refuse_text(cmd, f"CLIENT {shown} is not supported through the gateway "
-                                  "(supported: ID, GETNAME, SETNAME, INFO, LIST, NO-EVICT, "
-                                  "REPLY, HELP)")
+                                  "(supported: ID, GETNAME, SETNAME, SETINFO, INFO, LIST, "
+                                  "NO-EVICT, REPLY, HELP)")
+    else:
+        # A subcommand Redis 7.0 does not know either (redis-py 8's MAINT_NOTIFICATIONS
+        # probe): the very same answer, and not a refusal, since nothing was refused.
+        shown = argv[1][:128].decode("utf-8", "replace")
+        c.reply(wire.error(f"ERR unknown subcommand '{shown}'. Try CLIENT HELP."))
     return True
 
 
