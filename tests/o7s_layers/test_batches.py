@@ -13,6 +13,7 @@ import importlib
 import pytest
 
 from ogelkit.chain import Chain
+from ogelkit.model import Reject
 from ogelkit.testing import (
     isolated_plugins,
     make_operation,
@@ -62,7 +63,7 @@ async def _run(control_url: str, tenant: str, batch: int, requests: int,
                     op.error, op.failed = "ERR", failed
                 op.bytes_out = 5 * n
                 op.ended = op.started
-            except Exception:
+            except Reject:
                 outcome["refused"] += n
             chain.complete(op)
             sent += n

@@ -942,14 +942,7 @@ class RedisConnection(asyncio.Protocol):
                post: Callable[[RedisConnection], None] | None) -> bool:
         """Layer admission, then the command goes upstream with its operation as the reply
         waiter (one object per command)."""
-        op = RedisOperation(self.session, "command", cmd.op_name, None, len(out))
-        op.argv = argv
-        op.command = cmd
-        op.client = self
-        op.transform = transform
-        op.post = post
-        op.up = up
-        op.queued = False
+        op = self._operation(cmd, argv, len(out), transform, post, up)
         try:
             pending = self.chain.admit(op)
         except Reject as rej:
@@ -982,26 +975,33 @@ class RedisConnection(asyncio.Protocol):
         cmd, argv = first
         if k == 1:
             return self._admit(cmd, argv, outs[0], None, up, None)
-        op = RedisOperation(self.session, "command", cmd.op_name, None, sum(map(len, outs)))
+        # Never cancellable (op.queued stays False): its commands are O(1) ones (UNBATCHED
+        # keeps the others out), and a timeout answer would have to stand in for k replies.
+        op = self._operation(cmd, argv, sum(map(len, outs)), None, None, up)
         op.count = k
-        op.argv = argv
-        op.command = cmd
-        op.client = self
-        op.transform = None
-        op.post = None
-        op.up = up
-        # Not cancellable: its commands are O(1) ones (UNBATCHED keeps the others out), and a
-        # timeout answer for a batch would have to stand in for several replies.
-        op.queued = False
         try:
             pending = self.chain.admit(op)
         except Reject as rej:
-            self._batch_refused(op, rej)
+            self._admission_refused(op, rej)
             return True
         if pending is not None:
-            return self._spawn(self._admit_run_later(op, pending, outs))
+            return self._spawn(self._admit_later(op, pending, outs))
         self._send_batch(op, outs)
         return True
+
+    def _operation(self, cmd: Command, argv: list[bytes], size: int,
+                   transform: Callable[[bytes], bytes] | None,
+                   post: Callable[[RedisConnection], None] | None,
+                   up: Upstream) -> RedisOperation:
+        op = RedisOperation(self.session, "command", cmd.op_name, None, size)
+        op.argv = argv
+        op.command = cmd
+        op.client = self
+        op.transform = transform
+        op.post = post
+        op.up = up
+        op.queued = False
+        return op
 
     def _send_batch(self, op: RedisOperation, outs: list[bytes]) -> None:
         up = op.up
@@ -1013,12 +1013,27 @@ class RedisConnection(asyncio.Protocol):
         op.bytes_at = self.session.bytes_out
         up.send_run(outs, self, op)
 
-    async def _admit_run_later(self, op: RedisOperation, pending: Awaitable[None],
-                               outs: list[bytes]) -> None:
+    def _admission_refused(self, op: RedisOperation, rej: Reject) -> None:
+        """The refusal in place of each reply the operation owes (a batch: op.count)."""
+        op.ended = _monotonic()
+        self.chain.complete(op)
+        k = op.count
+        self.metrics.rejected += k
+        self.metrics.ok -= k
+        if self.in_multi:
+            self.multi_error = True
+        answer = reject_error(rej)
+        for _ in range(k):
+            self.reply(answer)
+
+    async def _admit_later(self, op: RedisOperation, pending: Awaitable[None],
+                           out: bytes | list[bytes]) -> None:
+        """The rest of an admission that went asynchronous; ``out``: the command, or a
+        batch's commands."""
         try:
             await pending
         except Reject as rej:
-            self._batch_refused(op, rej)
+            self._admission_refused(op, rej)
             return
         if op.up.closed:
             op.ended = _monotonic()
@@ -1028,42 +1043,10 @@ class RedisConnection(asyncio.Protocol):
             for _ in range(op.count):
                 self.reply(lost)
             return
-        self._send_batch(op, outs)
-
-    def _batch_refused(self, op: RedisOperation, rej: Reject) -> None:
-        """Every command of a refused batch gets the refusal (one reply each)."""
-        op.ended = _monotonic()
-        self.chain.complete(op)
-        k = op.count
-        self.metrics.rejected += k
-        self.metrics.ok -= k
-        answer = reject_error(rej)
-        for _ in range(k):
-            self.reply(answer)
-
-    def _admission_refused(self, op: RedisOperation, rej: Reject) -> None:
-        op.ended = _monotonic()
-        self.chain.complete(op)
-        self.metrics.rejected += 1
-        self.metrics.ok -= 1
-        if self.in_multi:
-            self.multi_error = True
-        self.reply(reject_error(rej))
-
-    async def _admit_later(self, op: RedisOperation, pending: Awaitable[None],
-                           out: bytes) -> None:
-        try:
-            await pending
-        except Reject as rej:
-            self._admission_refused(op, rej)
-            return
-        if op.up.closed:
-            op.ended = _monotonic()
-            op.error = "ERR"
-            self.chain.complete(op)
-            self.reply(wire.error("ERR upstream Redis connection lost"))
-            return
-        self._queue(op, out)
+        if isinstance(out, list):
+            self._send_batch(op, out)
+        else:
+            self._queue(op, out)
 
     def _queue(self, op: RedisOperation, out: bytes) -> None:
         if self.skip_next or self.reply_off:  # CLIENT REPLY SKIP/OFF when it was sent
