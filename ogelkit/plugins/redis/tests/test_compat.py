@@ -136,3 +136,25 @@ def anyio_backend() -> str:
 
 test_asyncio_handshake_and_forbidden_loop = pytest.mark.anyio(
     test_asyncio_handshake_and_forbidden_loop)
+
+
+# -- malformed input after good requests ------------------------------------------------------
+@pytest.mark.parametrize("bad", [b"*2\r\n$3\r\nGET\r\n:5\r\n", b"*2\r\n$3\r\nGET\r\n$-5\r\n",
+                                 b"*2\r\n$3\r\nGET\r\n*1\r\n$1\r\nk\r\n"])
+def test_a_protocol_error_comes_after_the_replies_owed(gw: Gw, bad: bytes):
+    """Like Redis: the requests before the bad one are answered, then the protocol error,
+    then the connection closes (the gateway used to close at once: no reply at all)."""
+    import socket
+    t = gw.a
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as s:
+        s.sendall(b"*3\r\n$4\r\nAUTH\r\n$%d\r\n%s\r\n$%d\r\n%s\r\n" % (
+            len(t.slug), t.slug.encode(), len(t.password), t.password.encode()))
+        assert s.recv(100) == b"+OK\r\n"
+        s.sendall(b"*2\r\n$3\r\nGET\r\n$7\r\nmissing\r\n" * 5 + bad)
+        got = b""
+        while chunk := s.recv(65536):  # the gateway closes: recv returns b""
+            got += chunk
+    replies = got.split(b"\r\n")
+    assert replies[:5] == [b"$-1"] * 5, got
+    assert replies[5].startswith(b"-ERR Protocol error"), got
+    assert gw.client(gw.b).ping()

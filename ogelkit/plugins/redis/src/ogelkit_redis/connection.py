@@ -59,6 +59,7 @@ PREAUTH_MAX_BULK = 16 * 1024  # like Redis for unauthenticated clients
 PREAUTH_MAX_ARGS = 16
 PROTOVER = re.compile(rb"0|-?[1-9][0-9]{0,17}")  # what Redis's string2ll takes as HELLO's protover
 MAX_PENDING_INPUT = 8 * 1024 * 1024  # input buffered while stalled before we stop reading
+OWED_GRACE = 5.0  # after a protocol error: how long owed replies may take before the close
 YIELD_AFTER = 64 * 1024  # a chunk this big: other clients' turn before the next one
 #: Sent behind each (UN)SUBSCRIBE (see RedisConnection.send_subscribe).
 SUBSCRIBE_BARRIER = encode_command([b"PING"])
@@ -78,6 +79,7 @@ class RedisConnection(asyncio.Protocol):
         self.proto = 2
         self.authed = False
         self.closing = False
+        self._close_when_answered: asyncio.TimerHandle | None = None  # see _protocol_error
         self.closed = False
         self.name: bytes | None = None
         # Set by authenticated(). Every command handler runs after it (before it, _preauth
@@ -577,6 +579,8 @@ class RedisConnection(asyncio.Protocol):
         held = self.held
         while held and held[0][0] <= self.recv:
             self._write(held.popleft()[1])
+        if not held and self._close_when_answered is not None:  # the protocol error is out
+            self._close_now()
 
     def deliver(self, raw: bytes) -> None:
         """One upstream reply for this client (pass-through)."""
@@ -787,13 +791,27 @@ class RedisConnection(asyncio.Protocol):
 
     # == closing ================================================================================
     def _protocol_error(self, message: str) -> None:
+        """Like Redis: the replies still owed for the requests before the bad one, then the
+        error, then the close (closing at once lost them all). Reading stops now; a reply
+        that never comes closes the connection after OWED_GRACE anyway."""
         self.reply(protocol_error(message))
-        self.close()
+        if not self.held or self.transport is None or self.closing:
+            self.close()
+            return
+        self.closing = True
+        self._pause_reading()
+        self._close_when_answered = self.loop.call_later(OWED_GRACE, self._close_now)
 
     def close(self) -> None:
         if self.closing:
             return
         self.closing = True
+        self._close_now()
+
+    def _close_now(self) -> None:
+        timer, self._close_when_answered = self._close_when_answered, None
+        if timer is not None:
+            timer.cancel()
         if self._out is not None:
             self.flush_out()
         if self.transport is not None:
