@@ -175,17 +175,19 @@ def _pick_backend(call: Call, kind: str, backend_id: str | None) -> Any:
     backends = call.ctx.backends
     if backend_id is not None:
         backend = backends.get(backend_id)
+        # A well-formed request naming a backend this gateway does not have: the resource
+        # it refers to is not found (404); two that could serve it: a conflict (409).
         if backend is None or backend.kind != kind:
-            raise Problem(400, "bad_request", f'no {kind} backend "{backend_id}" (backends: '
+            raise Problem(404, "not_found", f'no {kind} backend "{backend_id}" (backends: '
                           f'{", ".join(backends) or "none"})')
         return backend
     matches = [b for b in backends.values() if b.kind == kind]
     if not matches:
         kinds = sorted({b.kind for b in backends.values()})
-        raise Problem(400, "bad_request", f'no backend of kind "{kind}" (kinds: '
+        raise Problem(404, "not_found", f'no backend of kind "{kind}" (kinds: '
                       f'{", ".join(kinds) or "none"})')
     if len(matches) > 1:
-        raise Problem(400, "bad_request", f"several {kind} backends "
+        raise Problem(409, "ambiguous", f"several {kind} backends "
                       f"({', '.join(b.name for b in matches)}): name one as backend")
     return matches[0]
 
@@ -415,7 +417,9 @@ async def whoami(call: Call) -> Any:
 
 async def openapi(call: Call) -> Any:
     from ogelkit.admin.openapi import document
-    return document(call.ctx.admin_endpoints, list(call.ctx.tiers))
+    backends = call.ctx.backends
+    return document(call.ctx.admin_endpoints, list(call.ctx.tiers),
+                    [b.kind for b in backends.values()], list(backends))
 
 
 # -- the table ---------------------------------------------------------------------------------
@@ -423,6 +427,9 @@ T = "/admin/tenants/{slug}"
 D = T + "/databases/{db}"
 #: A tier name: the OpenAPI document lists this gateway's tiers (the handler checks them).
 TIER_NAMES = {"type": "string", "minLength": 1, "maxLength": 64, "x-ogelkit-tier": True}
+#: A backend kind / backend name: listed the same way (the handler checks the pair).
+KIND_NAMES = {"type": "string", "maxLength": 64, "x-ogelkit-kind": True}
+BACKEND_NAMES = {"type": "string", "maxLength": 64, "x-ogelkit-backend": True}
 CORE_ENDPOINTS: list[Endpoint] = [
     Endpoint("GET", "/admin/openapi.json", openapi, "This OpenAPI document", access="public",
              tag="meta"),
@@ -470,8 +477,7 @@ CORE_ENDPOINTS: list[Endpoint] = [
              response=CREATED_DATABASE,
              request={"type": "object", "required": ["name", "kind"],
                       "additionalProperties": False, "properties": {
-                          "name": NAME_SCHEMA, "kind": {"type": "string", "maxLength": 64},
-                          "backend": {"type": "string", "maxLength": 64},
+                          "name": NAME_SCHEMA, "kind": KIND_NAMES, "backend": BACKEND_NAMES,
                           "options": {"type": "object", "description": "backend-specific "
                                       "provisioning options, e.g. convex deployment_url, "
                                       "admin_key, client_auth"}}}),

@@ -75,24 +75,31 @@ def _op_name(path: str) -> str:
     return "".join(w[:1].upper() + w[1:] for w in words if w)
 
 
-#: Marks a schema whose values are this gateway's tier names (filled in per document).
+#: Marks of schemas whose values are this gateway's own names, filled in per document as
+#: an enum: tier names, backend kinds, backend names.
 TIER_MARK = "x-ogelkit-tier"
+KIND_MARK = "x-ogelkit-kind"
+BACKEND_MARK = "x-ogelkit-backend"
 
 
-def _fill(value: Any, tiers: list[str]) -> Any:
+def _fill(value: Any, names: dict[str, list[str]]) -> Any:
     if isinstance(value, dict):
-        if value.get(TIER_MARK):
-            return {"type": "string", "enum": tiers}
-        return {k: _fill(v, tiers) for k, v in value.items()}
+        for mark, enum in names.items():
+            if value.get(mark) and enum:  # no names configured: the plain schema stays
+                return {"type": "string", "enum": enum}
+        return {k: _fill(v, names) for k, v in value.items()}
     if isinstance(value, list):
-        return [_fill(v, tiers) for v in value]
+        return [_fill(v, names) for v in value]
     return value
 
 
-def document(endpoints: Sequence[Endpoint], tiers: Sequence[str] = ()) -> dict[str, Any]:
+def document(endpoints: Sequence[Endpoint], tiers: Sequence[str] = (),
+             kinds: Sequence[str] = (), backends: Sequence[str] = ()) -> dict[str, Any]:
+    names = {TIER_MARK: list(tiers), KIND_MARK: sorted(set(kinds)),
+             BACKEND_MARK: list(backends)}
     paths: dict[str, dict[str, Any]] = {}
     for ep in endpoints:
-        paths.setdefault(ep.path, {})[ep.method.lower()] = _fill(_operation(ep), list(tiers))
+        paths.setdefault(ep.path, {})[ep.method.lower()] = _fill(_operation(ep), names)
     return {
         "openapi": "3.1.0",
         "info": {"title": "ogelkit admin API", "version": "1",
