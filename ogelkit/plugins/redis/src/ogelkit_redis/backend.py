@@ -92,6 +92,7 @@ class RedisBackend(Backend):
         self.table: CommandTable = CommandTable([])
         self.version = ""
         self.tdbs: dict[tuple[str, str], TenantDb] = {}
+        self.started = time.monotonic()  # INFO's uptime_in_seconds
         self._sampler: asyncio.Task[None] | None = None
         m = context.metrics
         self._m_shared = m.upstream_connections.labels(name, "shared")
@@ -312,31 +313,8 @@ class RedisBackend(Backend):
         return wire.error(f"ERR {name.upper()} is not supported through the gateway")
 
     async def _info(self, tdb: TenantDb, argv: list[bytes], client: RedisConnection) -> bytes:
-        wanted = {a.decode("utf-8", "replace").lower() for a in argv[1:]} or {"default"}
-        every = bool(wanted & {"all", "everything", "default"})
-        out: list[str] = []
-        if every or "server" in wanted:
-            out += ["# Server", f"redis_version:{self.version}", "redis_mode:standalone",
-                    "gateway:ogelkit", ""]
-        if every or "clients" in wanted:
-            n = self.context.sessions.count(tdb.tenant)
-            out += ["# Clients", f"connected_clients:{n}", ""]
-        if every or "memory" in wanted:
-            if tdb.memory is None:
-                await self.sample(tdb)
-            out += ["# Memory", f"used_memory:{tdb.memory or 0}",
-                    f"used_memory_human:{format_size(tdb.memory or 0)}", ""]
-        if every or "keyspace" in wanted:
-            keys = expires = 0
-            async for batch in self.scan_prefix(tdb.ns):
-                keys += len(batch)
-                ttls = await self.calls([[b"PTTL", k] for k in batch])
-                expires += sum(1 for t in ttls if not t.is_error and int(t.value) >= 0)
-            out.append("# Keyspace")
-            if keys:
-                out.append(f"db0:keys={keys},expires={expires},avg_ttl=0")
-            out.append("")
-        return wire.verbatim("\r\n".join(out).encode(), client.proto)
+        from ogelkit_redis.info import info_reply
+        return await info_reply(self, tdb, argv, client)
 
     # -- quotas (background sampling) ---------------------------------------------------------
     async def sample(self, tdb: TenantDb) -> None:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 from ogelkit import Reason, Reject
 from ogelkit_redis import wire
+from ogelkit_redis.clients import registry_of
 from ogelkit_redis.namespace import ChannelRefused
 
 if TYPE_CHECKING:
@@ -215,22 +216,167 @@ def local(c: RedisConnection, cmd: Command, argv: list[bytes], raw: bytes) -> bo
     return c.refuse_text(cmd, "not supported through the gateway")
 
 
-def _client_line(c: RedisConnection) -> bytes:
+def _sockname(c: RedisConnection) -> tuple[str, int]:
+    """The gateway's end of the client's connection (``laddr``, ``fd``)."""
+    t = c.transport
+    sock = t.get_extra_info("socket") if t is not None else None
+    name = t.get_extra_info("sockname") if t is not None else None
+    laddr = f"{name[0]}:{name[1]}" if isinstance(name, tuple) and len(name) >= 2 else ""
+    fd = sock.fileno() if sock is not None else -1
+    return laddr, fd
+
+
+def _client_line(c: RedisConnection, me: RedisConnection, cmd: str) -> bytes:
+    """One line of CLIENT LIST (and CLIENT INFO) in Redis 7's field order; ``me`` is the
+    connection asking, whose ``cmd`` is the command it is running."""
     s = c.session
     age = int(time.monotonic() - s.opened_at)
     name = (c.name or b"").decode("utf-8", "replace")
-    flags = "N"
+    flags = ""
     if c.in_multi:
-        flags = "x"
-    elif c.subs or c.ssubs:
-        flags = "P"
+        flags += "x"
+    if c.blocked:
+        flags += "b"
+    if c.subs or c.ssubs:
+        flags += "P"
     lib_name = c.lib_name.decode("utf-8", "replace")
     lib_ver = c.lib_ver.decode("utf-8", "replace")
-    return (f"id={s.id} addr={s.client_addr} laddr= fd=-1 name={name} age={age} idle=0 "
-            f"flags={flags} db=0 sub={c.subs} psub=0 ssub={c.ssubs} multi={-1 if not c.in_multi else 0} "
-            f"qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 oll=0 omem=0 "
-            f"tot-mem=0 events=r cmd=client|info user={s.user} redir=-1 resp={c.proto} "
-            f"lib-name={lib_name} lib-ver={lib_ver}\n").encode()
+    laddr, fd = _sockname(c)
+    idle = 0 if c is me else registry_of(c.tdb).idle(c)
+    shown = cmd if c is me else "NULL"  # the gateway does not record others' commands
+    multi = len(c.multi_transforms) if c.in_multi else -1
+    events = "rw" if c.write_paused else "r"
+    return (f"id={s.id} addr={s.client_addr} laddr={laddr} fd={fd} name={name} age={age} "
+            f"idle={idle} flags={flags or 'N'} db=0 sub={c.subs} psub=0 ssub={c.ssubs} "
+            f"multi={multi} qbuf=0 qbuf-free=0 argv-mem=0 multi-mem=0 rbs=0 rbp=0 obl=0 "
+            f"oll=0 omem=0 tot-mem=0 events={events} cmd={shown} user={s.user} redir=-1 "
+            f"resp={c.proto} lib-name={lib_name} lib-ver={lib_ver}\n").encode()
+
+
+def _client_type(c: RedisConnection) -> str:
+    return "pubsub" if c.subs or c.ssubs else "normal"
+
+
+CLIENT_TYPES = ("normal", "master", "replica", "slave", "pubsub")
+
+
+def _client_list(c: RedisConnection, cmd: Command, argv: list[bytes]) -> bool:
+    """CLIENT LIST [TYPE normal|master|replica|pubsub] [ID id ...]: the connections of the
+    client's own tenant database through this gateway (other tenants' ids match nothing,
+    as ids that do not exist)."""
+    conns = registry_of(c.tdb).live()
+    if c not in conns:  # (not registered: a connection made before the registry existed)
+        conns.append(c)
+    i = 2
+    while i < len(argv):
+        opt = argv[i].lower()
+        if opt == b"type" and i + 1 < len(argv):
+            text = argv[i + 1][:64].decode("utf-8", "replace")
+            kind = text.lower()
+            if kind not in CLIENT_TYPES:
+                c.reply(wire.error(f"ERR Unknown client type '{text}'"))
+                return True
+            kind = "replica" if kind == "slave" else kind
+            conns = [o for o in conns if _client_type(o) == kind]
+            i += 2
+        elif opt == b"id" and i + 1 < len(argv):
+            ids = set()
+            for a in argv[i + 1:]:
+                n = _client_id(a)
+                if n is None:
+                    c.reply(wire.error("ERR Invalid client ID"))
+                    return True
+                ids.add(n)
+            conns = [o for o in conns if o.session.id in ids]
+            i = len(argv)
+        else:
+            c.reply(wire.error("ERR syntax error"))
+            return True
+    c.reply(wire.bulk(b"".join(_client_line(o, c, "client|list") for o in conns)))
+    return True
+
+
+def _client_id(arg: bytes) -> int | None:
+    """A client id as Redis reads it (a positive decimal integer), else None."""
+    if not arg.isdigit() or len(arg) > 19 or (arg[:1] == b"0" and len(arg) > 1):
+        return None
+    n = int(arg)
+    return n if n > 0 else None
+
+
+def _client_kill(c: RedisConnection, cmd: Command, argv: list[bytes]) -> bool:
+    """CLIENT KILL ip:port (old form: +OK or "No such client"), or CLIENT KILL with filters
+    ID, ADDR, LADDR, USER, TYPE, SKIPME (new form: the number killed), among the client's
+    own tenant database's connections only: another tenant's connection is as unknown as
+    one that does not exist."""
+    if len(argv) < 3:
+        return _arity_error(c, cmd)
+    conns = registry_of(c.tdb).live()
+    if c not in conns:
+        conns.append(c)
+    old_form = len(argv) == 3
+    skipme = not old_form
+    if old_form:
+        addr = argv[2].decode("utf-8", "replace")
+        conns = [o for o in conns if o.session.client_addr == addr]
+    elif len(argv) % 2 != 0:
+        c.reply(wire.error("ERR syntax error"))
+        return True
+    else:
+        slug, dbname = c.tdb.tenant, c.tdb.name
+        for i in range(2, len(argv), 2):
+            opt, value = argv[i].lower(), argv[i + 1]
+            text = value.decode("utf-8", "replace")
+            if opt == b"id":
+                n = _client_id(value)
+                if n is None:
+                    c.reply(wire.error("ERR client-id should be greater than 0"))
+                    return True
+                conns = [o for o in conns if o.session.id == n]
+            elif opt == b"type":
+                kind = text.lower()
+                if kind not in CLIENT_TYPES:
+                    c.reply(wire.error(f"ERR Unknown client type '{text[:64]}'"))
+                    return True
+                kind = "replica" if kind == "slave" else kind
+                conns = [o for o in conns if _client_type(o) == kind]
+            elif opt == b"addr":
+                conns = [o for o in conns if o.session.client_addr == text]
+            elif opt == b"laddr":
+                conns = [o for o in conns if _sockname(o)[0] == text]
+            elif opt == b"user":
+                # Both names log in as the one user of this tenant database.
+                if text not in (slug, f"{slug}.{dbname}"):
+                    c.reply(wire.error(f"ERR No such user '{text[:64]}'"))
+                    return True
+            elif opt == b"skipme":
+                if value.lower() not in (b"yes", b"no"):
+                    c.reply(wire.error("ERR syntax error"))
+                    return True
+                skipme = value.lower() == b"yes"
+            else:
+                c.reply(wire.error("ERR syntax error"))
+                return True
+    if skipme:
+        conns = [o for o in conns if o is not c]
+    killed = len(conns)
+    for o in conns:
+        if o is not c:
+            o.close()
+    if old_form:
+        c.reply(wire.OK if killed else wire.error("ERR No such client"))
+    else:
+        c.reply(wire.integer(killed))
+    if c in conns:  # like Redis: the reply first (after those owed), then the close
+        if c.recv != c.sent:
+            return c._stall(lambda: _close_self(c))
+        c.close()
+    return True
+
+
+def _close_self(c: RedisConnection) -> bool:
+    c.close()
+    return False  # nothing after the KILL runs
 
 
 def _client_setinfo(c: RedisConnection, cmd: Command, argv: list[bytes]) -> bool:
@@ -280,15 +426,14 @@ def _client(c: RedisConnection, cmd: Command, argv: list[bytes]) -> bool:
             return True
         c.name = name or None
         c.reply(wire.OK)
-    elif sub in (b"info", b"list"):
-        if sub == b"list" and len(argv) > 2:
-            # CLIENT LIST ID <own id> works; anything naming others does not.
-            ids = [a for a in argv[3:]] if argv[2].lower() == b"id" else None
-            if ids is None or any(a != str(c.session.id).encode() for a in ids):
-                return c.refuse_text(cmd, "CLIENT LIST shows only your own connection "
-                                          "through the gateway")
-        c.reply(wire.verbatim(_client_line(c), c.proto) if sub == b"info"
-                else wire.bulk(_client_line(c)))
+    elif sub == b"info":
+        if len(argv) != 2:
+            return _arity_error(c, cmd)
+        c.reply(wire.verbatim(_client_line(c, c, "client|info"), c.proto))
+    elif sub == b"list":
+        return _client_list(c, cmd, argv)
+    elif sub == b"kill":
+        return _client_kill(c, cmd, argv)
     elif sub == b"no-evict":
         if len(argv) != 3 or argv[2].lower() not in (b"on", b"off"):
             c.reply(wire.error("ERR syntax error"))
@@ -309,17 +454,18 @@ def _client(c: RedisConnection, cmd: Command, argv: list[bytes]) -> bool:
     elif sub == b"help":
         lines = [b"CLIENT <subcommand> [<arg> ...]. Through the gateway:",
                  b"ID", b"GETNAME", b"SETNAME <name>", b"SETINFO (LIB-NAME|LIB-VER) <value>",
-                 b"INFO", b"LIST [ID <own id>]",
+                 b"INFO", b"LIST [TYPE <type>] [ID <id> ...]",
+                 b"KILL <ip:port> | KILL (ID|ADDR|LADDR|USER|TYPE|SKIPME) <value> ...",
                  b"NO-EVICT (ON|OFF)", b"REPLY (ON|OFF|SKIP)", b"HELP"]
         c.reply(wire.array([b"+%s\r\n" % line for line in lines]))
-    elif sub in (b"kill", b"pause", b"unpause", b"unblock"):
+    elif sub in (b"pause", b"unpause", b"unblock"):
         shown = sub.decode().upper()
         return c.refuse_text(cmd, f"CLIENT {shown} could act on other tenants' connections")
     elif sub in REFUSED_CLIENT_SUBCOMMANDS:
         shown = sub.decode().upper()
         return c.refuse_text(cmd, f"CLIENT {shown} is not supported through the gateway "
                                   "(supported: ID, GETNAME, SETNAME, SETINFO, INFO, LIST, "
-                                  "NO-EVICT, REPLY, HELP)")
+                                  "KILL, NO-EVICT, REPLY, HELP)")
     else:
         # A subcommand Redis 7.0 does not know either (redis-py 8's MAINT_NOTIFICATIONS
         # probe): the very same answer, and not a refusal, since nothing was refused.

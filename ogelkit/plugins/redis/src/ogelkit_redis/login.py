@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, cast
 
 from ogelkit import Reason, Reject, Session
+from ogelkit_redis.clients import register
 from ogelkit_redis.errors import WRONGPASS_MESSAGE, reject_error
 
 if TYPE_CHECKING:
@@ -81,6 +82,7 @@ async def authenticate(conn: RedisConnection, user: str, password: str,
     tdb = backend.attach(db)
     index = tdb.pools.attach()
     conn.authenticated(backend, tdb, index)
+    register(conn)  # CLIENT LIST / KILL and INFO of the tenant database see it
     try:  # connect the shared upstream now, so the first command does not wait
         await tdb.pools.get_shared(proto or conn.proto, index)
     except Reject:
