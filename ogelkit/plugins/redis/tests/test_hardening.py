@@ -178,6 +178,8 @@ BAD_COUNT = b"-ERR Protocol error: invalid multibulk length\r\n"
     (b"*1\r\n$-1\r\n", BAD_BULK),
     (b"*1\r\n$\r\nPING\r\n", BAD_BULK),
     (b"*\r\n", BAD_COUNT),
+    (b"*01\r\n$4\r\nPING\r\n", BAD_COUNT),
+    (b"*1\r\n$04\r\nPING\r\n", BAD_BULK),
     (b"*1\r\n$\xd9\xa4\r\nPING\r\n", BAD_BULK),  # a non-ASCII digit (Arabic-Indic 4)
 ])
 def test_lengths_are_ascii_digits_only(gw: Gw, payload: bytes, expect: bytes,
@@ -187,6 +189,23 @@ def test_lengths_are_ascii_digits_only(gw: Gw, payload: bytes, expect: bytes,
     s.sendall(payload)
     assert until_closed(s) == expect
     s.close()
+
+
+@pytest.mark.parametrize(("element", "kind"), [
+    (b"+k1", "+"), (b":1", ":"), (b"-k1", "-"), (b"*1\r\n$2\r\nk1", "*"), (b"_", "_"),
+    (b"$0003\r\nk1x", None),  # a non-canonical bulk header: the Python parser decides
+])
+def test_request_elements_are_bulk_strings_only(gw: Gw, element: bytes, kind: str | None):
+    # hiredis (the fast path) reads "+k1" as b"k1": the gateway must not run GET k1 on it.
+    s = authed(gw, gw.a)
+    s.sendall(b"*1\r\n$4\r\nPING\r\n*2\r\n$3\r\nGET\r\n" + element + b"\r\n")
+    got = until_closed(s)
+    s.close()
+    if kind is None:  # Redis's string2ll refuses leading zeros
+        assert got == b"+PONG\r\n" + BAD_BULK
+    else:
+        assert got == b"+PONG\r\n-ERR Protocol error: expected '$', got '" + kind.encode() \
+            + b"'\r\n"
 
 
 def test_negative_and_zero_counts_are_empty_requests(gw: Gw):

@@ -36,6 +36,7 @@ from ogelkit_redis.namespace import Namespace, first_word
 from ogelkit_redis.upstream import Pending, RedisOperation, Upstream
 from ogelkit_redis.wire import (
     BIG_ARRAY,
+    NOT_BULK,
     FastProtocolError,
     Partial,
     ProtocolError,
@@ -315,12 +316,16 @@ class RedisConnection(asyncio.Protocol):
                 return n
         reader = self._reader
         if (reader is not None and self.authed and data[pos] == 42
-                and n - pos <= self.max_bulk and BIG_ARRAY.search(data, pos) is None):
+                and n - pos <= self.max_bulk and BIG_ARRAY.search(data, pos) is None
+                and NOT_BULK.search(data, pos) is None):
             # Fast path: hiredis parses every request of the chunk, if the chunk holds only
             # complete multibulk requests. Anything else (a partial request, an inline one,
             # garbage, a huge array header) goes to the Python parser below, which also
             # enforces the limits. hiredis never sees an array header of 100000+ elements
-            # (BIG_ARRAY): it would allocate the list before any check.
+            # (BIG_ARRAY): it would allocate the list before any check; nor a chunk where an
+            # element might not be a bulk string (NOT_BULK: hiredis reads "+k" as b"k",
+            # ":1" as 1, where Redis answers a protocol error). A nested array gives a list,
+            # which no handler takes (TypeError below).
             reader.feed(data, pos)
             gets = reader.gets
             cmds = []

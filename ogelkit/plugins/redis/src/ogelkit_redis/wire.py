@@ -28,6 +28,10 @@ class ProtocolError(Exception):
 #: Python parser checks the count against MAX_ARGS first. (A match inside a payload only
 #: costs that chunk the slower parser.)
 BIG_ARRAY = re.compile(rb"\*[0-9]{6}")
+#: Where a request's element may be something other than a bulk string: a reply type byte
+#: after a line end. A payload starting with one of these bytes matches too (a false alarm:
+#: that chunk takes the Python parser, which decides exactly).
+NOT_BULK = re.compile(rb"\r\n[+=(:,#_\-~>|%]")
 
 
 class Partial:
@@ -59,7 +63,8 @@ def parse_command(buf: bytes, pos: int, max_bulk: int, max_args: int, partial: P
     kept, and ``partial`` says how many are worth waiting for and what was read already.
     Each byte is parsed once however the request is cut into chunks.
 
-    Lengths are ASCII digits (``-`` first for an empty request) and nothing else: Python's
+    Lengths are ASCII digits without leading zeros (``-`` first for an empty request) and
+    nothing else, as Redis's ``string2ll`` reads them: Python's
     ``int`` would also take ``+``, ``_`` and spaces (``$4_0`` as 40), which Redis refuses.
     They are checked against ``max_args``/``max_bulk`` before anything is allocated.
     """
@@ -78,7 +83,7 @@ def parse_command(buf: bytes, pos: int, max_bulk: int, max_args: int, partial: P
         partial.line = True
         return None, pos
     head = buf[pos + 1:eol]
-    if len(head) > 18 or not head.isdigit():
+    if len(head) > 18 or not head.isdigit() or (head[0] == 48 and len(head) > 1):
         if len(head) > 18 or head[:1] != b"-" or not head[1:].isdigit():
             raise ProtocolError("invalid multibulk length")
         return [], eol + 2  # negative: an empty request, like Redis
@@ -109,8 +114,8 @@ def _bulks(buf: bytes, p: int, max_bulk: int, partial: Partial, argv: list[bytes
             need = n - p + 1
             break
         head = buf[p + 1:eol]
-        if len(head) > 18 or not head.isdigit():
-            raise ProtocolError("invalid bulk length")
+        if len(head) > 18 or not head.isdigit() or (head[0] == 48 and len(head) > 1):
+            raise ProtocolError("invalid bulk length")  # leading zeros too, as string2ll
         size = int(head)
         if size > max_bulk:
             raise ProtocolError("invalid bulk length")
