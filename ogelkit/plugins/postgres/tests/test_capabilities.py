@@ -65,6 +65,19 @@ def test_cost_key_normalises_literals(tx_gw):
     assert verb_of("vacuum") == "VACUUM" and verb_of("frobnicate") == "OTHER"
 
 
+def test_a_huge_statement_is_keyed_by_its_exact_text(tx_gw):
+    from ogelkit_postgres.backend import NORMALIZE_MAX
+    session = _session(tx_gw, tx_gw.tenants[0])
+    backend = tx_gw.backend()
+
+    def key(text: str):
+        return backend.cost_key(Operation(session, "query", "SELECT", text))
+    pad = "1," * (NORMALIZE_MAX // 2)
+    a, b = f"SELECT {pad} 'a'", f"SELECT {pad} 'b'"
+    assert key(a) == key("".join(list(a))) != key(b)  # equal text (another object): one key
+    assert "#" in key(a) and "?" in key("SELECT 'a'")[2]  # short ones are still normalised
+
+
 def test_estimate_cost_uses_explain_with_the_tenants_role(tx_gw):
     t = tx_gw.tenants[0]
     with psycopg.connect(tx_gw.conninfo(t, sslmode="disable"), autocommit=True) as conn:

@@ -52,8 +52,8 @@ EXPLAINABLE = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE", "MERGE", "WITH"
 _TOKENS = re.compile(r"""
     (?P<comment>--[^\n]*|/\*.*?\*/)
   | (?P<dollar>\$(?P<tag>[A-Za-z_][A-Za-z_0-9]*)?\$.*?\$(?(tag)(?P=tag))\$)
-  | (?P<string>[Ee]'(?:[^'\\]|\\.|'')*'|[BbXxNn]?'(?:[^']|'')*')
-  | (?P<ident>"(?:[^"]|"")*"|[A-Za-z_][A-Za-z_0-9$]*)
+  | (?P<string>[Ee]'[^'\\]*(?:(?:\\.|'')[^'\\]*)*'|[BbXxNn]?'[^']*(?:''[^']*)*')
+  | (?P<ident>"[^"]*(?:""[^"]*)*"|[A-Za-z_][A-Za-z_0-9$]*)
   | (?P<param>\$\d+)
   | (?P<number>(?:\d+\.?\d*|\.\d+)(?:[eE][+-]?\d+)?)
   | (?P<space>\s+)
