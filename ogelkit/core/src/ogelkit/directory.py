@@ -9,6 +9,7 @@ updates the tier of live sessions, and closes sessions of suspended or deleted t
 from __future__ import annotations
 
 import asyncio
+import collections
 import hashlib
 import hmac
 import logging
@@ -32,6 +33,15 @@ if TYPE_CHECKING:
 log = logging.getLogger("ogelkit.directory")
 
 DELETION_CHECK_EVERY = 5  # polls between checks for deleted tenants (one full listing each)
+#: Plain-password key derivations (PBKDF2) running at once, in worker threads: one core is
+#: left to the event loop, so a login storm queues logins instead of slowing every client's
+#: commands (20 derivations in 20 threads on two cores delayed other tenants' PINGs 10-20 ms).
+DERIVATIONS = max(1, (os.cpu_count() or 2) - 1)
+#: A failed plain-password check answers no sooner than the slowest of the last
+#: ``FAILED_CHECKS`` (capped at ``FAILED_FLOOR_MAX`` s): an unknown tenant's uncached lookup
+#: and a known tenant's cached one then take the same time (see ``failed_check_floor``).
+FAILED_CHECKS = 64
+FAILED_FLOOR_MAX = 0.1
 
 
 @attrs.define
@@ -88,6 +98,8 @@ class Directory:
         self._fetching: dict[str, asyncio.Future[TenantEntry | None]] = {}
         self._mock_secret = os.urandom(32)
         self._password_ok: dict[tuple[str, bytes], float] = {}
+        self._derivations: anyio.CapacityLimiter | None = None  # made in the event loop
+        self._failed: collections.deque[float] = collections.deque(maxlen=FAILED_CHECKS)
         self._last_change = time.time()
         self._polls = 0
 
@@ -204,7 +216,7 @@ class Directory:
                                               entry.verifier.salt, hashlib.sha256))
         if key in self._password_ok:
             return True
-        ok = await anyio.to_thread.run_sync(verify_password, entry.verifier, password)
+        ok = await self._derive(entry.verifier, password)
         if ok:
             if len(self._password_ok) > 10_000:
                 self._password_ok.clear()
@@ -214,7 +226,22 @@ class Directory:
     async def check_password_against(self, verifier: Verifier, password: str) -> bool:
         """The same key derivation as ``check_password``, against any verifier (the fake
         one of an unknown tenant), so a plain-password answer takes the same time."""
-        return await anyio.to_thread.run_sync(verify_password, verifier, password)
+        return await self._derive(verifier, password)
+
+    async def _derive(self, verifier: Verifier, password: str) -> bool:
+        """``verify_password`` in a worker thread, at most ``DERIVATIONS`` at a time."""
+        if self._derivations is None:
+            self._derivations = anyio.CapacityLimiter(DERIVATIONS)
+        return await anyio.to_thread.run_sync(verify_password, verifier, password,
+                                              limiter=self._derivations)
+
+    def failed_check_floor(self, took: float) -> float:
+        """A failed plain-password check took ``took`` s (lookup and derivation): how much
+        longer its answer waits, so that it is no sooner than the slowest recent failure.
+        Known tenants are looked up from the cache and unknown ones from the store, so the
+        natural times differ by a store query; padded to the recent maximum, they do not."""
+        self._failed.append(min(took, FAILED_FLOOR_MAX))
+        return max(0.0, max(self._failed) - took)
 
     # -- change propagation ----------------------------------------------------------------
     async def poll_changes(self) -> None:

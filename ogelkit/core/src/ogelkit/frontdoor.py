@@ -216,7 +216,7 @@ class Login:
     refuses for a reason of its own (a protocol violation ...) calls ``refuse``.
     """
 
-    __slots__ = ("admitted", "door", "ended", "entry", "session", "slug")
+    __slots__ = ("admitted", "door", "ended", "entry", "session", "slug", "started")
 
     def __init__(self, door: FrontDoor, session: Session):
         self.door = door
@@ -225,6 +225,7 @@ class Login:
         self.entry: TenantEntry | None = None
         self.admitted = False
         self.ended = False
+        self.started = time.monotonic()  # reset by lookup(): where a login's timing starts
 
     @property
     def context(self) -> GatewayContext:
@@ -254,6 +255,7 @@ class Login:
         ``Reject(UNAVAILABLE)``: tenants already in the cache keep being served.
         """
         self.slug = slug
+        self.started = time.monotonic()
         entry = None
         if SLUG.match(slug):
             try:
@@ -286,12 +288,20 @@ class Login:
 
     async def check_password(self, password: str) -> bool:
         """Plain-password protocols (Redis AUTH). An unknown tenant pays the same key
-        derivation as a known one, so the answer's timing does not tell whether it exists."""
+        derivation as a known one, so the answer's timing does not tell whether it exists;
+        a failure answers no sooner than recent failures did (``failed_check_floor``), so
+        neither does the lookup (a cached known tenant, an unknown one from the store)."""
         directory = self.context.directory
         if self.entry is not None and self.entry.verifier is not None:
-            return await directory.check_password(self.entry, password)
-        await directory.check_password_against(self.verifier(), password)
-        return False
+            ok = await directory.check_password(self.entry, password)
+        else:
+            await directory.check_password_against(self.verifier(), password)
+            ok = False
+        if not ok:
+            wait = directory.failed_check_floor(time.monotonic() - self.started)
+            if wait > 0:
+                await asyncio.sleep(wait)
+        return ok
 
     def bad_credentials(self, message: str) -> Reject:
         """The one answer for a wrong password *and* an unknown tenant: the same reason and
