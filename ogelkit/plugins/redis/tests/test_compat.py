@@ -410,3 +410,27 @@ def test_info_has_the_standard_fields_with_the_tenants_values():
         assert stranger.info()["connected_clients"] == 1
         one.close()
         stranger.close()
+
+
+def test_reauth_as_another_tenant_does_not_time_whether_it_exists(gw: Gw):
+    """The refusal is decided on the name alone: a real tenant (cached) and an unknown one
+    (which would cost a control-plane lookup) are refused in the same time."""
+    import secrets
+    import socket
+    import statistics
+    known, unknown = [], []
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as s:
+        assert _timed_auth(s, gw.a.slug, gw.a.password)[1] == b"+OK\r\n"
+        for _ in range(41):
+            for user, times in ((gw.b.slug, known), (f"nosuch{secrets.token_hex(4)}", unknown)):
+                d, reply = _timed_auth(s, user, "whatever")
+                assert reply.startswith(b"-ERR the gateway does not switch"), reply
+                times.append(d)
+        hello = (b"*5\r\n$5\r\nHELLO\r\n$1\r\n3\r\n$4\r\nAUTH\r\n$%d\r\n%s\r\n$1\r\nx\r\n"
+                 % (len(gw.b.slug), gw.b.slug.encode()))
+        s.sendall(hello)
+        assert s.recv(1000).startswith(b"-ERR the gateway does not switch")
+        s.sendall(b"*1\r\n$4\r\nPING\r\n")
+        assert s.recv(100) == b"+PONG\r\n"  # still RESP2, still the tenant's connection
+    ratio = statistics.median(unknown) / statistics.median(known)
+    assert 0.5 <= ratio <= 2.0, (ratio, statistics.median(known), statistics.median(unknown))

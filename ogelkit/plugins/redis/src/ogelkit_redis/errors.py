@@ -32,6 +32,10 @@ CODES: dict[Reason, str] = {
 WRONGPASS_MESSAGE = "invalid username-password pair or user is disabled."
 WRONGPASS = b"-WRONGPASS " + WRONGPASS_MESSAGE.encode() + b"\r\n"
 NOAUTH = b"-NOAUTH Authentication required.\r\n"
+#: AUTH on an authenticated connection naming another tenant or database (whether it exists
+#: or not: the answer needs no lookup, so it tells nothing about other tenants).
+NO_SWITCH = wire.error("ERR the gateway does not switch tenant or database on an open "
+                       "connection; open a new connection")
 
 
 def reject_error(rej: Reject) -> bytes:
@@ -57,5 +61,5 @@ def protocol_error(message: str) -> bytes:
     return wire.error(f"ERR Protocol error: {message}")
 
 
-__all__ = ["CODES", "NOAUTH", "WRONGPASS", "WRONGPASS_MESSAGE", "protocol_error",
+__all__ = ["CODES", "NOAUTH", "NO_SWITCH", "WRONGPASS", "WRONGPASS_MESSAGE", "protocol_error",
            "reject_error"]

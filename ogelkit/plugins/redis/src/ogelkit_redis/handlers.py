@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING
 from ogelkit import Reason, Reject
 from ogelkit_redis import wire
 from ogelkit_redis.clients import registry_of
+from ogelkit_redis.errors import NO_SWITCH
+from ogelkit_redis.login import names_another_database
 from ogelkit_redis.namespace import ChannelRefused
 
 if TYPE_CHECKING:
@@ -164,9 +166,16 @@ def local(c: RedisConnection, cmd: Command, argv: list[bytes], raw: bytes) -> bo
             c.reply(wire.PONG if len(argv) == 1 else wire.bulk(argv[1]))
         return True
     if name == "hello":
+        user = _hello_auth_user(argv)
+        if user is not None and names_another_database(c, user):
+            c.reply(NO_SWITCH)
+            return True
         return c._hello(argv)
     if name == "auth":
         if len(argv) == 3:
+            if names_another_database(c, argv[1]):
+                c.reply(NO_SWITCH)  # at once: no lookup that would time other tenants
+                return True
             return c._spawn(c._auth(argv[1], argv[2], None))
         if len(argv) == 2:
             c.reply(wire.error("WRONGPASS the gateway needs a user name: AUTH <tenant> "
@@ -214,6 +223,24 @@ def local(c: RedisConnection, cmd: Command, argv: list[bytes], raw: bytes) -> bo
         return c.refuse_text(cmd, f"ACL {sub}: users and permissions are managed by the "
                                   "platform".strip())
     return c.refuse_text(cmd, "not supported through the gateway")
+
+
+def _hello_auth_user(argv: list[bytes]) -> bytes | None:
+    """The user of ``HELLO <protover> AUTH <user> <password> [SETNAME <name>]`` when the
+    version and options are well formed (a malformed HELLO gets its error from ``_hello``)."""
+    if len(argv) < 2 or argv[1] not in (b"2", b"3"):
+        return None
+    i, user = 2, None
+    while i < len(argv):
+        opt = argv[i].lower()
+        if opt == b"auth" and i + 2 < len(argv):
+            user = argv[i + 1]
+            i += 3
+        elif opt == b"setname" and i + 1 < len(argv):
+            i += 2
+        else:
+            return None
+    return user
 
 
 def _sockname(c: RedisConnection) -> tuple[str, int]:

@@ -48,6 +48,21 @@ def pick_database(door: RedisFrontDoor, entry: TenantEntry,
     return found, cast("RedisBackend", door.context.backends[found.backend])
 
 
+def names_another_database(conn: RedisConnection, user: bytes) -> bool:
+    """On an authenticated connection: does ``AUTH user ...`` name another tenant or another
+    database than the connection's? Decided on the name alone, before any lookup, so the
+    refusal takes the same time for a tenant that exists and one that does not (a lookup of
+    an unknown name goes to the control plane, a known tenant comes from the cache)."""
+    s = conn.session
+    slug, _, dbname = user.partition(b".")
+    try:
+        slug_s, dbname_s = slug.decode(), dbname.decode()
+    except UnicodeDecodeError:
+        return False  # answered -WRONGPASS by the AUTH itself
+    return (s.tenant is None or slug_s != s.tenant.slug
+            or (bool(dbname_s) and dbname_s != s.database))
+
+
 async def authenticate(conn: RedisConnection, user: str, password: str,
                        proto: int | None) -> bool:
     """Run the login steps for ``AUTH user password``; on success the connection is an
