@@ -124,6 +124,27 @@ def test_a_60MB_query_is_scanned_once_not_per_chunk(monkeypatch):
     assert cpu < 2.0, f"{cpu:.2f}s of CPU for one 60 MB message"
 
 
+def test_a_long_batch_is_read_over_several_loop_turns():
+    # 5,000 Parse messages in one chunk held the loop (and every other tenant) for their
+    # whole parse: the relay reads MESSAGES_PER_TURN of them per turn.
+    from ogelkit_postgres.connection import MESSAGES_PER_TURN
+
+    async def main() -> None:
+        conn, _, server = _relay_conn()
+        one = parse(b"SELECT 1")
+        batch = one * (MESSAGES_PER_TURN * 4 + 10) + pg.SYNC
+        conn.data_received(batch)
+        assert len(b"".join(server.chunks)) == len(one) * MESSAGES_PER_TURN
+        conn.data_received(pg.query("SELECT 2"))  # arrives meanwhile: kept in order
+        turns = 0
+        while len(b"".join(server.chunks)) < len(batch) and turns < 100:
+            await asyncio.sleep(0)
+            turns += 1
+        assert b"".join(server.chunks) == batch + pg.query("SELECT 2")
+        assert turns >= 4
+    asyncio.run(main())
+
+
 def test_a_50MB_notice_from_upstream_streams_through():
     conn, client, _ = _relay_conn()
     notice = pg.error_response("00000", "n" * (50 * 1024 * 1024), severity="NOTICE",

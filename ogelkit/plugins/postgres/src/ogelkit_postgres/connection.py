@@ -51,6 +51,8 @@ STARTUP, RELAY, CLOSED, DRAINING = 0, 1, 2, 3
 
 # Reasons to stop reading from the client (bit flags).
 WAITING = 1  # an operation waits for the chain or for a server connection
+#: Client messages read per event-loop turn; the rest of the chunk waits for the next turn.
+MESSAGES_PER_TURN = 512
 SERVER_FULL = 2  # the server's write buffer is full
 
 _unpack_len = pg.unpack_len
@@ -334,7 +336,13 @@ class PostgresConnection(asyncio.Protocol):
             n = len(data)
             srv = self.server
             max_msg = self.max_msg
+            budget = MESSAGES_PER_TURN
             while n - pos >= 5:
+                budget -= 1
+                if budget < 0:  # fairness: the rest waits for the loop's next turn
+                    self._flush(data, run, pos)
+                    self._next_turn_at(data, pos)
+                    return
                 t = data[pos]
                 ln = _unpack_len(data, pos + 1)[0]
                 if ln < 4 or ln > max_msg:
@@ -649,6 +657,25 @@ class PostgresConnection(asyncio.Protocol):
         self.chain.complete(op)
 
     # -- waiting (async admission, server checkout) ------------------------------------------
+    def _next_turn_at(self, data: bytes, pos: int) -> None:
+        """Hold the input from ``pos`` and go on with it in the event loop's next turn, after
+        the other connections ready now (one client's 5,000-message batch must not hold
+        everyone's queries for its whole parse)."""
+        self.held = bytearray(data[pos:])
+        self._pause(WAITING)
+        asyncio.get_running_loop().call_soon(self._next_turn)
+
+    def _next_turn(self) -> None:
+        if self.phase != RELAY or self.held is None or self.wait_task is not None:
+            return
+        data = bytes(self.held)
+        self.held = None
+        self._unpause(WAITING)
+        try:
+            self._process(data, 0, 0, None)
+        except Exception as exc:
+            self.crashed(exc)
+
     def _suspend(self, data: bytes, pos: int, op: Operation | None, pending: Any) -> None:
         self.held = bytearray(data[pos:] if pos else data)
         self._pause(WAITING)
