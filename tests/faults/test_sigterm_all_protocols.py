@@ -7,13 +7,11 @@ database: none lost, none invented.
 Counted client-side, one success per operation whose reply arrived; the drivers' own retries
 are off, so each operation was sent once.
 
-When written (commit of this file), this test failed in about 6 runs of 8 on two gateway
-defects it is meant to catch (issue 16): the Redis door does not close a connection that
-becomes idle during a drain unless it holds a dedicated upstream connection
-(``deliver``/``deliver_run``/``deliver_op`` call ``_after_reply`` only then), so busy Redis
-clients are served until the drain deadline and then closed with commands in flight, whose
-replies are lost although they ran and were metered (usage 1-4 above what the clients saw);
-and a MongoDB client sometimes gets a TCP reset instead of code 91 or a clean close.
+It caught two drain defects (issue 16), since fixed: the Redis door closed a connection that
+became idle during a drain only if it held a dedicated upstream connection, so busy clients
+were served until the deadline and closed with commands in flight (replies lost, operations
+metered); and a MongoDB connection closed at once answered a request already on its way with
+a TCP reset instead of a clean end of stream.
 """
 
 from __future__ import annotations

@@ -56,6 +56,8 @@ PRE_AUTH_MAX_MESSAGE = 64 * 1024
 CLOSE_GRACE = 1.0
 #: Seconds before a closed connection that did not go away is aborted.
 ABORT_AFTER = 5.0
+#: Seconds a half-closed connection reads (and drops) what the client still sends.
+LINGER = 2.0
 
 
 class MongoConnection(asyncio.Protocol, Planner, ReplyMapper, LocalCommands):
@@ -285,10 +287,24 @@ class MongoConnection(asyncio.Protocol, Planner, ReplyMapper, LocalCommands):
         self.close()
 
     def close(self) -> None:
+        """Half-close, then close: the client reads a clean end of stream. What it still
+        sends is read and dropped until it closes too (or LINGER passes): closing at once
+        would answer a request already on its way with a TCP reset."""
+        first = not self.closed
         self.closed = True
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.close()
-            asyncio.get_running_loop().call_later(ABORT_AFTER, self.abort)
+        transport = self.transport
+        if transport is None or transport.is_closing() or not first:
+            return
+        loop = asyncio.get_running_loop()
+        try:
+            if not transport.can_write_eof():
+                raise RuntimeError("no half-close")
+            transport.write_eof()
+            transport.resume_reading()
+            loop.call_later(LINGER, transport.close)
+        except (OSError, RuntimeError):
+            transport.close()
+        loop.call_later(ABORT_AFTER, self.abort)
 
     def set_databases(self, dbs: dict[str, DatabaseRecord]) -> None:
         self.databases = dbs

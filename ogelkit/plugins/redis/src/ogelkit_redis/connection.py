@@ -596,7 +596,8 @@ class RedisConnection(asyncio.Protocol):
         self._write(raw)
         if self.held:
             self._release_held()
-        if self.dedicated is not None or self._stalled is not None:
+        if (self.dedicated is not None or self._stalled is not None
+                or self.clients.draining is not None):
             self._after_reply()
 
     def deliver_run(self, raw: bytes, count: int, errors: int) -> None:
@@ -615,6 +616,8 @@ class RedisConnection(asyncio.Protocol):
                 self.transport.write(raw)
         if self.held:
             self._release_held()
+        if self.clients.draining is not None:  # idle now: the drain closes it
+            self._after_reply()
 
     def deliver_pending(self, w: Pending, raw: bytes, *, failed: bool = False) -> None:
         """An upstream reply to transform, silence (CLIENT REPLY) or follow up (``post``)."""
@@ -637,7 +640,8 @@ class RedisConnection(asyncio.Protocol):
             self._release_held()
         if post is not None:
             post(self)
-        if self.dedicated is not None or self._stalled is not None:
+        if (self.dedicated is not None or self._stalled is not None
+                or self.clients.draining is not None):
             self._after_reply()
 
     def deliver_op(self, op: RedisOperation, raw: bytes, *, failed: bool = False) -> None:
@@ -685,7 +689,8 @@ class RedisConnection(asyncio.Protocol):
         post = op.post
         if post is not None:
             post(self)
-        if self.dedicated is not None or self._stalled is not None:
+        if (self.dedicated is not None or self._stalled is not None
+                or self.clients.draining is not None):
             self._after_reply()
 
     def deliver_push(self, raw: bytes) -> None:
