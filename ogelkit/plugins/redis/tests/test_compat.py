@@ -434,3 +434,27 @@ def test_reauth_as_another_tenant_does_not_time_whether_it_exists(gw: Gw):
         assert s.recv(100) == b"+PONG\r\n"  # still RESP2, still the tenant's connection
     ratio = statistics.median(unknown) / statistics.median(known)
     assert 0.5 <= ratio <= 2.0, (ratio, statistics.median(known), statistics.median(unknown))
+
+
+def test_client_list_reply_types_are_redis_own(gw: Gw):
+    """RESP3: CLIENT LIST and CLIENT INFO are verbatim strings (``=...txt:``), as from Redis;
+    RESP2: bulk strings; an id listing nothing is the empty text."""
+    import socket
+    from urllib.parse import urlsplit
+    parts = urlsplit(redis_url())
+    answers = []
+    for port, auth in ((gw.port, (gw.a.slug, gw.a.password)), (parts.port or 6379, None)):
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            if auth is not None:
+                assert _timed_auth(s, *auth)[1] == b"+OK\r\n"
+            got = []
+            for req in (b"HELLO 3\r\n", b"CLIENT LIST ID 999999999\r\n", b"CLIENT LIST\r\n",
+                        b"HELLO 2\r\n", b"CLIENT LIST\r\n"):
+                s.sendall(req)
+                time.sleep(0.1)
+                got.append(s.recv(65536))
+            answers.append(got)
+    ours, theirs = answers
+    assert ours[1] == theirs[1] == b"=4\r\ntxt:\r\n"
+    assert ours[2][:1] == theirs[2][:1] == b"=" and b"txt:id=" in ours[2]
+    assert ours[4][:1] == theirs[4][:1] == b"$" and b"\r\nid=" in ours[4]

@@ -319,7 +319,7 @@ def _client_list(c: RedisConnection, cmd: Command, argv: list[bytes]) -> bool:
         else:
             c.reply(wire.error("ERR syntax error"))
             return True
-    c.reply(wire.bulk(b"".join(_client_line(o, c, "client|list") for o in conns)))
+    c.reply(wire.verbatim(b"".join(_client_line(o, c, "client|list") for o in conns), c.proto))
     return True
 
 
