@@ -34,10 +34,12 @@ import socket
 import sys
 import threading
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
 END = b"SELECT 'fuzz-end'"
+RECENT = 8  # earlier connections' input kept for a hang sample
 
 
 @dataclass
@@ -57,6 +59,10 @@ class Figures:
     logins_refused: int = 0
     attacker_pool: dict[str, int] = field(default_factory=dict)
     refusal_samples: list[str] = field(default_factory=list)
+    #: What the last logged-in fuzz connections sent (stream + tail), oldest first: in
+    #: transaction mode a server connection goes from client to client, so a hang can be
+    #: caused by what an earlier client left on it (the pool hands out the last one in).
+    recent: deque[bytes] = field(default_factory=lambda: deque(maxlen=RECENT))
 
     def line(self) -> str:
         return (f"frames tried {self.frames:,} in {self.connections:,} connections, "
@@ -195,8 +201,10 @@ def _startup_frame(rng: random.Random, pg: Any, user: str) -> bytes:
 
 # -- connections -------------------------------------------------------------------------------
 
-def _answered(sock: socket.socket, hang: float, want: bytes | None) -> bool:
-    """True when the gateway answered (``want`` seen, or any byte when None) or closed."""
+def _answered(sock: socket.socket, hang: float, want: bytes | None,
+              seen: bytearray | None = None) -> bool:
+    """True when the gateway answered (``want`` seen, or any byte when None) or closed.
+    ``seen`` collects what arrived (the first 4 kB: for a hang sample)."""
     sock.settimeout(hang)
     got = b""
     deadline = time.monotonic() + hang
@@ -205,6 +213,8 @@ def _answered(sock: socket.socket, hang: float, want: bytes | None) -> bool:
             chunk = sock.recv(65536)
             if not chunk:
                 return True  # closed: an answer too
+            if seen is not None and len(seen) < 4096:
+                seen += chunk[:4096 - len(seen)]
             got += chunk
             if want is None or want in got:
                 return True
@@ -259,13 +269,22 @@ def _session(rng, pg, raw_cls, port, user, password, corpus, batch, max_msg, han
         # Sync ends a batch; ROLLBACK leaves a transaction (aborted or not) the fuzz began;
         # then a query that must be answered.
         tail = pg.SYNC + pg.query("ROLLBACK") + pg.query(END.decode()) if complete else b""
+        earlier = list(figures.recent)
+        figures.recent.append(stream + tail)
         raw.sock.sendall(stream + tail)
         if complete is False:
             return  # the last message is cut: the gateway waits for its rest
-        if not _answered(raw.sock, hang, None if complete is None else b"fuzz-end"):
+        seen = bytearray()
+        if not _answered(raw.sock, hang, None if complete is None else b"fuzz-end", seen):
             figures.hangs += 1
             if len(figures.hang_samples) < 5:
-                figures.hang_samples.append(repr(stream[:120]))
+                # The connection's whole history after login, enough to replay it: every
+                # frame as sent, the tail the fuzzer added, what came back, and what the
+                # previous logged-in connections sent (each after its login, then closed).
+                figures.hang_samples.append(
+                    f"connection {figures.connections}: frames {frames!r} tail {tail!r} "
+                    f"received {bytes(seen)!r}; earlier connections (oldest first) "
+                    f"{earlier!r}")
     except OSError:
         pass  # closed by the gateway mid-send: an answer
     finally:
