@@ -441,3 +441,50 @@ def test_a_server_whose_reset_never_completes_is_closed(sgw):
     assert sgw.call(go())
     with psycopg.connect(sgw.conninfo(SESS, sslmode="disable")) as conn:
         assert conn.execute("SELECT 9").fetchone() == (9,)
+
+
+def _select(raw: RawClient, n: int) -> list[tuple[bytes, bytes]]:
+    """``SELECT n`` on ``raw``; its messages without the RowDescription."""
+    raw.send(pg.query(f"SELECT {n}"))
+    msgs = raw.until(b"Z")
+    assert [k for k, _ in msgs] == [b"T", b"D", b"C", b"Z"], msgs
+    return msgs[1:]
+
+
+def _one_row(n: int) -> list[tuple[bytes, bytes]]:
+    text = str(n).encode()
+    return [(b"D", h(1) + i32(len(text)) + text), (b"C", b"SELECT 1\0"), (b"Z", b"I")]
+
+
+def test_a_server_waiting_for_the_rest_of_a_copydata_is_not_released(gw):
+    """Transaction mode: a Query, then a CopyData cut short. PostgreSQL answers the Query
+    and waits for the rest of the CopyData (which it then ignores: no COPY runs). The
+    Query's ReadyForQuery released that server to the pool, so the next client's bytes
+    completed the CopyData: its queries were swallowed, no answer ever (found by
+    bench/fuzz_postgres.py as hangs after CopyData/CopyFail frames)."""
+    a = logged_in(gw, QUICK, timeout=5)
+    try:
+        a.send(pg.query("SELECT 1") + b"d" + i32(4 + 100) + b"x" * 10)
+        assert a.until(b"Z")[1:] == _one_row(1)
+        for n in (2, 3):  # the pool hands out the last server checked in: A's, before
+            b = logged_in(gw, QUICK, timeout=5)
+            try:
+                assert _select(b, n) == _one_row(n)
+            finally:
+                b.close()
+        assert _server_conns_of(gw, QUICK) == 1  # A keeps its server meanwhile
+        a.send(b"y" * 90)  # the rest: the server has it whole, and is released
+        assert _wait(lambda: _server_conns_of(gw, QUICK) == 0), gw.pool(QUICK).stats()
+        assert _select(a, 4) == _one_row(4)
+        assert _wait(lambda: _server_conns_of(gw, QUICK) == 0)
+        # Cut short again, then gone: that server is closed, never handed on.
+        a.send(pg.query("SELECT 5") + b"d" + i32(4 + 100) + b"x" * 10)
+        assert a.until(b"Z")[1:] == _one_row(5)
+    finally:
+        a.close()
+    assert _wait(lambda: _server_conns_of(gw, QUICK) == 0)
+    b = logged_in(gw, QUICK, timeout=5)
+    try:
+        assert _select(b, 6) == _one_row(6)
+    finally:
+        b.close()

@@ -273,13 +273,18 @@ class PostgresConnection(asyncio.Protocol):
             if skip:
                 n = len(data)
                 if skip >= n:
-                    self.cskip = skip - n
+                    self.cskip = skip = skip - n
                     srv = self.server
                     if srv is not None:
                         srv.transport.write(data)  # type: ignore[union-attr]
+                        if not skip:
+                            self._streamed_out()
                     return
                 self.cskip = 0
-            self._process(data, skip, 0, None)
+                self._process(data, skip, 0, None)
+                self._streamed_out()
+                return
+            self._process(data, 0, 0, None)
         elif self.phase == STARTUP:
             self.sbuf += data
             if len(self.sbuf) > pg.MAX_STARTUP_PACKET + 16384:
@@ -537,6 +542,18 @@ class PostgresConnection(asyncio.Protocol):
                 srv = self.server
                 if srv is not None:
                     srv.transport.write(out[0] if len(out) == 1 else b"".join(out))  # type: ignore[union-attr]
+
+    def _streamed_out(self) -> None:
+        """The rest of a streamed CopyData went upstream. A transaction-mode server whose
+        ReadyForQuery came meanwhile was kept (the server was waiting for those bytes, and
+        the next client's would have completed the message): release it now if idle."""
+        srv = self.server
+        if (srv is not None and not self.session_mode and not self.cskip and self.phase == RELAY
+                and self.z_recv == self.syncs_sent and not self.unsynced and not self.swallow_z
+                and self.held is None and self.wait_task is None and srv.status == b"I"):
+            self._release()
+            if self.clients.draining is not None:
+                self.clients.idle(self)
 
     def _flush(self, data: bytes, run: int, upto: int) -> None:
         if run < upto:
@@ -997,7 +1014,9 @@ class PostgresConnection(asyncio.Protocol):
                 if self.inject is not None:
                     run = self._inject_at(out, data, run, pos, z, False)
                 if (status == b"I" and z == self.syncs_sent and not self.session_mode
-                        and not self.unsynced):
+                        and not self.unsynced and not self.cskip):
+                    # (cskip: part of a CopyData went upstream, which waits for its rest: the
+                    # server stays with this client until it is whole, see _streamed_out)
                     if run < pos:
                         out.append(data if run == 0 and pos == n else data[run:pos])
                     if out:
