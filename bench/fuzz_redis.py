@@ -80,6 +80,9 @@ class Figures:
     peak_rss_mb: float = 0.0
     seconds: float = 0.0
     crash_samples: list[str] = field(default_factory=list)
+    #: What the attacker sent last (it runs one connection at a time): a crash's sample
+    #: names it, so that the sample is a reproduction.
+    last_sent: bytes = b""
     hang_samples: list[str] = field(default_factory=list)
     canary_samples: list[str] = field(default_factory=list)
 
@@ -135,7 +138,8 @@ class _Errors(logging.Handler):
             self.figures.crashes += 1
             if len(self.figures.crash_samples) < 5:
                 self.figures.crash_samples.append(
-                    f"{record.name}: {record.getMessage()[:300]} {record.exc_info or ''}")
+                    f"{record.name}: {record.getMessage()[:300]} {record.exc_info or ''} "
+                    f"after {self.figures.last_sent[-600:]!r}")
 
 
 # -- frames ------------------------------------------------------------------------------------
@@ -465,6 +469,7 @@ class Attacker:
         sock = socket.create_connection(("127.0.0.1", self.port), timeout=self.hang)
         keep = False
         try:
+            f.last_sent = (f.last_sent + b" <new connection> ")[-4096:]
             authed: bool | None = self.rng.random() < 0.75 and self.login(sock)
             for _ in range(self.rng.randint(1, 4)):
                 dirty = self.rng.random() < 0.5
@@ -473,6 +478,7 @@ class Attacker:
                 f.batches += 1
                 stream = b"".join(frames)
                 verdict, blocking = judge(stream, authed)
+                f.last_sent = (f.last_sent + stream)[-4096:]
                 if verdict == "wait":
                     sock.sendall(stream)
                     if authed is False and not any(
@@ -488,7 +494,10 @@ class Attacker:
                 # REPLY ON undoes a CLIENT REPLY OFF/SKIP of the batch; an unknown command's
                 # error names the marker (in MULTI and subscribed too), and before AUTH so
                 # does HELLO's error about an unknown option.
-                tail = enc("CLIENT", "REPLY", "ON") + enc(marker) + enc("HELLO", "2", marker)
+                # DISCARD first: a CLIENT REPLY ON inside a MULTI would only be queued (a
+                # real Redis never answers the marker then either).
+                tail = (enc("DISCARD") + enc("CLIENT", "REPLY", "ON") + enc(marker)
+                        + enc("HELLO", "2", marker))
                 try:
                     sock.sendall(stream + tail)
                 except OSError:
@@ -502,7 +511,8 @@ class Attacker:
                     if not blocking:
                         f.hangs += 1
                         if len(f.hang_samples) < 5:
-                            f.hang_samples.append(f"authed={authed} {stream[:300]!r}")
+                            f.hang_samples.append(f"authed={authed} {stream[:300]!r} "
+                                                  f"(this connection: {f.last_sent[-1500:]!r})")
                     return
                 f.answered += 1
                 if any(c and c[0].lower() in STATEFUL for c in scan(stream, MAX_BULK,
@@ -645,7 +655,8 @@ def run(frames: int = 20_000, seconds: float = 300.0, seed: int = 1, batch: int 
         figures.crashes += 1
         if len(figures.crash_samples) < 5:
             figures.crash_samples.append(
-                f"loop: {context.get('message')} {context.get('exception')!r}"[:300])
+                f"loop: {context.get('message')} {context.get('exception')!r}"[:300]
+                + f" after {figures.last_sent[-600:]!r}")
 
     admin = redis.Redis.from_url(url)
     started = time.monotonic()

@@ -302,3 +302,20 @@ def test_reply_scan_goes_on_where_it_stopped():
         acc += reply[cut:] + b"+next\r\n"
         assert wire.reply_scan(acc, at, left) == (len(reply), 0, 0), cut
     assert wire.reply_scan(reply, 0, 1) == (len(reply), 0, 0)
+
+
+@pytest.mark.parametrize("request_", [b"MULTI x", b"EXEC x", b"DISCARD x", b"UNWATCH x", b"WATCH"])
+def test_a_transaction_command_with_wrong_arguments_changes_no_state(gw: Gw, request_: bytes):
+    # "MULTI x" went to the server, which refused it, while the gateway took the connection
+    # to be in a MULTI: under CLIENT REPLY OFF its replies were then never delivered.
+    s = authed(gw, gw.a)
+    name = request_.split()[0].decode().lower()
+    s.sendall(request_ + b"\r\nSET k1 v\r\nCLIENT REPLY OFF\r\n" + request_
+              + b"\r\nCLIENT REPLY ON\r\nPING\r\n")
+    want = (f"-ERR wrong number of arguments for '{name}' command\r\n+OK\r\n+OK\r\n+PONG\r\n"
+            .encode())
+    got = b""
+    while len(got) < len(want) and (chunk := s.recv(4096)):
+        got += chunk
+    s.close()
+    assert got == want

@@ -504,6 +504,8 @@ def _client(c: RedisConnection, cmd: Command, argv: list[bytes]) -> bool:
 # -- transactions ---------------------------------------------------------------------------
 def tx(c: RedisConnection, cmd: Command, argv: list[bytes], raw: bytes) -> bool:
     name = cmd.full_name
+    if not _arity_ok(cmd, argv):  # here, or "MULTI x" would leave the gateway in a MULTI
+        return _arity_error(c, cmd)  # that the server refused
     if name == "multi":
         if c.in_multi:
             c.reply(wire.error("ERR MULTI calls can not be nested"))
