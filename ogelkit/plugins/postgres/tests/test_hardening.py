@@ -488,3 +488,43 @@ def test_a_server_waiting_for_the_rest_of_a_copydata_is_not_released(gw):
         assert _select(b, 6) == _one_row(6)
     finally:
         b.close()
+
+
+def test_a_flush_with_a_body_opens_a_batch_that_only_sync_ends(gw):
+    """PostgreSQL answers a Flush with a body with 08P01 and then discards everything up to
+    a Sync. The relay took any Flush for one that leaves the batch as it is, so a client
+    gone after one gave its server back to the pool still discarding: the next client's
+    queries were never answered (and got the first client's error; found by
+    bench/fuzz_postgres.py)."""
+    bad_flush = pg.message(b"H", b"failed\0")
+    for _ in range(2):
+        a = logged_in(gw, QUICK, timeout=5)
+        try:
+            a.send(bad_flush)
+            kind, body = a.message()
+            fields = pg.error_fields(body)
+            assert (kind, fields["C"], fields["M"]) == (b"E", "08P01", "invalid message format")
+        finally:
+            a.close()
+        for n in (2, 3):  # the pool hands out the last server checked in
+            b = logged_in(gw, QUICK, timeout=5)
+            try:
+                assert _select(b, n) == _one_row(n)
+            finally:
+                b.close()
+    # The same client goes on as with the server itself: its Query is discarded, the Sync
+    # is answered, then it is served again; its server is released after the Sync.
+    a = logged_in(gw, QUICK, timeout=5)
+    try:
+        a.send(bad_flush + pg.query("SELECT 1"))
+        assert pg.error_fields(a.message()[1])["C"] == "08P01"
+        a.sock.settimeout(0.5)
+        with pytest.raises(TimeoutError):
+            a.message()
+        a.sock.settimeout(5)
+        a.send(pg.SYNC)
+        assert a.message() == (b"Z", b"I")
+        assert _select(a, 4) == _one_row(4)
+    finally:
+        a.close()
+    assert _wait(lambda: _server_conns_of(gw, QUICK) == 0)

@@ -526,7 +526,9 @@ class PostgresConnection(asyncio.Protocol):
                         and data[pos + 5] == 83 and data[end - 1] == 0:
                     # Describe / Close of a named statement
                     run = self._describe_close(t, data, pos, end, run, srv)
-                if t != 72:  # Flush leaves the batch as it is
+                if t != 72 or ln != 4:  # Flush leaves the batch as it is, unless malformed:
+                    # PostgreSQL answers a Flush with a body with 08P01 and then discards
+                    # everything up to a Sync, as after any failed extended message
                     self.unsynced = True
                 pos = end
             if run < pos:  # _flush, inline: the common end of a chunk
