@@ -30,7 +30,7 @@ from ogelkit.frontdoor import peer_address
 from ogelkit_redis import wire
 from ogelkit_redis.commands import Command, CommandTable
 from ogelkit_redis.cost import UNBATCHED
-from ogelkit_redis.errors import NOAUTH, WRONGPASS, protocol_error, reject_error
+from ogelkit_redis.errors import NO_SWITCH, NOAUTH, WRONGPASS, protocol_error, reject_error
 from ogelkit_redis.login import authenticate
 from ogelkit_redis.namespace import Namespace, first_word
 from ogelkit_redis.upstream import Pending, RedisOperation, Upstream
@@ -1160,14 +1160,17 @@ class RedisConnection(asyncio.Protocol):
     async def _reauth(self, user: str, password: str, hello: int | None) -> None:
         s = self.session
         slug, _, dbname = user.partition(".")
-        entry = await self.ctx.directory.lookup(slug)
-        same = (entry is not None and s.tenant is not None and entry.tenant.slug == s.tenant.slug
-                and (not dbname or dbname == s.database))
-        if not same:
-            self.reply(wire.error("ERR the gateway does not switch tenant or database on an "
-                                  "open connection; open a new connection"))
+        if s.tenant is None or slug != s.tenant.slug or (dbname and dbname != s.database):
+            self.reply(NO_SWITCH)  # decided on the name: no lookup to time, none to fail
             return
-        if entry is None or not await self.ctx.directory.check_password(entry, password):
+        try:
+            entry = await self.ctx.directory.lookup(slug)
+        except Exception:  # the control plane is out (and the tenant not cached)
+            self.reply(reject_error(Reject(Reason.UNAVAILABLE, "the control plane is "
+                                           "unreachable; the connection stays as it was")))
+            return
+        if entry is None or entry.tenant.slug != s.tenant.slug \
+                or not await self.ctx.directory.check_password(entry, password):
             self.reply(WRONGPASS)
             return
         if hello is not None:
