@@ -59,6 +59,14 @@ def bind_host(host: str) -> str | None:
     return None if host in ("::", "", "*") else host
 
 
+def reuse_port(context: Any) -> bool:
+    """Whether listeners set SO_REUSEPORT: with ``[gateway] workers > 1`` every worker
+    process binds the same ports and the kernel spreads new connections over them."""
+    config = getattr(context, "config", None)
+    gateway = getattr(config, "gateway", None)
+    return gateway is not None and gateway.processes > 1
+
+
 def format_address(host: str, port: int) -> str:
     """``127.0.0.1:5432`` or ``[::1]:5432``: the one spelling of a socket address in logs,
     sessions and the admin API."""
@@ -459,7 +467,7 @@ class FrontDoor:
         self.observe = self.observes_operations()
         server = await self.loop.create_server(
             self.new_connection, host=bind_host(self.host), port=self.port,
-            reuse_address=True, backlog=2048)
+            reuse_address=True, reuse_port=reuse_port(self.context) or None, backlog=2048)
         self.servers.append(server)
         self.spawn(self._publish_metrics())
         return [sock.getsockname()[:2] for sock in server.sockets]
@@ -510,4 +518,5 @@ __all__ = [
     "bind_host",
     "format_address",
     "peer_address",
+    "reuse_port",
 ]

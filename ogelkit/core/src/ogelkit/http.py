@@ -84,19 +84,20 @@ def build_app(routes: Sequence[BaseRoute]) -> Starlette:
                      exception_handlers={HTTPException: _http_error, Exception: _internal_error})
 
 
-def bind_sockets(host: str | None, port: int) -> list[socket.socket]:
+def bind_sockets(host: str | None, port: int, *, reuse_port: bool = False) -> list[socket.socket]:
     """Listening sockets for ``host`` (``None``: every interface of both families, one
-    dual-stack socket when the system has one). ``OSError`` when the port is taken."""
+    dual-stack socket when the system has one). ``OSError`` when the port is taken.
+    ``reuse_port``: SO_REUSEPORT, so that every worker process binds the same port."""
     if host is None:
         if socket.has_dualstack_ipv6():
             sock = socket.create_server(("::", port), family=socket.AF_INET6, backlog=2048,
-                                        reuse_port=False, dualstack_ipv6=True)
+                                        reuse_port=reuse_port, dualstack_ipv6=True)
         else:
-            sock = socket.create_server(("0.0.0.0", port), backlog=2048)
+            sock = socket.create_server(("0.0.0.0", port), backlog=2048, reuse_port=reuse_port)
         sock.setblocking(False)
         return [sock]
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.create_server((host, port), family=family, backlog=2048)
+    sock = socket.create_server((host, port), family=family, backlog=2048, reuse_port=reuse_port)
     sock.setblocking(False)
     return [sock]
 

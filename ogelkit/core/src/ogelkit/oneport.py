@@ -29,7 +29,7 @@ import ssl
 import time
 from typing import TYPE_CHECKING, Any
 
-from ogelkit.frontdoor import bind_host
+from ogelkit.frontdoor import bind_host, reuse_port
 
 if TYPE_CHECKING:
     from ogelkit.context import GatewayContext
@@ -86,7 +86,7 @@ class OnePort:
         self._sniff_seconds = m.oneport_sniff_seconds
 
     async def start(self) -> list[tuple[str, int]]:
-        self.listeners = _listen_sockets(self.host, self.port)
+        self.listeners = _listen_sockets(self.host, self.port, reuse_port=reuse_port(self.context))
         loop = asyncio.get_running_loop()
         for lsock in self.listeners:
             task = loop.create_task(self._accept(lsock))
@@ -270,19 +270,21 @@ class Sniffer(asyncio.Protocol):
         self.port.sniffers.discard(self)
 
 
-def _listen_sockets(host: str, port: int) -> list[socket.socket]:
+def _listen_sockets(host: str, port: int, *, reuse_port: bool = False) -> list[socket.socket]:
     """Listening sockets for ``host``: "::" (or "") is one dual-stack IPv6 socket that also
-    accepts IPv4, as the other listeners do."""
+    accepts IPv4, as the other listeners do. ``reuse_port``: SO_REUSEPORT (workers)."""
     if bind_host(host) is None:
         if socket.has_dualstack_ipv6():
             sock = socket.create_server(("::", port), family=socket.AF_INET6,
-                                        dualstack_ipv6=True, backlog=2048)
+                                        dualstack_ipv6=True, backlog=2048,
+                                        reuse_port=reuse_port)
         else:
-            sock = socket.create_server(("0.0.0.0", port), backlog=2048)
+            sock = socket.create_server(("0.0.0.0", port), backlog=2048, reuse_port=reuse_port)
         socks = [sock]
     else:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        socks = [socket.create_server((host, port), family=family, backlog=2048)]
+        socks = [socket.create_server((host, port), family=family, backlog=2048,
+                                      reuse_port=reuse_port)]
     for sock in socks:
         sock.setblocking(False)
     return socks

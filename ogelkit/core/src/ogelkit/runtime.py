@@ -12,6 +12,7 @@ import gc
 import logging
 import os
 import signal
+import sys
 from collections.abc import Mapping
 from contextlib import AsyncExitStack
 from typing import Any
@@ -27,7 +28,7 @@ from ogelkit.context import GatewayContext
 from ogelkit.control.records import DatabaseRecord
 from ogelkit.control.store import Store, open_store
 from ogelkit.directory import Directory
-from ogelkit.frontdoor import FrontDoor, bind_host
+from ogelkit.frontdoor import FrontDoor, bind_host, reuse_port
 from ogelkit.http import HttpServer, bind_sockets, build_app
 from ogelkit.layer import Layer
 from ogelkit.lifecycle import Lifecycle
@@ -49,8 +50,11 @@ class StartupError(Exception):
 
 class Gateway:
     def __init__(self, config: Config, plugins: Plugins, *, env: Mapping[str, str] | None = None,
-                 handle_signals: bool = True):
+                 handle_signals: bool = True, worker: int | None = None):
         self.config = config
+        #: Index of this worker process under ``[gateway] workers > 1`` (``ogelkit.workers``);
+        #: None for a gateway that is the whole process.
+        self.worker = worker
         self.plugins = plugins
         self.env = os.environ if env is None else env
         self.handle_signals = handle_signals
@@ -182,7 +186,8 @@ class Gateway:
             raise StartupError(f"a plugin's ogelkit_http_routes hook failed: {exc}") from exc
         port = self._http_port()
         try:
-            sockets = bind_sockets(bind_host(self.config.listen.host), port)
+            sockets = bind_sockets(bind_host(self.config.listen.host), port,
+                                   reuse_port=reuse_port(ctx))
         except OSError as exc:
             raise StartupError(f"cannot listen for HTTP on {self.config.listen.host}:{port}: "
                                f"{exc.strerror or exc}") from exc
@@ -249,10 +254,12 @@ class Gateway:
                 gc.collect()
                 gc.freeze()
                 metrics.ready.set(1)
-                log.info("ready", extra={"addresses": {k: [f"{h}:{p}" for h, p in v]
-                                                       for k, v in self.addresses.items()},
-                                         "layers": [layer.name for layer in ctx.layers],
-                                         "gateway": ctx.gateway_id})
+                # Under workers > 1 the parent says "ready" once every worker is.
+                log.info("ready" if self.worker is None else "worker ready", extra={
+                    "addresses": {k: [f"{h}:{p}" for h, p in v]
+                                  for k, v in self.addresses.items()},
+                    "layers": [layer.name for layer in ctx.layers],
+                    "gateway": ctx.gateway_id})
                 task_status.started(self.addresses)
 
                 await self.stop_requested.wait()
@@ -290,7 +297,11 @@ class Gateway:
                 await fd.close(reason)
 
     async def _watch_signals(self) -> None:
-        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
+        # A worker leaves SIGINT to its parent, which forwards it once (a terminal's Ctrl-C
+        # reaches the whole process group: two stops would skip the drain).
+        watched = (signal.SIGTERM, signal.SIGHUP) if self.worker is not None else \
+            (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+        with anyio.open_signal_receiver(*watched) as signals:
             async for signum in signals:
                 if signum == signal.SIGHUP:
                     log.info("signal received", extra={"signal": "SIGHUP"})
@@ -335,7 +346,15 @@ def _redact(url: str) -> str:
 
 
 def run_gateway(config: Config, plugins: Plugins) -> None:
-    """Blocking entry point for ``ogelkit run``: uvloop when available."""
+    """Blocking entry point for ``ogelkit run``: uvloop when available. With ``[gateway]
+    workers > 1`` this process supervises that many worker processes (``ogelkit.workers``)
+    and exits with their verdict."""
+    if config.gateway.processes > 1:
+        from ogelkit.workers import supervise
+        code = supervise(config, plugins)
+        if code:
+            sys.exit(code)
+        return
     gateway = Gateway(config, plugins)
     try:
         import uvloop  # noqa: F401

@@ -365,3 +365,27 @@ def _cross_check(sections: dict[str, Any], backends: dict[str, BackendSpec], raw
     if state is not None and not state.url.startswith(("redis://", "rediss://", "unix://")):
         errors.add("state.url", "unsupported state URL", expected='"redis://host:port/db"',
                    found=describe_value(state.url))
+    gateway = sections.get("gateway")
+    if gateway is not None and gateway.processes > 1:
+        _check_workers(gateway, state, control, errors)
+
+
+def _check_workers(gateway: GatewayConfig, state: StateConfig | None,
+                   control: ControlConfig | None, errors: ErrorCollector) -> None:
+    """``[gateway] workers > 1``: what the worker processes must share lives outside them."""
+    count = (f'workers = "auto" ({gateway.processes} CPUs)' if gateway.workers == "auto"
+             else f"the integer {gateway.workers}")
+    if state is None:
+        errors.add("gateway.workers", "workers > 1 needs [state] so that rate limits, "
+                   "connection limits and cancel keys are shared",
+                   expected='a [state] table with url = "redis://host:port/db", or workers = 1',
+                   found=f"{count} and no [state] table")
+    if control is not None and control.url.startswith("sqlite:"):
+        rest = control.url.removeprefix("sqlite://")
+        rest = rest[1:] if rest.startswith("/") else rest
+        if rest in ("", ":memory:"):
+            errors.add("gateway.workers", "workers > 1 needs a control plane every worker "
+                       "shares; an in-memory SQLite database is private to each process",
+                       expected='[control] url = "sqlite:///path/to/file.db" or '
+                                '"postgresql://...", or workers = 1',
+                       found=f"{count} and {describe_value(control.url)}")

@@ -6,6 +6,7 @@ Plugin tables (``[backends.<id>]`` minus ``type``, each ``[[layers]]`` entry min
 
 from __future__ import annotations
 
+import os
 from typing import Any, Literal
 
 import attrs
@@ -50,6 +51,11 @@ class ListenConfig:
         return self.ports.get(protocol, default)
 
 
+def _workers(_inst: object, attribute: attrs.Attribute, value: Any) -> None:
+    if value != "auto" and value < 1:
+        raise ValueError(f"{attribute.name} must be at least 1 (or \"auto\")")
+
+
 @attrs.define(kw_only=True)
 class GatewayConfig:
     drain_timeout: Duration = option(30.0, doc="How long SIGTERM/SIGINT waits for in-flight "
@@ -60,6 +66,23 @@ class GatewayConfig:
     admin_token: str = option("", doc="Bearer token for /admin/* on the HTTP port. Admin API "
                                       "disabled when empty.")
     log_level: Literal["debug", "info", "warning", "error"] = option("info", doc="Log level.")
+    workers: int | Literal["auto"] = option(1, validator=_workers, doc="Processes that each "
+                                            "run the whole gateway, sharing its ports "
+                                            "(SO_REUSEPORT), so every core is used. "
+                                            '"auto": one per CPU. More than 1 needs [state] '
+                                            "(limits, cancel keys and leases are shared "
+                                            "through it) and a control plane every worker "
+                                            "reaches (docs/operations.md, \"Workers\").")
+
+    @property
+    def processes(self) -> int:
+        """``workers`` as a number (``"auto"``: the CPUs this process may run on)."""
+        if self.workers == "auto":
+            try:
+                return max(1, len(os.sched_getaffinity(0)))
+            except AttributeError:  # not Linux
+                return max(1, os.cpu_count() or 1)
+        return int(self.workers)
 
 
 @attrs.define(kw_only=True)
