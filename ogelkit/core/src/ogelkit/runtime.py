@@ -12,6 +12,7 @@ import gc
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import Mapping
 from contextlib import AsyncExitStack
@@ -65,6 +66,7 @@ class Gateway:
         self.oneport: OnePort | None = None
         self.addresses: dict[str, list[tuple[str, int]]] = {}
         self._stack: AsyncExitStack | None = None
+        self._worker_http: list[socket.socket] = []
 
     def request_stop(self) -> None:
         if self.stop_requested.is_set():
@@ -191,7 +193,19 @@ class Gateway:
         except OSError as exc:
             raise StartupError(f"cannot listen for HTTP on {self.config.listen.host}:{port}: "
                                f"{exc.strerror or exc}") from exc
-        return HttpServer(build_app(routes), sockets)
+        self._worker_http = []
+        worker_http = self.config.listen.worker_http
+        if self.worker is not None and worker_http is not None:
+            # This worker's own port (its /metrics), beside the shared one.
+            own = worker_http + self.worker if worker_http else 0
+            try:
+                self._worker_http = bind_sockets(bind_host(self.config.listen.host), own)
+            except OSError as exc:
+                for sock in sockets:
+                    sock.close()
+                raise StartupError(f"cannot listen for HTTP on {self.config.listen.host}:{own} "
+                                   f"(worker_http): {exc.strerror or exc}") from exc
+        return HttpServer(build_app(routes), sockets + self._worker_http)
 
     async def run(self, *, task_status: TaskStatus[dict[str, list[tuple[str, int]]]] =
                   anyio.TASK_STATUS_IGNORED) -> None:
@@ -236,7 +250,10 @@ class Gateway:
             async with anyio.create_task_group() as tg:
                 await self._start_frontdoors(ctx)
                 http = self._http_server(ctx)
-                self.addresses["http"] = http.addresses()
+                self.addresses["http"] = [a for a in http.addresses()
+                                          if a not in _addresses(self._worker_http)]
+                if self._worker_http:
+                    self.addresses["worker_http"] = _addresses(self._worker_http)
                 ctx.addresses = self.addresses
                 tg.start_soon(http.serve)
                 await http.started()
@@ -336,6 +353,10 @@ async def _closing(what: str, close) -> None:
             await close()
     except Exception:
         log.exception("closing %s failed", what)
+
+
+def _addresses(sockets: list[socket.socket]) -> list[tuple[str, int]]:
+    return [tuple(s.getsockname()[:2]) for s in sockets]  # type: ignore[misc]
 
 
 def _redact(url: str) -> str:

@@ -207,6 +207,7 @@ class _Slot:
     failures: int = 0
     restart_at: float | None = None
     exitcode: int | None = None
+    worker_http: list[str] = attrs.field(factory=list)
 
 
 class Supervisor:
@@ -327,11 +328,17 @@ class Supervisor:
     def _on_ready(self, slot: _Slot, addresses: Any, gateway_id: str) -> None:
         restarted = slot.gateway_id is not None
         slot.ready, slot.gateway_id = True, gateway_id
+        slot.worker_http = [f"{h}:{p}" for h, p in addresses.pop("worker_http", [])]
         if not self.addresses:
             self.addresses = addresses
         log.info(
             "worker restarted" if restarted else "worker ready",
-            extra={"worker": slot.index, "pid": slot.process.pid, "gateway": gateway_id},
+            extra={
+                "worker": slot.index,
+                "pid": slot.process.pid,
+                "gateway": gateway_id,
+                "worker_http": slot.worker_http,
+            },
         )
 
     def _start_all(self) -> bool:
@@ -429,6 +436,9 @@ class Supervisor:
                         "addresses": {k: [f"{h}:{p}" for h, p in v] for k, v in self.addresses.items()},
                         "workers": [slot.process.pid for slot in self.slots],
                         "gateways": [slot.gateway_id for slot in self.slots],
+                        "worker_http": [
+                            slot.worker_http[0] if slot.worker_http else None for slot in self.slots
+                        ],
                     },
                 )
             elif not self.stopping:

@@ -43,6 +43,11 @@ class ListenConfig:
                                             "protocols (Postgres SSLRequest; TLS-first clients "
                                             "on the one port). No TLS when unset.")
     tls_key: str | None = option(None, doc="PEM private key matching tls_cert.")
+    worker_http: int | None = option(None, doc="With [gateway] workers > 1: worker i also "
+                                     "serves the HTTP side on worker_http + i, its own port, "
+                                     "so that each worker's /metrics can be scraped (the "
+                                     "shared http port answers from whichever worker takes "
+                                     "the connection). 0: a free port per worker, logged.")
 
     def port_for(self, protocol: str, default: int) -> int:
         named = getattr(self, protocol, None) if protocol in ("postgres", "redis", "mongodb") else None
