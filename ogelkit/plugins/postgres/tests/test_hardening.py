@@ -528,3 +528,43 @@ def test_a_flush_with_a_body_opens_a_batch_that_only_sync_ends(gw):
     finally:
         a.close()
     assert _wait(lambda: _server_conns_of(gw, QUICK) == 0)
+
+
+@pytest.mark.parametrize("end", ["CopyDone", "CopyFail"])
+def test_the_sync_an_extended_copy_swallows_is_not_waited_for(gw, end):
+    """libpq and tokio-postgres send Parse, Bind, Execute and Sync at once for a COPY FROM
+    STDIN: PostgreSQL reads that Sync inside the COPY and ignores it, and answers only the
+    Sync after CopyDone (or, after CopyFail, 57014 then that Sync). The relay waited for a
+    ReadyForQuery per Sync, so it stayed one behind: the server was never released, and a
+    refusal of the gateway's own (LISTEN here) waited for a ReadyForQuery that never came."""
+    table = unique("copy_t").replace("-", "_")
+    raw = logged_in(gw, QUICK, timeout=5)
+    try:
+        raw.send(pg.query(f"CREATE TABLE {table} (a text)"))
+        assert raw.until(b"Z")[-1] == (b"Z", b"I")
+        raw.send(parse(f"COPY {table} FROM STDIN".encode()) + bind() + EXECUTE + pg.SYNC)
+        assert [raw.message() for _ in range(3)] == [(b"1", b""), (b"2", b""),
+                                                     (b"G", b"\0" + h(1) + h(0))]
+        if end == "CopyDone":
+            raw.send(pg.message(b"d", b"x\n") + pg.message(b"c") + pg.SYNC)
+            assert [raw.message() for _ in range(2)] == [(b"C", b"COPY 1\0"), (b"Z", b"I")]
+        else:
+            raw.send(pg.message(b"d", b"x\n") + pg.message(b"f", b"no\0") + pg.SYNC)
+            kind, body = raw.message()
+            fields = pg.error_fields(body)
+            assert (kind, fields["C"], fields["M"]) == (b"E", "57014",
+                                                        "COPY from stdin failed: no")
+            assert raw.message() == (b"Z", b"I")
+        assert _wait(lambda: _server_conns_of(gw, QUICK) == 0), gw.pool(QUICK).stats()
+        raw.send(pg.query("LISTEN chan"))
+        msgs = raw.until(b"Z")
+        assert raw.error(msgs)["C"] == "0A000", msgs
+        assert raw.message() == (b"Z", b"I")
+        assert _select(raw, 7) == _one_row(7)
+        raw.send(pg.query(f"SELECT count(*) FROM {table}"))
+        rows = [body for kind, body in raw.until(b"Z") if kind == b"D"]
+        assert rows == [h(1) + i32(1) + (b"1" if end == "CopyDone" else b"0")]
+    finally:
+        raw.send(pg.query(f"DROP TABLE IF EXISTS {table}"))
+        raw.until(b"Z")
+        raw.close()

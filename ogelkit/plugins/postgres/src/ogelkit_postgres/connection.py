@@ -110,11 +110,13 @@ class PostgresConnection(asyncio.Protocol):
         "canceller",
         "capture",
         "cdrop",
+        "cf_mark",
         "cfg",
         "chain",
         "clients",
         "copy_in",
         "cskip",
+        "cskip_release",
         "ctx",
         "desired",
         "discard_error",
@@ -196,6 +198,7 @@ class PostgresConnection(asyncio.Protocol):
         self.rneed = 0  # length of the incomplete message in rbuf
         self.cskip = 0  # bytes of a streamed message still to forward
         self.cdrop = 0  # bytes of a CopyData nobody takes still to drop
+        self.cskip_release = False  # a release waits for the rest of a streamed CopyData
         self.held: bytearray | None = None
         self.out: list[bytes] | None = None  # pending writes to the server while scanning
         self.pause_flags = 0
@@ -215,7 +218,10 @@ class PostgresConnection(asyncio.Protocol):
         self.unsynced = False
         self.ops: deque[tuple[Operation, bool, int]] = deque()
         self.batch_error: str | None = None
-        self.copy_in = False
+        self.copy_in = False  # COPY FROM STDIN upstream: CopyInResponse seen, no Z since
+        #: ``syncs_sent`` when a CopyDone/CopyFail or FunctionCall last went upstream (see
+        #: ``_copy_started``).
+        self.cf_mark = -1
         self.saw_fatal = False
         self.inject: list[tuple[int, bool, bytes, bool]] | None = None
         self.discarding = False
@@ -462,6 +468,8 @@ class PostgresConnection(asyncio.Protocol):
                         if srv is None:  # no COPY in progress: ignored, as the server would
                             self._flush(data, run, pos)
                             run = end
+                        else:
+                            self.cf_mark = self.syncs_sent
                         pos = end
                         continue
                     self._flush(data, run, pos)
@@ -514,6 +522,7 @@ class PostgresConnection(asyncio.Protocol):
                         self.metrics.ok += 1
                 elif t == 70:  # FunctionCall: answered with ReadyForQuery like a Query
                     self.syncs_sent += 1
+                    self.cf_mark = self.syncs_sent  # (no operation: see _copy_started)
                     pos = end
                     continue
                 elif t == 80:  # Parse
@@ -549,8 +558,11 @@ class PostgresConnection(asyncio.Protocol):
         """The rest of a streamed CopyData went upstream. A transaction-mode server whose
         ReadyForQuery came meanwhile was kept (the server was waiting for those bytes, and
         the next client's would have completed the message): release it now if idle."""
+        if not self.cskip_release:
+            return
+        self.cskip_release = False
         srv = self.server
-        if (srv is not None and not self.session_mode and not self.cskip and self.phase == RELAY
+        if (srv is not None and not self.cskip and not self.copy_in and self.phase == RELAY
                 and self.z_recv == self.syncs_sent and not self.unsynced and not self.swallow_z
                 and self.held is None and self.wait_task is None and srv.status == b"I"):
             self._release()
@@ -791,7 +803,7 @@ class PostgresConnection(asyncio.Protocol):
         """Session mode: the tier changed during the session. Our SET must be answered
         before anything else, so it goes out only when nothing is in flight (the next
         statement outside a pipeline); returns the new start of the unforwarded bytes."""
-        if self.z_recv != self.syncs_sent or self.unsynced:
+        if self.z_recv != self.syncs_sent or self.unsynced or self.copy_in:
             return run
         self._flush(data, run, pos)
         self._apply_now(srv)
@@ -1016,9 +1028,12 @@ class PostgresConnection(asyncio.Protocol):
                 if self.inject is not None:
                     run = self._inject_at(out, data, run, pos, z, False)
                 if (status == b"I" and z == self.syncs_sent and not self.session_mode
-                        and not self.unsynced and not self.cskip):
-                    # (cskip: part of a CopyData went upstream, which waits for its rest: the
-                    # server stays with this client until it is whole, see _streamed_out)
+                        and not self.unsynced):
+                    if self.cskip:
+                        # Part of a CopyData went upstream, which waits for its rest: the
+                        # server stays with this client until it is whole (_streamed_out).
+                        self.cskip_release = True
+                        continue
                     if run < pos:
                         out.append(data if run == 0 and pos == n else data[run:pos])
                     if out:
@@ -1061,6 +1076,7 @@ class PostgresConnection(asyncio.Protocol):
                     self._finish(ops.popleft()[0])
             elif t == 71:  # CopyInResponse
                 self.copy_in = True
+                self._copy_started()
             pos = end
         if run < pos:
             out.append(data if run == 0 and pos == n else data[run:pos])
@@ -1071,6 +1087,23 @@ class PostgresConnection(asyncio.Protocol):
             self.sneed = 1 + _unpack_len(data, pos + 1)[0] if n - pos >= 5 else 5
         if self.clients.draining is not None and self.is_idle():
             self.clients.idle(self)
+
+    def _copy_started(self) -> None:
+        """COPY FROM STDIN began upstream. A Sync the client sent after the COPY's Execute
+        and before this CopyInResponse (libpq and tokio-postgres send Parse, Bind, Execute and
+        Sync at once) reached the COPY, which ignores it: no ReadyForQuery will answer it, so
+        it is counted off. Only when that is certain: the COPY's operation is the only one in
+        flight and no CopyDone/CopyFail or FunctionCall went upstream since. Otherwise (and
+        for a Sync sent among the CopyData, which PostgreSQL answers if the COPY failed first)
+        the count stays: the server stays with this client and is closed when it leaves,
+        never released while it may still answer."""
+        ops = self.ops
+        if len(ops) != 1 or self.inject is not None:
+            return
+        _, is_query, index = ops[0]
+        base = index if is_query else index - 1  # syncs_sent just after the COPY's message
+        if self.syncs_sent > base and self.cf_mark < base:
+            self.syncs_sent = base
 
     def _server_error(self, out: list[bytes], data: bytes, run: int, pos: int, end: int) -> int:
         code = pg.error_sqlstate(data, pos, end)
@@ -1279,7 +1312,7 @@ class PostgresConnection(asyncio.Protocol):
     def cancel_from_client(self) -> None:
         """A CancelRequest with this client's key arrived."""
         srv = self.server
-        if srv is not None and (self.z_recv < self.syncs_sent or self.unsynced):
+        if srv is not None and (self.z_recv < self.syncs_sent or self.unsynced or self.copy_in):
             self.door.spawn(self.door.cancel_upstream(srv))
 
     # -- closing -----------------------------------------------------------------------------
@@ -1399,7 +1432,8 @@ class PostgresConnection(asyncio.Protocol):
             # no reset or next client may follow on this connection.
             srv.close()
             return
-        running = self.z_recv < self.syncs_sent or self.unsynced or bool(self.swallow_z)
+        running = (self.z_recv < self.syncs_sent or self.unsynced or bool(self.swallow_z)
+                   or bool(self.copy_in))
         if running:
             # Stop the query upstream before dropping the connection: PostgreSQL would
             # otherwise notice the gone client only when it next writes.
@@ -1415,7 +1449,7 @@ class PostgresConnection(asyncio.Protocol):
         """Between requests and outside a transaction (safe to close during a drain)."""
         if self.phase != RELAY or self.held is not None:
             return False
-        if self.z_recv < self.syncs_sent or self.unsynced:
+        if self.z_recv < self.syncs_sent or self.unsynced or self.copy_in:
             return False
         srv = self.server
         return srv is None or srv.status == b"I"
