@@ -568,3 +568,21 @@ def test_the_sync_an_extended_copy_swallows_is_not_waited_for(gw, end):
         raw.send(pg.query(f"DROP TABLE IF EXISTS {table}"))
         raw.until(b"Z")
         raw.close()
+
+
+@pytest.mark.parametrize("mode", ["transaction", "session"])
+def test_a_sync_with_a_body_is_answered_as_postgresql_does(gw, sgw, mode):
+    """PostgreSQL answers a Sync with a body with 08P01 "invalid message format" and then
+    ReadyForQuery; in transaction mode no server is attached yet and the gateway answered
+    the Sync itself with ReadyForQuery alone."""
+    g, t = (gw, QUICK) if mode == "transaction" else (sgw, SESS)
+    raw = logged_in(g, t, timeout=5)
+    try:
+        raw.send(pg.message(b"S", b"xx"))
+        kind, body = raw.message()
+        fields = pg.error_fields(body)
+        assert (kind, fields["C"], fields["M"]) == (b"E", "08P01", "invalid message format")
+        assert raw.message() == (b"Z", b"I")
+        assert _select(raw, 8) == _one_row(8)
+    finally:
+        raw.close()

@@ -445,6 +445,9 @@ class PostgresConnection(asyncio.Protocol):
                         pos = run = end
                         error, self.discard_error, self.discarding = self.discard_error, None, False
                         self.unsynced = False
+                        if ln != 4:  # as PostgreSQL answers a Sync with a body
+                            error = (error or b"") + pg.error_response(PROTOCOL_VIOLATION,
+                                                                       "invalid message format")
                         self._write((error or b"") + pg.ready_for_query(b"I"))
                         self._idle_now()
                         continue
