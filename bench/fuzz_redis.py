@@ -426,6 +426,7 @@ class Attacker:
         self.secret = canary_secret
         self.batch = batch
         self.nonce = 0
+        self.received = b""  # the last bytes _read_until read (for a hang's sample)
         #: Unauthenticated sockets left with a partial request: (socket, deadline, sample).
         self.waiting: list[tuple[socket.socket, float, bytes]] = []
 
@@ -433,6 +434,7 @@ class Attacker:
         """"seen", "closed" or "hang"; checks every reply for the canary's secret."""
         deadline = time.monotonic() + self.hang
         tail = b""
+        self.received = b""
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
@@ -447,6 +449,7 @@ class Attacker:
             if not chunk:
                 return "closed"
             data = tail + chunk
+            self.received = (self.received + chunk)[-600:]
             if self.secret in data:
                 self.figures.leaks += 1
             if want in data:
@@ -512,7 +515,8 @@ class Attacker:
                         f.hangs += 1
                         if len(f.hang_samples) < 5:
                             f.hang_samples.append(f"authed={authed} {stream[:300]!r} "
-                                                  f"(this connection: {f.last_sent[-1500:]!r})")
+                                                  f"(this connection: {f.last_sent[-1500:]!r}; "
+                                                  f"received: {self.received!r})")
                     return
                 f.answered += 1
                 if any(c and c[0].lower() in STATEFUL for c in scan(stream, MAX_BULK,

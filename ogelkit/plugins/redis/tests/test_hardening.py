@@ -319,3 +319,18 @@ def test_a_transaction_command_with_wrong_arguments_changes_no_state(gw: Gw, req
         got += chunk
     s.close()
     assert got == want
+
+
+def test_an_inline_request_goes_upstream_as_a_multibulk_request(gw: Gw):
+    # The inline line went to the shared upstream connection as sent: Redis finds an inline
+    # line's end with strchr, so a NUL in it left the upstream waiting for a line end
+    # forever, and every later command of the tenant on that connection with it.
+    s = authed(gw, gw.a)
+    s.sendall(b"XREAD COUNT 6\x00*$26\r\nPING\r\n")
+    got = b""
+    while b"PONG" not in got and (chunk := s.recv(4096)):
+        got += chunk
+    s.close()
+    assert got.startswith(b"-ERR") and got.endswith(b"+PONG\r\n"), got
+    other = gw.client(gw.a, socket_timeout=5)
+    assert other.set("k-inline", "v") and other.get("k-inline") == b"v"

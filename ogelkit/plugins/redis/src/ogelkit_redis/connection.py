@@ -857,6 +857,8 @@ class RedisConnection(asyncio.Protocol):
         """Run one request. True: done (or queued upstream); False: input must wait."""
         if data is None:
             raw = None
+        elif data[start] != 42:  # inline: never forwarded as sent (Redis reads an inline
+            raw = None           # line with strchr, so a NUL in it hangs that connection)
         elif start or end != len(data):
             raw = data[start:end]
         else:
