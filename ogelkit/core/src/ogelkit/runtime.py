@@ -56,6 +56,7 @@ class Gateway:
         #: Index of this worker process under ``[gateway] workers > 1`` (``ogelkit.workers``);
         #: None for a gateway that is the whole process.
         self.worker = worker
+        self._parent = os.getppid()
         self.plugins = plugins
         self.env = os.environ if env is None else env
         self.handle_signals = handle_signals
@@ -91,6 +92,14 @@ class Gateway:
         """Reload the config file (SIGHUP, ``POST /admin/reload``): see ``ogelkit.reload``."""
         from ogelkit.reload import reload_config
         return await reload_config(self)
+
+    async def _reload_every_worker(self) -> dict[str, Any]:
+        """``POST /admin/reload`` on a worker: reload here (the answer), then have the parent
+        forward SIGHUP to every worker (this one finds nothing more to change)."""
+        result = await self.reload()
+        if result.get("reloaded") and os.getppid() == self._parent:
+            os.kill(self._parent, signal.SIGHUP)
+        return result
 
     async def add_backend(self, spec: Any) -> str | None:
         """Open a backend a reload added and hand it to its protocol's running door; the
@@ -222,7 +231,7 @@ class Gateway:
             stack.push_async_callback(_closing, "control plane", store.close)
             directory = Directory(store, cfg.tiers, ttl=cfg.control.cache_ttl)
             ctx = GatewayContext(cfg, self.plugins, store, metrics, directory)
-            ctx.reload = self.reload
+            ctx.reload = self.reload if self.worker is None else self._reload_every_worker
             self.context = ctx
             stack.push_async_callback(_closing, "shared state", ctx.close_state)
             # Before layers open, so they can subscribe to its events (usage: cold starts).

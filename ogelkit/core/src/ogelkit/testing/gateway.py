@@ -194,8 +194,13 @@ class GatewayProcess:
                 self._log.close()
 
     def kill(self) -> None:
+        """SIGKILL the gateway and every process it started (``[gateway] workers``: they are
+        in its session, and would otherwise drain on their own once they see it gone)."""
         if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                self.proc.kill()
             self.proc.wait(10)
 
     def __enter__(self) -> GatewayProcess:
