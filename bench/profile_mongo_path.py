@@ -9,7 +9,9 @@ Both modes run the gateway in this process (uvloop) in front of the test FerretD
 enterprise tenant (SQLite control plane in a temp dir) whose database ``main`` is on it, and
 the session layer always on (as in ``bench/mongo_bench.py``: every find carries the tier's
 maxTimeMS, one more spliced field); ``--layers``: every installed canonical O7s layer with its
-defaults (``bench/layers_bench.py``'s tables).
+defaults (``bench/layers_bench.py``'s tables), the tenant on that script's ``bench`` tier (a
+cost ceiling, so the cost layer looks up every find's estimate; rate limits far above the
+loop's rate).
 
 * ``micro``: a real pymongo client logs in over the wire and runs each command once for real
   (which fills the cost layer's cache and records the exact bytes pymongo sends and FerretDB
@@ -18,7 +20,8 @@ defaults (``bench/layers_bench.py``'s tables).
   parse -> index -> plan (``$db`` and maxTimeMS spliced) -> [layers admit] -> upstream send;
   upstream ``data_received`` -> reply mapping -> client write -> [layers complete]) is timed
   in a loop for ``find_one`` (by ``_id``), ``insert_one`` and ``update_one``. No syscalls are
-  timed: this is the Python share of the gateway's CPU per operation.
+  timed, and the clock is this thread's CPU time (preemption by other processes is not
+counted): this is the Python share of the gateway's CPU per operation.
 * ``load``: ``-c`` pymongo threads in a child process (so their CPU and GIL are not the
   gateway's) run ``find_one`` by ``_id`` against the in-process gateway for ``--seconds``;
   prints ops/s and this process's CPU per op (``--profile``: under cProfile, with its top
@@ -127,12 +130,13 @@ url = "{upstream}"
 pool_size = 32
 
 [tenants.{self.tenant}]
-tier = "enterprise"
+tier = "{"bench" if layers else "enterprise"}"
 password = "{self.password}"
 
 [tenants.{self.tenant}.databases.main]
 backend = "mongo"
 
+{lb.BENCH_TIER if layers else ""}
 {tables}"""
 
     def url(self, port: int) -> str:
@@ -154,6 +158,25 @@ def _door(running: Any) -> Any:
 
 def _pool(running: Any) -> Any:
     return running.context.backends["mongo"].pool
+
+
+def _thread_cpu() -> dict[str, float]:
+    """CPU seconds of each thread of this process (Linux /proc; empty elsewhere)."""
+    out: dict[str, float] = {}
+    tick = os.sysconf("SC_CLK_TCK")
+    try:
+        tasks = os.listdir("/proc/self/task")
+    except OSError:
+        return out
+    for tid in tasks:
+        try:
+            stat = Path(f"/proc/self/task/{tid}/stat").read_text()
+            fields = stat.rsplit(")", 1)[1].split()
+            name = stat[stat.index("(") + 1 : stat.rindex(")")]
+        except (OSError, ValueError):
+            continue
+        out[f"{name}[{tid}]"] = (int(fields[11]) + int(fields[12])) / tick
+    return out
 
 
 def _run(client: Any, name: str) -> None:
@@ -192,12 +215,14 @@ def _record(conn: Any) -> tuple[list[bytes], list[bytes], Any]:
 
 
 def _time_micro(conn: Any, up: Any, request: bytes, reply: bytes, rounds: int) -> float:
-    """µs per op: the client sends one command, the upstream answers it."""
-    t0 = time.perf_counter_ns()
+    """CPU µs per op: the client sends one command, the upstream answers it. Thread CPU time,
+    not wall time: on a shared machine, time this thread spent preempted is not counted."""
+    clock = time.thread_time_ns
+    t0 = clock()
     for _ in range(rounds):
         conn.data_received(request)
         up.data_received(reply)
-    return (time.perf_counter_ns() - t0) / rounds / 1000
+    return (clock() - t0) / rounds / 1000
 
 
 async def micro_mode(args: argparse.Namespace) -> None:
@@ -348,6 +373,7 @@ async def load_mode(args: argparse.Namespace) -> None:
             i1 = os.times()
             idle_cpu = (i1.user + i1.system - i0.user - i0.system) / args.idle
             prof = cProfile.Profile() if args.profile else None
+            threads0 = _thread_cpu()
             t0 = os.times()
             if prof is not None:
                 prof.enable()
@@ -357,6 +383,7 @@ async def load_mode(args: argparse.Namespace) -> None:
             if prof is not None:
                 prof.disable()
             t1 = os.times()
+            threads1 = _thread_cpu()
             await proc.wait()
             result = json.loads(out)
             ops = result["ops"]
@@ -370,6 +397,10 @@ async def load_mode(args: argparse.Namespace) -> None:
             print(
                 f"gateway process CPU: {(user + system) / ops * 1e6:.1f} µs/op "
                 f"(user {user / ops * 1e6:.1f}, system {system / ops * 1e6:.1f})"
+            )
+            busy = sorted(((threads1[k] - threads0.get(k, 0.0), k) for k in threads1), reverse=True)
+            print(
+                "per thread: " + ", ".join(f"{k} {cpu / ops * 1e6:.1f} µs/op" for cpu, k in busy[:4] if cpu)
             )
             per_op = idle_cpu * result["seconds"] / ops * 1e6
             print(f"idle gateway CPU: {idle_cpu * 1000:.1f} ms/s ({per_op:.1f} µs/op of the above)")

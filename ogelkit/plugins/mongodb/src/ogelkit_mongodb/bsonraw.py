@@ -9,7 +9,7 @@ the small parts that must be understood (pipelines, filters).
 from __future__ import annotations
 
 import struct
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterator
 
 _I32 = struct.Struct("<i")
 _I64 = struct.Struct("<q")
@@ -29,6 +29,13 @@ DOUBLE = 0x01
 
 _FIXED = {0x01: 8, 0x07: 12, 0x08: 1, 0x09: 8, 0x10: 4, 0x11: 8, 0x12: 8, 0x13: 16,
           0x06: 0, 0x0A: 0, 0x7F: 0, 0xFF: 0}
+
+
+#: Element names seen by ``index``, decoded once: commands and replies repeat the same few
+#: names (``find``, ``filter``, ``$db``, ``cursor`` ...). Bounded in entries and name length.
+_NAMES: dict[bytes, str] = {}
+_NAME_CACHE_SIZE = 4096
+_NAME_CACHE_LEN = 64
 
 
 class BsonError(ValueError):
@@ -104,23 +111,31 @@ def index(buf: bytes, start: int = 0) -> dict[str, tuple[int, int, int, int]]:
     p = start + 4
     find = buf.index
     fixed = _FIXED
+    names = _NAMES
     try:
         while p < end:
             t = buf[p]
             z = find(0, p + 1, end)  # ValueError: an unterminated element name
             v = z + 1
-            width = fixed.get(t)
-            if width is not None:
-                q = v + width
-                if q > end:
-                    raise BsonError("BSON value runs past its document")
-            elif t == 0x02 or t == 0x03 or t == 0x04:
+            if t == 0x02 or t == 0x03 or t == 0x04:  # string, document, array: length-prefixed
                 q = v + i32(buf, v)[0] + (4 if t == 0x02 else 0)
                 if q > end or q <= v:
                     raise BsonError("BSON value runs past its document")
             else:
-                q = value_end(buf, t, v, end)
-            out[buf[p + 1:z].decode("utf-8", "surrogateescape")] = (t, p, v, q)
+                width = fixed.get(t)
+                if width is not None:
+                    q = v + width
+                    if q > end:
+                        raise BsonError("BSON value runs past its document")
+                else:
+                    q = value_end(buf, t, v, end)
+            raw = buf[p + 1:z]
+            name = names.get(raw)
+            if name is None:
+                name = raw.decode("utf-8", "surrogateescape")
+                if len(raw) <= _NAME_CACHE_LEN and len(names) < _NAME_CACHE_SIZE:
+                    names[raw] = name
+            out[name] = (t, p, v, q)
             p = q
     except (struct.error, IndexError, ValueError) as exc:  # every parser is total
         if isinstance(exc, BsonError):
@@ -129,6 +144,25 @@ def index(buf: bytes, start: int = 0) -> dict[str, tuple[int, int, int, int]]:
     if p != end:
         raise BsonError("BSON elements overrun their document")
     return out
+
+
+def shape(buf: bytes, t: int, v: int, q: int) -> Hashable:
+    """The structure of the value of type ``t`` at ``buf[v:q]`` with its literals left out:
+    a document is ``((name, shape), ...)``, an array ``("[]", shape, ...)`` of its first 8
+    items, anything else its BSON type byte. Read from the raw bytes (nothing decoded but the
+    names): the cost layer keys its cache by the shape of each find's filter.
+    """
+    if t == DOCUMENT:
+        return tuple([(name, shape(buf, el[0], el[2], el[3]))
+                      for name, el in index(buf, v).items()])
+    if t == ARRAY:
+        out: list[Hashable] = ["[]"]
+        for i, (tt, _name, _e, vv, qq) in enumerate(elements(buf, v)):
+            if i == 8:
+                break
+            out.append(shape(buf, tt, vv, qq))
+        return tuple(out)
+    return t
 
 
 def first_key(buf: bytes, start: int = 0) -> str:
@@ -203,28 +237,38 @@ def splice(buf: bytes | memoryview, start: int, end: int, edits: list[Edit],
     nested ``containers`` (offsets of enclosing sub-documents' length prefixes).
 
     Returns the parts to write (slices of ``buf`` are memoryviews, not copies) and their total
-    length. Edits must not overlap one another or the container length prefixes.
+    length. Edits must not overlap one another or the container length prefixes. Nothing is
+    re-encoded: only the length prefixes of the document and of the ``containers`` that hold
+    an edit are rewritten (a per-command hot path: plain loops, one sort of a few edits).
     """
     view = buf if isinstance(buf, memoryview) else memoryview(buf)
-    all_edits = sorted(edits)
-    fixes: list[Edit] = []
+    if len(edits) > 1:
+        edits = sorted(edits)
+    pack = _I32.pack
+    all_edits = list(edits)
     for c in (start, *containers):
-        c_end = c + i32(view, c)[0]
-        delta = sum(len(r) - (e - s) for s, e, r in all_edits if c < s and e <= c_end)
-        fixes.append((c, c + 4, _I32.pack(i32(view, c)[0] + delta)))
-    all_edits = sorted(all_edits + fixes)
+        size = i32(view, c)[0]
+        c_end = c + size
+        delta = 0
+        for s, e, r in edits:
+            if c < s and e <= c_end:
+                delta += len(r) - (e - s)
+        all_edits.append((c, c + 4, pack(size + delta)))
+    all_edits.sort()
     parts: list[bytes | memoryview] = []
+    append = parts.append
     total = 0
     pos = start
     for s, e, r in all_edits:
         if s > pos:
-            parts.append(view[pos:s])
+            append(view[pos:s])
             total += s - pos
         if r:
-            parts.append(r)
+            append(r)
             total += len(r)
-        pos = max(pos, e)
+        if e > pos:
+            pos = e
     if pos < end:
-        parts.append(view[pos:end])
+        append(view[pos:end])
         total += end - pos
     return parts, total

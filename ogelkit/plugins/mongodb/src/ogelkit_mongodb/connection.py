@@ -431,6 +431,8 @@ class MongoConnection(asyncio.Protocol, Planner, ReplyMapper, LocalCommands):
         session = self.session
         assert session is not None
         req = Request(name, m.request_id, db)
+        req.data = m.data
+        req.index = index
         op = MongoOperation(session, commands.bounded_name(name), len(m.data), req)
         session.operations += 1
         self.op = op

@@ -15,7 +15,7 @@ import time
 from collections.abc import Hashable
 from typing import TYPE_CHECKING, Any
 
-from ogelkit_mongodb import commands
+from ogelkit_mongodb import bsonraw, commands
 
 if TYPE_CHECKING:
     from ogelkit import Operation
@@ -27,6 +27,7 @@ _DROP = frozenset({"$db", "lsid", "$readPreference", "$clusterTime", "maxTimeMS"
                    "autocommit", "startTransaction", "readConcern", "writeConcern", "comment",
                    "apiVersion", "apiStrict", "apiDeprecationErrors", "cursor", "batchSize",
                    "singleBatch"})
+_VALUES = frozenset({"limit", "skip"})  # part of the cost key by value, not by shape
 
 
 def shape(value: Any) -> Hashable:
@@ -68,6 +69,33 @@ class CostEstimator:
         req = getattr(op, "request", None)
         if req is None or req.name not in commands.COSTED or not req.upstream_db:
             return None
+        index = req.index
+        if not index:  # a Request built without its message: decode
+            return self._key_decoded(req)
+        # Per operation: read from the index of the command's top-level fields built when the
+        # message arrived; only the names and types of the other fields are read, nothing is
+        # decoded (a filter's literals do not change its shape).
+        data = req.data
+        el = index.get(req.name)
+        if el is None or el[0] != bsonraw.STRING:
+            return None
+        shape_of = bsonraw.shape
+        parts: list[tuple[str, Hashable]] = []
+        try:
+            for k, (t, _e, v, q) in index.items():
+                if k in _DROP or k == req.name:
+                    continue
+                if k in _VALUES:  # limit, skip: their values
+                    value = bsonraw.read_number(data, t, v)
+                    parts.append((k, value if value is not None else shape_of(data, t, v, q)))
+                else:
+                    parts.append((k, shape_of(data, t, v, q)))
+            coll = bsonraw.read_string(data, el[2])
+        except (bsonraw.BsonError, ValueError, IndexError):
+            return None
+        return ("mongodb", self.backend.name, req.upstream_db, coll, req.name, tuple(parts))
+
+    def _key_decoded(self, req: Any) -> Hashable | None:
         try:
             doc = req.doc()
         except Exception:
@@ -75,7 +103,7 @@ class CostEstimator:
         coll = doc.get(req.name)
         if not isinstance(coll, str):
             return None
-        parts = tuple((k, shape(v) if k not in ("limit", "skip") else v)
+        parts = tuple((k, shape(v) if k not in _VALUES else v)
                       for k, v in doc.items() if k not in _DROP and k != req.name)
         return ("mongodb", self.backend.name, req.upstream_db, coll, req.name, parts)
 
@@ -83,7 +111,10 @@ class CostEstimator:
         req = getattr(op, "request", None)
         if req is None or req.name not in commands.COSTED:
             return None
-        doc = req.doc()
+        try:
+            doc = req.doc()
+        except Exception:  # undecodable: not estimated (the upstream answers the command)
+            return None
         coll = doc.get(req.name)
         if not isinstance(coll, str):
             return None

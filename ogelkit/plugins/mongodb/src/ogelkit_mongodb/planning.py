@@ -8,6 +8,7 @@ a value of the wrong type is a ``Refusal`` answered in protocol, never an except
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import TYPE_CHECKING, Any, cast
 
@@ -26,8 +27,10 @@ class UnknownDatabase(Refusal):
     """A ``$db`` that is not one of the tenant's databases (as far as this client knows)."""
 
 
+@functools.lru_cache(maxsize=4096)
 def string_value(text: str) -> bytes:
-    """A BSON string value (length, bytes, NUL) for splicing."""
+    """A BSON string value (length, bytes, NUL) for splicing (cached: the same database names
+    and namespaces are spliced into every command and reply)."""
     raw = text.encode("utf-8", "surrogateescape")
     return bsonraw._I32.pack(len(raw) + 1) + raw + b"\0"
 

@@ -25,8 +25,10 @@ class Request:
         "body",
         "client_db",
         "cursor_id",
+        "data",
         "extra_not_found",
         "flags",
+        "index",
         "local",
         "mode",
         "name",
@@ -49,6 +51,11 @@ class Request:
         self.upstream_db = ""
         self.parts: list[Any] = []
         self.body: bytes = b""  # the client's command document (raw, unmapped)
+        # The client's whole message and the index of its command document's top-level
+        # fields (offsets into ``data``), built once per message: the planner and the cost
+        # key read fields from it without decoding the document.
+        self.data: bytes = b""
+        self.index: dict[str, tuple[int, int, int, int]] = {}
         self.flags = 0
         self.cursor_id = 0  # getMore: the cursor it continues
         self.extra_not_found: list[int] = []  # killCursors: ids of other tenants (never sent)
