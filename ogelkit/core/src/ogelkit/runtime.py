@@ -365,7 +365,7 @@ async def _closing(what: str, close) -> None:
 
 
 def _addresses(sockets: list[socket.socket]) -> list[tuple[str, int]]:
-    return [tuple(s.getsockname()[:2]) for s in sockets]  # type: ignore[misc]
+    return [tuple(s.getsockname()[:2]) for s in sockets]
 
 
 def _redact(url: str) -> str:

@@ -236,7 +236,7 @@ class Supervisor:
         self._signals.append(signum)
 
     def _install_signals(self) -> dict[int, Any]:
-        previous = {}
+        previous: dict[int, Any] = {}
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             previous[signum] = signal.signal(signum, self._on_signal)
         signal.set_wakeup_fd(self._wake_w)
