@@ -444,7 +444,8 @@ class Supervisor:
             elif not self.stopping:
                 self._stop()
             self._serve()
-            failed = [s.index for s in self.slots if s.exitcode not in (0, None)]
+            # A worker that died earlier and awaited its restart does not fail the shutdown.
+            failed = [s.index for s in self.slots if s.exitcode not in (0, None) and s.restart_at is None]
             if not ok or failed:
                 log.error("stopped", extra={"failed_workers": failed})
                 return 1
