@@ -546,6 +546,19 @@ def _gone(pid: int) -> bool:
     return not Path(f"/proc/{pid}").exists()
 
 
+async def test_one_worker_is_one_process(control_url):
+    g = start(control_url, workers=1)
+    try:
+        assert g.pids() == []  # no supervisor, no fork: the gateway is the process
+        ready = g.ready_line()
+        assert "workers" not in ready and ready["logger"] == "ogelkit.runtime"
+        conn = await connect(g, "spread")
+        assert await conn.fetchval("SELECT 1") == 1
+        await conn.close()
+    finally:
+        g.proc.kill()
+
+
 # -- (g) config errors -------------------------------------------------------------------------
 
 BASE = f"""[control]
