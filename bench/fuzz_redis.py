@@ -348,7 +348,8 @@ def scan(stream: bytes, max_bulk: int, max_args: int) -> tuple[str, list[list[by
     """Read ``stream`` as the door must: ``("complete", commands)`` when it is whole
     requests, ``("partial", commands)`` when the last one lacks bytes (the door rightly waits),
     ``("error", commands)`` when a request is malformed (the door answers and closes). The
-    commands are those before the end, the cut or the error (inline ones split naively)."""
+    commands are those before the end, the cut or the error (inline ones split naively, quotes
+    stripped from each word)."""
     pos, n = 0, len(stream)
     cmds: list[list[bytes]] = []
     while pos < n:
@@ -358,7 +359,8 @@ def scan(stream: bytes, max_bulk: int, max_args: int) -> tuple[str, list[list[by
                 return ("error" if n - pos > MAX_INLINE else "partial"), cmds
             if eol - pos > MAX_INLINE:
                 return "error", cmds
-            words = stream[pos:eol].split()
+            # Quotes off each word: '"BLMOVE" l l2 LEFT RIGHT 0.' blocks as BLMOVE does.
+            words = [w.strip(b"\"'") for w in stream[pos:eol].split()]
             if words:
                 cmds.append(words)
             pos = eol + 1
