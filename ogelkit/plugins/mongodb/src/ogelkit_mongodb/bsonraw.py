@@ -245,6 +245,30 @@ def splice(buf: bytes | memoryview, start: int, end: int, edits: list[Edit],
     if len(edits) > 1:
         edits = sorted(edits)
     pack = _I32.pack
+    if not containers:  # the common case (a command's $db, maxTimeMS): no merge, no sort
+        size = i32(view, start)[0]
+        c_end = start + size
+        delta = 0
+        for s, e, r in edits:
+            if start < s and e <= c_end:
+                delta += len(r) - (e - s)
+        parts: list[bytes | memoryview] = [pack(size + delta)]
+        append = parts.append
+        total = 4
+        pos = start + 4
+        for s, e, r in edits:
+            if s > pos:
+                append(view[pos:s])
+                total += s - pos
+            if r:
+                append(r)
+                total += len(r)
+            if e > pos:
+                pos = e
+        if pos < end:
+            append(view[pos:end])
+            total += end - pos
+        return parts, total
     all_edits = list(edits)
     for c in (start, *containers):
         size = i32(view, c)[0]
@@ -255,7 +279,7 @@ def splice(buf: bytes | memoryview, start: int, end: int, edits: list[Edit],
                 delta += len(r) - (e - s)
         all_edits.append((c, c + 4, pack(size + delta)))
     all_edits.sort()
-    parts: list[bytes | memoryview] = []
+    parts = []
     append = parts.append
     total = 0
     pos = start

@@ -84,6 +84,7 @@ class MongoConnection(asyncio.Protocol, Planner, ReplyMapper, LocalCommands):
         self.authenticated = False
         self.databases: dict[str, DatabaseRecord] = {}
         self.unmap: dict[str, str] = {}  # upstream database name -> the tenant's name
+        self._ns_values: dict[bytes, tuple[str, bytes | None]] = {}  # see ReplyMapper
         self.auth_db = "admin"
         self.op: MongoOperation | None = None
         self.task: asyncio.Task[Any] | None = None
@@ -309,6 +310,7 @@ class MongoConnection(asyncio.Protocol, Planner, ReplyMapper, LocalCommands):
     def set_databases(self, dbs: dict[str, DatabaseRecord]) -> None:
         self.databases = dbs
         self.unmap = {d.upstream.get("database", ""): n for n, d in dbs.items()}
+        self._ns_values = {}
 
     # -- dispatch --------------------------------------------------------------------------
     def _message(self, msg: bytes) -> None:

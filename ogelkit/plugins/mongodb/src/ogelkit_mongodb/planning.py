@@ -35,6 +35,16 @@ def string_value(text: str) -> bytes:
     return bsonraw._I32.pack(len(raw) + 1) + raw + b"\0"
 
 
+@functools.lru_cache(maxsize=64)
+def _max_time_element(limit_text: str) -> tuple[int, bytes]:
+    """The session's maxTimeMS setting as a number and as the element spliced into commands
+    (int32 when it fits, as drivers send it); cached: every command of a tier has the same."""
+    limit = int(limit_text)
+    element = (bsonraw.int32_element("maxTimeMS", limit) if limit < 2**31
+               else bsonraw.int64_element("maxTimeMS", limit))
+    return limit, element
+
+
 def cursor_id(data: bytes, t: int, v: int) -> int | None:
     """A cursor id element's value, or None when it is not an integer (MongoDB wants a long;
     int32 and integral doubles are accepted as drivers may send them)."""
@@ -144,10 +154,7 @@ class Planner:
         limit_text = session.settings.get("maxTimeMS") if session is not None else None
         if not limit_text:
             return
-        limit = int(limit_text)
-        # int32 when it fits, as drivers send it.
-        element = (bsonraw.int32_element("maxTimeMS", limit) if limit < 2**31
-                   else bsonraw.int64_element("maxTimeMS", limit))
+        limit, element = _max_time_element(limit_text)
         el = index.get("maxTimeMS")
         if el is None:
             edits.append((m.body_end - 1, m.body_end - 1, element))

@@ -36,6 +36,9 @@ class ReplyMapper:
 
     session: Session | None
     unmap: dict[str, str]
+    #: raw upstream ``cursor.ns`` value -> (namespace, the tenant's value to splice or None);
+    #: emptied whenever ``unmap`` changes.
+    _ns_values: dict[bytes, tuple[str, bytes | None]]
 
     def _map_reply(self, op: MongoOperation, reply: bytes) -> tuple[list[Any], int]:
         req = op.request
@@ -95,7 +98,18 @@ class ReplyMapper:
         id_el = cursor.get("id")
         cursor_id = number(reply, id_el)
         ns_el = cursor.get("ns")
-        ns = bsonraw.read_string(reply, ns_el[2]) if ns_el and ns_el[0] == bsonraw.STRING else ""
+        if ns_el is not None and ns_el[0] == bsonraw.STRING:
+            # The tenant's namespace for the upstream's, by the raw value: a connection sees
+            # the same few namespaces over and over (nothing decoded or encoded per reply).
+            raw_ns = reply[ns_el[2]:ns_el[3]]
+            hit = self._ns_values.get(raw_ns)
+            if hit is None:
+                hit = self._map_ns_value(bsonraw.read_string(reply, ns_el[2]))
+                if len(self._ns_values) < 256:
+                    self._ns_values[raw_ns] = hit
+            ns, mapped = hit
+        else:
+            ns, mapped = "", None
         backend = req.backend
         assert backend is not None and self.session is not None
         if req.name == "getMore":
@@ -105,15 +119,20 @@ class ReplyMapper:
             backend.cursors.add(cursor_id, self.session.tenant_slug or "", ns)
         if req.name == "listCollections" and op.rows:
             return self._filter_collections(op, reply, s, e)
-        edits: list[bsonraw.Edit] = []
-        if ns and ns_el is not None:
-            db, dot, rest = ns.partition(".")
-            mine = self.unmap.get(db)
-            if mine is not None:
-                edits.append((ns_el[2], ns_el[3], string_value(f"{mine}{dot}{rest}")))
-        if not edits:
+        if mapped is None or ns_el is None:
             return [memoryview(reply)[s:e]], e - s
-        return bsonraw.splice(reply, s, e, edits, containers=(cstart,))
+        return bsonraw.splice(reply, s, e, [(ns_el[2], ns_el[3], mapped)], containers=(cstart,))
+
+    def _map_ns_value(self, ns: str) -> tuple[str, bytes | None]:
+        """An upstream namespace and the BSON string value of the tenant's (None: not one of
+        this tenant's databases, left as it is)."""
+        if not ns:
+            return ns, None
+        db, dot, rest = ns.partition(".")
+        mine = self.unmap.get(db)
+        if mine is None:
+            return ns, None
+        return ns, string_value(f"{mine}{dot}{rest}")
 
     def _filter_collections(self, op: MongoOperation, reply: bytes, s: int,
                             e: int) -> tuple[list[Any], int]:
