@@ -93,3 +93,30 @@ def test_a_client_past_the_output_ceiling_is_refused_and_others_keep_working():
         assert a.llen("big") == 20_000  # the tenant's other connection keeps working
         a.close()
 
+
+
+def test_a_long_chunk_of_requests_runs_over_several_loop_turns(monkeypatch):
+    # 150 connections each sending 64 kB chunks of junk lines (~4,000 requests the gateway
+    # answers itself) held every other client for a whole loop turn of 150 x 20 ms.
+    from ogelkit_redis.connection import REQUESTS_PER_TURN, RedisConnection
+    turns = []
+    original = RedisConnection._next_turn
+    monkeypatch.setattr(RedisConnection, "_next_turn",
+                        lambda self: turns.append(1) or original(self))
+    with gateway(new_tenants(1)) as gw:
+        s = socket.create_connection(("127.0.0.1", gw.port), timeout=10)
+        s.sendall(f"AUTH {gw.a.slug} {gw.a.password}\r\n".encode())
+        assert s.recv(100) == b"+OK\r\n"
+        n = REQUESTS_PER_TURN * 10
+        s.sendall(b"NOSUCH x\r\n" * n + b"*2\r\n$4\r\nECHO\r\n$1\r\ne\r\n" * n + b"PING\r\n")
+        data = b""
+        while not data.endswith(b"+PONG\r\n"):
+            chunk = s.recv(1 << 20)
+            assert chunk, "closed"
+            data += chunk
+        s.close()
+        lines = data.split(b"\r\n")
+        errors = [x for x in lines if x.startswith(b"-ERR unknown command")]
+        assert len(errors) == n and lines.index(errors[-1]) < lines.index(b"e")
+        assert lines.count(b"e") == n
+        assert len(turns) >= 15, len(turns)
