@@ -7,15 +7,17 @@ workers through WAL). Which worker holds a client connection is read from the ke
 accepted socket of ``/proc/net/tcp`` whose peer is the client's port, and the worker whose
 ``/proc/<pid>/fd`` holds that socket. Proven:
 
-(a) new connections land on both workers (Postgres by socket owner, HTTP by the gateway id
-    ``/healthz`` answers), and each worker's own ``worker_http`` port serves its metrics;
+(a) new connections land on both workers (Postgres and the one port by socket owner, HTTP
+    by the gateway id ``/healthz`` answers), each worker's own ``worker_http`` port serves
+    its metrics, and one worker leads the lifecycle scheduler;
 (b) the free tier's connection cap (5) holds across the workers;
 (c) the rate limit (free: 10/s, burst 20) holds across the workers;
 (d) a CancelRequest that lands on the other worker cancels the query;
 (e) a worker killed with SIGKILL is restarted while the port keeps serving;
 (f) SIGTERM to the parent: in-flight queries on both workers finish, every process exits
     0 within the drain;
-(g) the config check refuses workers > 1 without [state] or with an in-memory SQLite.
+(g) the config check refuses workers > 1 without [state] or with an in-memory SQLite;
+and ``POST /admin/reload`` through one worker reaches both; workers = 1 is one process.
 """
 
 from __future__ import annotations
@@ -80,6 +82,7 @@ def config(control_url: str, *, workers: int | str = 2, drain: str = "10s") -> s
 host = "127.0.0.1"
 http = 0
 postgres = 0
+port = 0
 worker_http = 0
 
 [gateway]
@@ -232,10 +235,10 @@ def conn_owner(gw: Workers, conn: asyncpg.Connection) -> int:
     return owner(gw, conn._transport.get_extra_info("sockname")[1])
 
 
-async def connect(gw: Workers, name: str) -> asyncpg.Connection:
+async def connect(gw: Workers, name: str, port: int | None = None) -> asyncpg.Connection:
     return await asyncpg.connect(
         host="127.0.0.1",
-        port=gw.pg_port,
+        port=port or gw.pg_port,
         user=slug(name),
         password=password(name),
         database="main",
@@ -328,6 +331,14 @@ async def test_connections_land_on_both_workers(gw):
             break
         assert time.monotonic() < deadline, leaders
         await asyncio.sleep(0.2)
+    # The one port (every protocol on one listener) is shared the same way.
+    one = [await connect(gw, "spread", gw.ports["port"]) for _ in range(12)]
+    try:
+        landed = {owner(gw, c._transport.get_extra_info("sockname")[1], gw.ports["port"]) for c in one}
+        assert landed == set(pids), landed
+        assert [await c.fetchval("SELECT 5") for c in one] == [5] * 12
+    finally:
+        await close_all(one)
     gateways = {healthz_gateway(gw.http_port) for _ in range(24)}
     assert gateways == set(gw.ready_line()["gateways"]), gateways
     assert all(f"-{pid}-" in " ".join(gateways) for pid in pids)
