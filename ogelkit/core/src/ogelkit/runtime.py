@@ -51,12 +51,16 @@ class StartupError(Exception):
 
 class Gateway:
     def __init__(self, config: Config, plugins: Plugins, *, env: Mapping[str, str] | None = None,
-                 handle_signals: bool = True, worker: int | None = None):
+                 handle_signals: bool = True, worker: int | None = None,
+                 ports: Mapping[str, int] | None = None):
         self.config = config
         #: Index of this worker process under ``[gateway] workers > 1`` (``ogelkit.workers``);
         #: None for a gateway that is the whole process.
         self.worker = worker
         self._parent = os.getppid()
+        #: Ports to bind instead of the config's port 0 (a protocol, ``port``, ``http``):
+        #: the ones the parent reserved, so that every worker binds the same.
+        self.ports = dict(ports or {})
         self.plugins = plugins
         self.env = os.environ if env is None else env
         self.handle_signals = handle_signals
@@ -141,6 +145,8 @@ class Gateway:
                          extra={"tenant": slug, "database": name, "backend": backend.name})
 
     def _http_port(self) -> int:
+        if "http" in self.ports:
+            return self.ports["http"]
         port = self.env.get("PORT")
         if port and port.isdigit():
             return int(port)
@@ -154,7 +160,7 @@ class Gateway:
             cls = self.plugins.frontdoor_for(protocol)
             if cls is None:
                 continue
-            port = self.config.listen.port_for(protocol, cls.default_port)
+            port = self.ports.get(protocol, self.config.listen.port_for(protocol, cls.default_port))
             fd = cls(ctx, host=self.config.listen.host, port=port, backends=backends)
             try:
                 addrs = await fd.start()
@@ -166,12 +172,13 @@ class Gateway:
         listen = self.config.listen
         if listen.port is not None:
             tls = make_server_tls(listen.tls_cert, listen.tls_key) if listen.tls_cert else None
-            self.oneport = OnePort(ctx, self.frontdoors, host=listen.host, port=listen.port,
+            self.oneport = OnePort(ctx, self.frontdoors, host=listen.host,
+                                   port=self.ports.get("port", listen.port),
                                    sniff_timeout=listen.sniff_timeout, tls=tls)
             try:
                 self.addresses["port"] = await self.oneport.start()
             except OSError as exc:
-                raise StartupError(f"cannot listen on the one port {listen.host}:{listen.port}: "
+                raise StartupError(f"cannot listen on the one port {listen.host}:{self.oneport.port}: "
                                    f"{exc.strerror or exc}") from exc
 
     def _http_server(self, ctx: GatewayContext) -> HttpServer:

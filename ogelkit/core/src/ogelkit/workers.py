@@ -83,9 +83,10 @@ def _reserve(host: str | None) -> socket.socket:
 
 def reserve_ports(
     config: Config, plugins: Plugins, env: Mapping[str, str]
-) -> tuple[Config, dict[str, str], list[socket.socket]]:
+) -> tuple[dict[str, int], list[socket.socket]]:
     """Resolve every port 0 of the config (and ``PORT=0``) to a reserved free port: the
-    config and environment the workers run with, and the sockets holding the ports."""
+    ports the workers bind instead (by protocol, ``port`` for the one port, ``http``), and
+    the sockets holding them. The config itself stays as written (a reload compares it)."""
     listen = config.listen
     host = bind_host(listen.host)
     held: list[socket.socket] = []
@@ -95,28 +96,18 @@ def reserve_ports(
         held.append(sock)
         return sock.getsockname()[1]
 
-    changes: dict[str, Any] = {}
-    ports = dict(listen.ports)
+    ports: dict[str, int] = {}
     for protocol in config.protocols():
         cls = plugins.frontdoor_for(protocol)
-        if cls is None or listen.port_for(protocol, cls.default_port) != 0:
-            continue
-        if protocol in ("postgres", "redis", "mongodb"):
-            changes[protocol] = reserve()
-        else:
+        if cls is not None and listen.port_for(protocol, cls.default_port) == 0:
             ports[protocol] = reserve()
-    changes["ports"] = ports
     if listen.port == 0:
-        changes["port"] = reserve()
-    out_env = dict(env)
-    port_env = out_env.get("PORT")
-    if port_env and port_env.isdigit():
-        if int(port_env) == 0:
-            out_env["PORT"] = str(reserve())
-    elif listen.http == 0:
-        changes["http"] = reserve()
-    new_config = attrs.evolve(config, listen=attrs.evolve(listen, **changes))
-    return new_config, out_env, held
+        ports["port"] = reserve()
+    port_env = env.get("PORT")
+    http = int(port_env) if port_env and port_env.isdigit() else listen.http
+    if http == 0:
+        ports["http"] = reserve()
+    return ports, held
 
 
 class _WorkerLogs(logging.Filter):
@@ -133,6 +124,7 @@ def _worker_main(
     config: Config,
     plugins: Plugins,
     env: dict[str, str],
+    ports: dict[str, int],
     index: int,
     conn: multiprocessing.connection.Connection,
     parent: int,
@@ -149,7 +141,7 @@ def _worker_main(
         sock.close()
     for handler in logging.getLogger().handlers:
         handler.addFilter(_WorkerLogs(index))
-    gateway = Gateway(config, plugins, env=env, worker=index)
+    gateway = Gateway(config, plugins, env=env, worker=index, ports=ports)
 
     async def main() -> None:
         async with anyio.create_task_group() as tg:
@@ -217,9 +209,8 @@ class Supervisor:
         self.plugins = plugins
         self.base_env = dict(os.environ if env is None else env)
         self.count = config.gateway.processes
-        self.original = config
         self.config = config
-        self.env: dict[str, str] = {}
+        self.ports: dict[str, int] = {}
         self.held: list[socket.socket] = []
         self.slots = [_Slot(i) for i in range(self.count)]
         self.stopping = False
@@ -278,7 +269,16 @@ class Supervisor:
         process = self._ctx.Process(
             target=_worker_main,
             name=f"ogelkit-worker-{slot.index}",
-            args=(self.config, self.plugins, self.env, slot.index, send, os.getpid(), self.held),
+            args=(
+                self.config,
+                self.plugins,
+                self.base_env,
+                self.ports,
+                slot.index,
+                send,
+                os.getpid(),
+                self.held,
+            ),
         )
         process.start()
         send.close()
@@ -424,7 +424,7 @@ class Supervisor:
 
     def run(self) -> int:
         """Start the workers, supervise them until a stop; the process's exit code."""
-        self.config, self.env, self.held = reserve_ports(self.original, self.plugins, self.base_env)
+        self.ports, self.held = reserve_ports(self.config, self.plugins, self.base_env)
         previous = self._install_signals()
         try:
             log.info("starting workers", extra={"workers": self.count})
