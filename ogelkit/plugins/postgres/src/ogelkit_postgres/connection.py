@@ -1068,10 +1068,17 @@ class PostgresConnection(asyncio.Protocol):
                 run = self._server_error(out, data, run, pos, end)
             elif t == 49:  # ParseComplete
                 fifo = self.parse_fifo
-                if fifo and fifo.popleft()[1]:  # our own Parse: the client never asked
-                    if run < pos:
-                        out.append(data[run:pos])
-                    run = end
+                while fifo:
+                    if fifo.popleft()[1]:  # our own Parse: the client never asked
+                        if run < pos:
+                            out.append(data[run:pos])
+                        run = end
+                    if not data.startswith(_PARSE_COMPLETE, end):
+                        break
+                    # The next one of a run (a client's Parse pipeline): taken here, not
+                    # through the whole loop (5,000 of them cost 5 ms of event loop).
+                    pos = end
+                    end = pos + 5
             elif t == 83:  # ParameterStatus
                 self._parameter_status(data, pos, end)
             elif t == 73 or t == 115:  # EmptyQueryResponse / PortalSuspended
@@ -1481,6 +1488,7 @@ def _command_tag(tag: bytes) -> tuple[int | None, int]:
 
 #: Backend message types the relay looks into (all others pass by length only).
 _WATCHED = frozenset(b"ZCE1SIsG")
+_PARSE_COMPLETE = b"1\x00\x00\x00\x04"
 
 #: Frontend message types of the extended protocol, plus FunctionCall.
 _EXTENDED = frozenset(b"PBDECHF")
