@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Redis gateway benchmark: redis-benchmark through the gateway vs direct vs twemproxy.
 
-    python bench/redis_bench.py [--quick] [--tests get,set,lpush,lpop] [--runs 3]
+    python bench/redis_bench.py [--quick] [--tests get,set,lpush,lpop] [--runs 3] [--workers 2]
 
 Provisions its own tenant (SQLite control plane in a temp dir), starts the gateway as a real
 ``ogelkit run`` subprocess (uvloop), and runs ``redis-benchmark -t get,set,lpush,lpop`` at
@@ -12,6 +12,8 @@ Provisions its own tenant (SQLite control plane in a temp dir), starts the gatew
 * ``gateway``    the gateway, namespacing on, no layers (``--user tenant -a password``)
 * ``gateway+layers``  the same with every O7s layer installed (skipped with a note if the
   layer plugins are missing)
+* ``gw+layers xN``  (``--workers N``) the same with ``[gateway] workers = N`` and ``[state]``
+  on the test Redis; its CPU is the sum over the worker processes
 
 Prints requests/s per cell, the proxy's own CPU per request (utime+stime of the gateway or
 nutcracker process / requests: steadier than throughput on a shared machine) and ratios
@@ -65,8 +67,11 @@ def installed_layers() -> list[str]:
 class Gateway:
     """``ogelkit run`` in a subprocess with a freshly provisioned bench tenant."""
 
-    def __init__(self, layers: list[str]):
+    def __init__(self, layers: list[str], workers: int = 1):
         self.dir = Path(tempfile.mkdtemp(prefix="ogelkit-redis-bench-"))
+        # workers > 1 share limits through [state] (the test Redis; the tenant is new).
+        extra = "" if workers == 1 else (
+            f'workers = {workers}\n\n[state]\nurl = "redis://{REDIS_HOST}:{REDIS_PORT}/0"\n')
         self.port = free_port()
         self.tenant = f"bench-{secrets.token_hex(3)}"
         self.password = secrets.token_urlsafe(12)
@@ -80,7 +85,7 @@ redis = {self.port}
 [gateway]
 drain_timeout = "2s"
 log_level = "warning"
-
+{extra}
 [control]
 url = "sqlite:///{self.dir}/control.db"
 secret_key = "{SECRET_KEY}"
@@ -137,14 +142,22 @@ databases.main.backend = "bench"
 
 
 def cpu_seconds(pid: int | None) -> float | None:
-    """utime + stime of a process (and its threads), from /proc."""
+    """utime + stime of a process (and its threads) and of its worker processes (children,
+    ``[gateway] workers``), from /proc."""
     if pid is None:
         return None
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     except OSError:
         return None
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    own = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    children: list[int] = []
+    for task in Path(f"/proc/{pid}/task").glob("*/children"):
+        try:
+            children += [int(c) for c in task.read_text().split()]
+        except OSError:
+            pass
+    return own + sum(cpu_seconds(c) or 0.0 for c in children)
 
 
 def twemproxy_pid() -> int | None:
@@ -183,6 +196,8 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="few requests, one run per cell")
     ap.add_argument("--tests", default="get,set,lpush,lpop")
     ap.add_argument("--runs", type=int, default=3, help="runs per cell (median); --quick: 1")
+    ap.add_argument("--workers", type=int, default=1,
+                    help="also run gateway+layers with [gateway] workers = N (N > 1)")
     args = ap.parse_args()
     runs = 1 if args.quick else args.runs
     n_plain = 20_000 if args.quick else 200_000
@@ -211,6 +226,8 @@ def main() -> int:
         problem = gw.check()
         if problem is None:
             gateways.append(("gateway+layers", gw))
+            if args.workers > 1:
+                gateways.append((f"gw+layers x{args.workers}", Gateway(layers, args.workers)))
         else:
             print(f"note: gateway+layers skipped, its config does not validate:\n{problem}")
     else:
