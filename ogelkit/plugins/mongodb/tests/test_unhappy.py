@@ -307,3 +307,20 @@ def test_sigterm_drains_clients_and_exits_cleanly(upstream, suffix):
             client.close()
     from mongo_support import drop_upstream
     drop_upstream(upstream, suffix)
+
+
+def test_an_authenticated_message_over_what_hello_advertised_is_refused_at_its_header(
+        make_gateway):
+    # max_message_size defaults to 48 MiB while hello advertises MongoDB's 48,000,000: a
+    # header claiming 48,000,001 bytes was accepted and waited for (a fuzzer hang).
+    from ogelkit_mongodb.testing import read_reply, scram_login
+    gw = make_gateway()
+    sock = _raw(gw)
+    assert scram_login(sock, gw.tenants["a"], PASSWORD, "main").get("ok") == 1
+    sock.sendall(struct.pack("<iiii", 48_000_001, 7, 0, 2013))
+    reply = read_reply(sock)
+    assert reply is not None and reply["ok"] == 0 and reply["code"] == 10334, reply
+    assert "48000000" in reply["errmsg"].replace(",", "")
+    assert sock.recv(10) == b""
+    sock.close()
+    _still_serves(gw)

@@ -52,6 +52,8 @@ _I32 = bsonraw.i32
 #: Largest message accepted before authentication (a driver's hello with speculative
 #: authentication and client metadata is under 1 KiB).
 PRE_AUTH_MAX_MESSAGE = 64 * 1024
+#: MongoDB's maxMessageSizeBytes (every version): what hello advertises at most.
+MONGODB_MAX_MESSAGE = 48_000_000
 #: An idle connection told to close (drain ...) answers commands with the reason this long.
 CLOSE_GRACE = 1.0
 #: Seconds before a closed connection that did not go away is aborted.
@@ -246,7 +248,8 @@ class MongoConnection(asyncio.Protocol, Planner, ReplyMapper, LocalCommands):
 
     def authenticated_now(self) -> None:
         self.authenticated = True
-        self.limit = self.door.max_message
+        # No more than hello advertised: MongoDB's own maxMessageSizeBytes caps it.
+        self.limit = min(self.door.max_message, MONGODB_MAX_MESSAGE)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None

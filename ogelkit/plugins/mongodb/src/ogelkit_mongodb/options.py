@@ -27,7 +27,8 @@ class MongoOptions:
                                                     "(MongoDB's maxMessageSizeBytes); a bigger "
                                                     "one closes that client. The hello reply "
                                                     "advertises the smaller of this and the "
-                                                    "upstream's limit.")
+                                                    "upstream's limit, and no message over "
+                                                    "MongoDB's 48,000,000 bytes is accepted.")
     handshake_timeout: Duration = option(30.0, doc="An unauthenticated client connection that "
                                                    "sends no complete command for this long "
                                                    "is closed. Drivers' monitoring connections "
