@@ -115,7 +115,10 @@ def test_refusals_by_reason_drive_advice_and_costs_are_calibrated(workdir, backe
         with psycopg.connect(gw.conninfo(big), autocommit=True) as conn:
             for i in range(40):
                 n = 2_000 * (i + 1)
-                conn.execute(f"SELECT count(*) FROM generate_series(1, {n}) g(x) "
+                # A distinct alias per query: literals are normalised away, so without it
+                # all 40 shared one cost estimate (n = 2,000's) and the fit rested on the
+                # SELECT 1s alone, which a loaded machine could make slower (a flake).
+                conn.execute(f"SELECT count(*) FROM generate_series(1, {n}) g{i}(x) "
                              "WHERE x % 7 = 0").fetchone()
 
         def stored():
