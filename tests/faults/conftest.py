@@ -73,8 +73,8 @@ class PrivatePostgres:
     ``stop(mode)`` (``pg_ctl stop -m fast|immediate``) and ``start()`` again, same port."""
 
     def __init__(self, port: int | None = None):
-        if not (PG_BIN / "initdb").exists():
-            pytest.skip(f"no PostgreSQL binaries in {PG_BIN}")
+        if not (PG_BIN / "initdb").exists():  # scripts/services.sh installs them: a failure
+            pytest.fail(f"no PostgreSQL binaries in {PG_BIN}: run scripts/services.sh up")
         self.port = port or free_port()
         # Under /var/tmp, not pytest's tmp_path: the postgres user cannot enter root's 0700
         # directories.
