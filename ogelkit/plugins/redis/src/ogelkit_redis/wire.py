@@ -9,6 +9,7 @@ in pub/sub messages).
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Callable
 from typing import Any, cast
@@ -95,6 +96,9 @@ def parse_command(buf: bytes, pos: int, max_bulk: int, max_args: int, partial: P
     return _bulks(buf, eol + 2, max_bulk, partial, [], count)
 
 
+_py_parse_command = parse_command
+
+
 def _bulks(buf: bytes, p: int, max_bulk: int, partial: Partial, argv: list[bytes], left: int
            ) -> tuple[list[bytes] | None, int]:
     """Read ``left`` more bulk strings of a request into ``argv``, from ``p``."""
@@ -150,7 +154,7 @@ def _parse_inline(buf: bytes, pos: int, n: int, partial: Partial
     line = buf[pos:eol]
     if line.endswith(b"\r"):
         line = line[:-1]
-    return split_args(line), eol + 1
+    return _py_split_args(line), eol + 1
 
 
 def split_args(line: bytes) -> list[bytes]:
@@ -209,6 +213,9 @@ def split_args(line: bytes) -> list[bytes]:
         out.append(bytes(cur))
 
 
+_py_split_args = split_args
+
+
 def _ishex(two: bytes) -> bool:
     return all(c in b"0123456789abcdefABCDEF" for c in two)
 
@@ -265,7 +272,7 @@ def _length(buf: bytes | bytearray, start: int, eol: int) -> int:
 def reply_end(buf: bytes, pos: int) -> int:
     """End offset of the reply starting at ``pos``; ``-need`` if incomplete (``need`` is the
     buffer length worth waiting for). ProtocolError on a malformed length."""
-    end, remaining, need = reply_scan(buf, pos, 1)
+    end, remaining, need = _py_reply_scan(buf, pos, 1)
     return -need if remaining else end
 
 
@@ -308,6 +315,36 @@ def reply_scan(buf: bytes | bytearray, pos: int, remaining: int) -> tuple[int, i
         remaining -= 1
         pos = end
     return pos, 0, 0
+
+
+_py_reply_scan = reply_scan
+
+
+def parse_chunk(buf: bytes, pos: int, max_bulk: int, max_args: int) -> list[list[bytes]] | None:
+    """Every request of ``buf[pos:]`` as argument lists (``[]`` for an empty one), if that part
+    of the chunk holds only complete multibulk requests and no error; else ``None`` (nothing
+    changed: parse it request by request with ``parse_command``, which words the error).
+
+    One call per chunk: natively (``ogelkit_native``) it replaces the hiredis fast path and
+    its guards (``BIG_ARRAY``, ``NOT_BULK``, the ``endswith`` check) with Redis's exact rules.
+    This pure-Python version is its reference (the differential tests), not a fast path.
+    """
+    n = len(buf)
+    if pos >= n:
+        return None
+    out: list[list[bytes]] = []
+    partial = Partial()
+    while pos < n:
+        if buf[pos] != 42:
+            return None
+        try:
+            argv, pos = _py_parse_command(buf, pos, max_bulk, max_args, partial)
+        except ProtocolError:
+            return None
+        if argv is None:
+            return None
+        out.append(argv)
+    return out
 
 
 class Frame:
@@ -440,3 +477,29 @@ def verbatim(text: bytes, proto: int) -> bytes:
     if proto == 3:
         return b"=%d\r\ntxt:%s\r\n" % (len(text) + 4, text)
     return bulk(text)
+
+
+# -- the native core (ogelkit_native), when it is there -------------------------------------
+#: The pure-Python framing functions, whichever path is active (the reference of the
+#: differential tests, and what runs without the extension or with ``OGELKIT_NATIVE=0``).
+PYTHON = {f.__name__: f for f in (parse_command, parse_chunk, reply_scan, reply_end, split_args)}
+#: The native ones, when ``ogelkit_native`` imports (even with ``OGELKIT_NATIVE=0``: tests).
+NATIVE_FUNCS: dict[str, Callable[..., Any]] = {}
+#: True when the functions of this module are the native ones (docs/dev/native.md).
+NATIVE = False
+
+try:
+    import ogelkit_native as _native
+except ImportError:  # not built: the pure-Python path
+    _native = None
+
+if _native is not None:
+    _native.redis_init(ProtocolError, _py_reply_scan)
+    NATIVE_FUNCS = {name: getattr(_native, name) for name in PYTHON}
+    if os.environ.get("OGELKIT_NATIVE", "") != "0":
+        NATIVE = True
+        parse_command = _native.parse_command  # drop-in replacements
+        parse_chunk = _native.parse_chunk
+        reply_scan = _native.reply_scan
+        reply_end = _native.reply_end
+        split_args = _native.split_args
