@@ -33,6 +33,7 @@ class CountingOptions(PostgresOptions):
     wake_delay: Duration = option(0.0, doc="Extra seconds every wake takes (tests).")
     running: bool | None = option(None, doc="What running(db) answers (tests).")
     wake_fails: bool = option(False, doc="Every wake raises (tests).")
+    sleep_delay: Duration = option(0.0, doc="Extra seconds every sleep takes (tests).")
 
 
 class CountingPostgres(PostgresBackend):
@@ -46,9 +47,11 @@ class CountingPostgres(PostgresBackend):
         super().__init__(config, **kw)
         self.wakes = 0
         self.sleeps = 0
+        self.events: list[str] = []
 
     async def wake(self, db):
         self.wakes += 1
+        self.events.append("wake")
         await asyncio.sleep(self.config.wake_delay)
         if self.config.wake_fails:
             raise OSError("the compute would not start (test)")
@@ -56,7 +59,10 @@ class CountingPostgres(PostgresBackend):
 
     async def sleep(self, db):
         self.sleeps += 1
+        self.events.append("sleep")
+        await asyncio.sleep(self.config.sleep_delay)
         await super().sleep(db)
+        self.events.append("slept")
 
     async def running(self, db):
         return self.config.running
@@ -77,7 +83,9 @@ def _backends(dsn_text: str) -> str:
         f'\n[backends.{bid}]\ntype = "countingpg"\ndsn = "{dsn_text}"\n'
         f'name_prefix = "{PREFIX}"\nmin_pool_size = 2\nwake_delay = "{delay}"\n'
         for bid, delay in (("fast", "300ms"), ("slow", "4s"), ("broken", "0s"))
-    ).replace('wake_delay = "0s"', 'wake_delay = "0s"\nwake_fails = true')
+    ).replace('wake_delay = "0s"', 'wake_delay = "0s"\nwake_fails = true') + (
+        f'\n[backends.drowsy]\ntype = "countingpg"\ndsn = "{dsn_text}"\n'
+        f'name_prefix = "{PREFIX}"\nmin_pool_size = 2\nsleep_delay = "800ms"\n')
 
 
 def _lifecycle(check: str = "200ms", timeout: str = "1500ms") -> str:
@@ -123,7 +131,8 @@ def sleepy():
                "fast": Tenant(unique("dls"), tier="nap", backend="fast"),
                "slow": Tenant(unique("dls"), tier="nap", backend="slow"),
                "broken": Tenant(unique("dls"), tier="nap", backend="broken"),
-               "pro": Tenant(unique("dls"), tier="pro")}
+               "pro": Tenant(unique("dls"), tier="pro"),
+               "drowsy": Tenant(unique("dls"), tier="nap", backend="drowsy")}
     with pg_gateway(list(tenants.values()), backend_options="min_pool_size = 2",
                     extra=TIER + _lifecycle() + USAGE, backends=_backends(pg_dsn()),
                     plugins=_plugins()) as gw:
@@ -215,6 +224,31 @@ def test_twenty_clients_of_a_sleeping_database_share_one_wake(sleepy):
     results = asyncio.run(burst())
     assert results == [7] * 20, results
     assert backend.wakes - before == 1
+
+
+def test_a_client_during_a_slow_sleep_waits_for_it_then_wakes_the_database(sleepy):
+    """The state says asleep as soon as the sleep starts (new clients are held), but the
+    backend's wake runs only once its sleep has finished: a compute is never asked to
+    start while it is still being stopped."""
+    gw, t = sleepy, sleepy.t["drowsy"]
+    backend = gw.backend("drowsy")
+
+    async def connect():
+        conn = await asyncpg.connect(**gw.asyncpg_kw(t), timeout=20)
+        try:
+            return await conn.fetchval("SELECT 41 + 1")
+        finally:
+            await conn.close()
+
+    assert asyncio.run(connect()) == 42  # awake now (it may have slept already)
+    deadline = time.monotonic() + 20
+    while backend.events[-1:] != ["sleep"]:  # in the middle of its next 0.8 s sleep
+        assert time.monotonic() < deadline, backend.events
+        time.sleep(0.02)
+    assert gw.context.lifecycle.state_of(t.slug, "main") == "asleep"
+    assert asyncio.run(connect()) == 42
+    assert backend.events[-3:] == ["sleep", "slept", "wake"], backend.events
+    assert gw.context.lifecycle.state_of(t.slug, "main") == "active"
 
 
 def test_a_wake_longer_than_the_timeout_gives_a_clear_error(sleepy):

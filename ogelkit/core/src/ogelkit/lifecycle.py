@@ -104,6 +104,9 @@ class _Life:
     last_cold_start_at: float | None = None
     last_cold_start_seconds: float | None = None
     wake: asyncio.Task[float] | None = None
+    # set while backend.sleep() runs: the state already says asleep (so new clients are
+    # held), and a wake waits for it so the backend never sees a wake before its sleep ended
+    sleeping: asyncio.Event | None = None
     written_at: float = 0.0  # last activity write
 
 
@@ -240,6 +243,8 @@ class Lifecycle:
                                            "backend": backend.name})
         try:
             async with asyncio.timeout(self.cfg.wake_timeout * WAKE_GIVE_UP):
+                if life.sleeping is not None:  # the sleep in progress ends first
+                    await life.sleeping.wait()
                 await asyncio.gather(backend.wake(db), self._persist(life, "waking"))
         except BaseException as exc:
             life.state = "asleep"
@@ -479,17 +484,22 @@ class Lifecycle:
             return False
         previous, life.state, life.requested = life.state, "asleep", None
         life.changed_at = time.time()
-        db = await store.get_database(life.tenant, life.name)
+        life.sleeping = done = asyncio.Event()
         try:
+            db = await store.get_database(life.tenant, life.name)
             if db is not None:
                 await backend.sleep(db)
         except Exception as exc:
             log.warning("sleep failed; the database stays idle",
                         extra={"tenant": life.tenant, "database": life.name,
                                "backend": backend.name, "error": repr(exc)})
-            life.state = "idle" if previous != "active" else previous
-            await store.transition(life.tenant, life.name, life.state)
+            if life.wake is None:  # else the wake that waited for this sets the state
+                life.state = "idle" if previous != "active" else previous
+                await store.transition(life.tenant, life.name, life.state)
             return False
+        finally:
+            life.sleeping = None
+            done.set()
         self._sleeps.labels(backend.kind).inc()
         log.info("database asleep", extra={"tenant": life.tenant, "database": life.name,
                                            "backend": backend.name, "why": why})
