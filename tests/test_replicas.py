@@ -47,6 +47,7 @@ import redis
 from ogelkit.testing import GatewayProcess, test_secret_key
 from ogelkit.testing.redis_server import free_port
 from ogelkit.testing.services import pg_dsn, redis_url, scratch_pg_database
+from ogelkit.testing.shared_limits import check_shared_rate_limit, close_all
 
 pytestmark = pytest.mark.anyio
 
@@ -264,12 +265,6 @@ async def asleep_count(replica: Replica) -> float:
                if ln.startswith('ogelkit_databases{') and 'state="asleep"' in ln)
 
 
-async def close_all(conns: list[Any]) -> None:
-    for c in conns:
-        with contextlib.suppress(Exception):
-            await c.close(timeout=5)
-
-
 # -- 1. connection cap -------------------------------------------------------------------
 
 async def test_connection_cap_holds_across_replicas(cluster):
@@ -295,36 +290,10 @@ async def test_connection_cap_holds_across_replicas(cluster):
 # -- 2. rate limit -----------------------------------------------------------------------
 
 async def test_rate_limit_holds_across_replicas(cluster):
-    rate, burst, duration = 10, 20, 3.0  # the free tier
     replicas = cluster.ensure(3)
     conns = [await connect(r, "rate") for r in replicas]  # one each (the cap is 5)
-    admitted = [0] * len(conns)
-    refusals = [0] * len(conns)
-    try:
-        await asyncio.sleep(burst / rate + 0.3)  # a full bucket to start from
-        started = time.monotonic()
-
-        async def worker(i: int) -> None:
-            while time.monotonic() - started < duration:
-                try:
-                    await conns[i].execute("SELECT 1")
-                    admitted[i] += 1
-                except asyncpg.PostgresError as exc:
-                    assert exc.sqlstate == "53400", exc
-                    refusals[i] += 1
-                await asyncio.sleep(0.005)
-
-        await asyncio.gather(*(worker(i) for i in range(len(conns))))
-        elapsed = time.monotonic() - started
-    finally:
-        await close_all(conns)
-    total = sum(admitted)
-    print(f"rate across 3 replicas: admitted {admitted} = {total} in {elapsed:.2f}s, "
-          f"refused {sum(refusals)}; bound {burst + rate * elapsed:.0f}")
-    assert total <= burst + rate * elapsed + 1, (admitted, elapsed)
-    assert total >= 0.7 * (burst + rate * elapsed), admitted  # and not far below it
-    assert sum(refusals) > total  # offered far more than the limit
-    assert all(n > 0 for n in admitted), admitted  # every replica admitted its share
+    await check_shared_rate_limit(conns, rate=10, burst=20, duration=3.0,  # free tier
+                                  label="3 replicas")
 
 
 # -- 3. cancel through another replica ---------------------------------------------------

@@ -47,6 +47,7 @@ from ogelkit.config import ConfigErrors, parse_config
 from ogelkit.testing import GatewayProcess, test_secret_key
 from ogelkit.testing.gateway import metric_value
 from ogelkit.testing.services import pg_dsn, redis_url
+from ogelkit.testing.shared_limits import check_shared_rate_limit, close_all
 
 pytestmark = pytest.mark.anyio
 
@@ -257,12 +258,6 @@ async def connect_on(gw: Workers, name: str, pid: int, tries: int = 60) -> async
     raise AssertionError(f"no connection landed on worker {pid} in {tries} tries")
 
 
-async def close_all(conns: list[Any]) -> None:
-    for c in conns:
-        with contextlib.suppress(Exception):
-            await c.close(timeout=5)
-
-
 async def refused(gw: Workers, name: str) -> asyncpg.PostgresError:
     try:
         conn = await connect(gw, name)
@@ -372,38 +367,10 @@ async def test_connection_cap_holds_across_workers(gw):
 
 
 async def test_rate_limit_holds_across_workers(gw):
-    rate, burst, duration = 10, 20, 3.0  # the free tier
     a, b = gw.pids()
     conns = [await connect_on(gw, "rate", a), await connect_on(gw, "rate", b)]
-    admitted = [0, 0]
-    refusals = [0, 0]
-    try:
-        await asyncio.sleep(burst / rate + 0.3)  # a full bucket to start from
-        started = time.monotonic()
-
-        async def hammer(i: int) -> None:
-            while time.monotonic() - started < duration:
-                try:
-                    await conns[i].execute("SELECT 1")
-                    admitted[i] += 1
-                except asyncpg.PostgresError as exc:
-                    assert exc.sqlstate == "53400", exc
-                    refusals[i] += 1
-                await asyncio.sleep(0.005)
-
-        await asyncio.gather(hammer(0), hammer(1))
-        elapsed = time.monotonic() - started
-    finally:
-        await close_all(conns)
-    total = sum(admitted)
-    print(
-        f"rate across 2 workers: admitted {admitted} = {total} in {elapsed:.2f}s, "
-        f"refused {sum(refusals)}; bound {burst + rate * elapsed:.0f}"
-    )
-    assert total <= burst + rate * elapsed + 1, (admitted, elapsed)
-    assert total >= 0.7 * (burst + rate * elapsed), admitted
-    assert sum(refusals) > total
-    assert all(n > 0 for n in admitted), admitted
+    await check_shared_rate_limit(conns, rate=10, burst=20, duration=3.0,  # free tier
+                                  label="2 workers")
 
 
 # -- (d) cancel through the other worker ----------------------------------------------------
