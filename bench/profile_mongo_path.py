@@ -36,10 +36,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
-import io
 import json
 import os
-import pstats
 import secrets
 import sys
 import tempfile
@@ -50,45 +48,13 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import layers_bench as lb
+from benchkit import FakeTransport, print_profile
 
 from ogelkit.plugins import load_plugins
 from ogelkit.testing import running_gateway, services, test_secret_key
 
 OPS = ("find_one", "insert_one", "update_one")
 DOCS = 100
-
-
-class FakeTransport:
-    """Enough of an asyncio transport for the gateway's protocols; writes are counted."""
-
-    def __init__(self) -> None:
-        self.writes = 0
-        self.bytes = 0
-
-    def write(self, data: bytes) -> None:
-        self.writes += 1
-        self.bytes += len(data)
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return default
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-    def is_closing(self) -> bool:
-        return False
-
-    def can_write_eof(self) -> bool:
-        return False
-
-    def close(self) -> None:
-        pass
-
-    def abort(self) -> None:
-        pass
 
 
 class Bench:
@@ -283,9 +249,7 @@ async def micro_mode(args: argparse.Namespace) -> None:
                     prof.enable()
                     _time_micro(conn, up, request, reply, args.rounds)
                     prof.disable()
-                    buf = io.StringIO()
-                    pstats.Stats(prof, stream=buf).sort_stats(args.sort).print_stats(args.top)
-                    print(buf.getvalue())
+                    print_profile(prof, args.sort, args.top)
             finally:
                 conn.transport = saved_transport
                 pool.idle = saved_idle
@@ -405,9 +369,7 @@ async def load_mode(args: argparse.Namespace) -> None:
             per_op = idle_cpu * result["seconds"] / ops * 1e6
             print(f"idle gateway CPU: {idle_cpu * 1000:.1f} ms/s ({per_op:.1f} µs/op of the above)")
             if prof is not None:
-                buf = io.StringIO()
-                pstats.Stats(prof, stream=buf).sort_stats(args.sort).print_stats(args.top)
-                print(buf.getvalue())
+                print_profile(prof, args.sort, args.top)
     finally:
         bench.drop()
 

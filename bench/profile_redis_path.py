@@ -30,9 +30,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
-import io
 import os
-import pstats
 import sys
 import time
 from pathlib import Path
@@ -40,6 +38,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import redis_bench as rb
+from benchkit import FakeTransport, print_profile
 
 from ogelkit.testing import running_gateway
 
@@ -49,36 +48,6 @@ COMMANDS = {
     "lpush": (b"*3\r\n$5\r\nLPUSH\r\n$6\r\nmylist\r\n$3\r\nxxx\r\n", b":1\r\n"),
     "lpop": (b"*2\r\n$4\r\nLPOP\r\n$6\r\nmylist\r\n", b"$3\r\nxxx\r\n"),
 }
-
-
-class FakeTransport:
-    """Enough of an asyncio transport for the gateway's protocols; writes are counted."""
-
-    def __init__(self) -> None:
-        self.writes = 0
-        self.bytes = 0
-
-    def write(self, data: bytes) -> None:
-        self.writes += 1
-        self.bytes += len(data)
-
-    def get_extra_info(self, name: str, default=None):
-        return default
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-    def is_closing(self) -> bool:
-        return False
-
-    def close(self) -> None:
-        pass
-
-    def abort(self) -> None:
-        pass
 
 
 def _start(layers: bool) -> tuple[rb.Gateway, str]:
@@ -160,9 +129,7 @@ async def micro_mode(args) -> None:
                 prof.enable()
                 _time_micro(clients, up, request, reply, args.pipeline, args.rounds)
                 prof.disable()
-                buf = io.StringIO()
-                pstats.Stats(prof, stream=buf).sort_stats(args.sort).print_stats(args.top)
-                print(buf.getvalue())
+                print_profile(prof, args.sort, args.top)
             for c, (transport, shared) in zip(clients, saved, strict=True):
                 c.transport, c._shared, c.upstream = transport, shared, None
                 c.sent = c.recv = 0
@@ -207,9 +174,7 @@ async def load_mode(args) -> None:
             print(f"gateway process CPU: {(user + system) / requests * 1e6:.2f} µs/request "
                   f"(user {user / requests * 1e6:.2f}, system {system / requests * 1e6:.2f})")
             if prof is not None:
-                buf = io.StringIO()
-                pstats.Stats(prof, stream=buf).sort_stats(args.sort).print_stats(args.top)
-                print(buf.getvalue())
+                print_profile(prof, args.sort, args.top)
     finally:
         gw.stop()
 
