@@ -19,6 +19,9 @@ use resp::{Req, ReqError};
 /// length is handed to (see `reply_scan`). Set once by `redis_init`.
 static PROTOCOL_ERROR: GILOnceCell<Py<PyType>> = GILOnceCell::new();
 static PY_REPLY_SCAN: GILOnceCell<PyObject> = GILOnceCell::new();
+/// The `ogelkit_redis.wire` module: an inline request's line goes to its `split_args`
+/// (native or not, or a test's stand-in), looked up on each inline request (a rare path).
+static WIRE: GILOnceCell<PyObject> = GILOnceCell::new();
 
 const MAX_INLINE: usize = 64 * 1024;
 
@@ -35,9 +38,15 @@ fn req_error(py: Python<'_>, e: ReqError) -> PyErr {
 
 /// Register the exception class to raise and the Python scanner to defer to.
 #[pyfunction]
-fn redis_init(py: Python<'_>, protocol_error: Bound<'_, PyType>, py_reply_scan: PyObject) -> PyResult<()> {
+fn redis_init(
+    py: Python<'_>,
+    protocol_error: Bound<'_, PyType>,
+    py_reply_scan: PyObject,
+    wire: PyObject,
+) -> PyResult<()> {
     let _ = PROTOCOL_ERROR.set(py, protocol_error.unbind());
     let _ = PY_REPLY_SCAN.set(py, py_reply_scan);
+    let _ = WIRE.set(py, wire);
     Ok(())
 }
 
@@ -86,12 +95,13 @@ fn parse_command<'py>(
     let mut spans = Vec::new();
     match resp::request(data, pos, max_bulk, max_args, &mut spans) {
         Ok(Req::Done(end)) => Ok((list_of(py, data, &spans)?.into_any(), end)),
-        Ok(Req::Inline(args, end)) => {
-            let list = PyList::empty(py);
-            for a in args {
-                list.append(PyBytes::new(py, &a))?;
-            }
-            Ok((list.into_any().unbind(), end))
+        Ok(Req::Inline(start, stop, end)) => {
+            let wire = WIRE
+                .get(py)
+                .ok_or_else(|| PyRuntimeError::new_err("ogelkit_native.redis_init was not called"))?;
+            let line = PyBytes::new(py, &data[start..stop]);
+            let argv = wire.bind(py).getattr(intern!(py, "split_args"))?.call1((line,))?;
+            Ok((argv.unbind(), end))
         }
         Ok(Req::Line) => {
             partial.setattr(intern!(py, "need"), MAX_INLINE + 1)?;

@@ -33,8 +33,9 @@ impl ReqError {
 pub enum Req {
     /// A multibulk request ending at this offset (its arguments pushed as spans).
     Done(usize),
-    /// An inline request (its arguments) ending at this offset.
-    Inline(Vec<Vec<u8>>, usize),
+    /// An inline request: its line (`buf[start..stop]`, without the line end) to split,
+    /// and where the request ends.
+    Inline(usize, usize, usize),
     /// A line (inline request, array header) lacks its end.
     Line,
     /// Arguments cut short: go on at `at` with `left` more, once `need` bytes from `at` came.
@@ -184,11 +185,8 @@ fn inline(buf: &[u8], pos: usize) -> Result<Req, ReqError> {
     if eol - pos > MAX_INLINE {
         return Err(ReqError::TooBigInline);
     }
-    let mut line = &buf[pos..eol];
-    if line.last() == Some(&b'\r') {
-        line = &line[..line.len() - 1];
-    }
-    Ok(Req::Inline(split_args(line)?, eol + 1))
+    let stop = if eol > pos && buf[eol - 1] == b'\r' { eol - 1 } else { eol };
+    Ok(Req::Inline(pos, stop, eol + 1))
 }
 
 #[inline]

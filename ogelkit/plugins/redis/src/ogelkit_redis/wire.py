@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from collections.abc import Callable
 from typing import Any, cast
 
@@ -154,7 +155,7 @@ def _parse_inline(buf: bytes, pos: int, n: int, partial: Partial
     line = buf[pos:eol]
     if line.endswith(b"\r"):
         line = line[:-1]
-    return _py_split_args(line), eol + 1
+    return split_args(line), eol + 1
 
 
 def split_args(line: bytes) -> list[bytes]:
@@ -211,9 +212,6 @@ def split_args(line: bytes) -> list[bytes]:
                 cur.append(line[i])
                 i += 1
         out.append(bytes(cur))
-
-
-_py_split_args = split_args
 
 
 def _ishex(two: bytes) -> bool:
@@ -494,7 +492,8 @@ except ImportError:  # not built: the pure-Python path
     _native = None
 
 if _native is not None:
-    _native.redis_init(ProtocolError, _py_reply_scan)
+    # The module too: an inline request's line is split by whatever ``split_args`` is here.
+    _native.redis_init(ProtocolError, _py_reply_scan, sys.modules[__name__])
     NATIVE_FUNCS = {name: getattr(_native, name) for name in PYTHON}
     if os.environ.get("OGELKIT_NATIVE", "") != "0":
         NATIVE = True
