@@ -307,6 +307,7 @@ class Login:
             ok = False
         if not ok:
             wait = directory.failed_check_floor(time.monotonic() - self.started)
+            self.context.metrics.auth_failure_padding.observe(wait)
             if wait > 0:
                 await asyncio.sleep(wait)
         return ok

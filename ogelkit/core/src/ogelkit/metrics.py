@@ -117,6 +117,11 @@ class Metrics:
             "ogelkit_upstream_checkout_seconds", "Time waiting for an upstream connection.",
             ["backend"], registry=r,
             buckets=(0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 30))
+        self.auth_failure_padding = Histogram(
+            "ogelkit_auth_failure_padding_seconds", "Time a failed plain-password check "
+            "(Redis AUTH) waited before its answer, so that every failure answers as late as "
+            "the slowest recent one (an unknown tenant cannot be told from a known one).",
+            registry=r, buckets=(0.0005, 0.001, 0.005, 0.01, 0.02, 0.05, 0.1))
         self.usage_flushed = Counter(
             "ogelkit_usage_events_flushed", "Usage events written to the control plane.",
             registry=r)

@@ -180,6 +180,7 @@ def test_auth_takes_as_long_for_an_unknown_tenant_as_for_a_wrong_password(gw: Gw
     import socket
     import statistics
     known, unknown = [], []
+    padded = gw.running.metric("ogelkit_auth_failure_padding_seconds_count")
     with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as s:
         for i in range(21):  # interleaved, so drift affects both alike; a failed AUTH may retry
             d, reply = _timed_auth(s, gw.a.slug, f"wrong-{i}")
@@ -190,6 +191,8 @@ def test_auth_takes_as_long_for_an_unknown_tenant_as_for_a_wrong_password(gw: Gw
             unknown.append(d)
     ratio = statistics.median(unknown) / statistics.median(known)
     assert 0.5 <= ratio <= 2.0, (ratio, statistics.median(known), statistics.median(unknown))
+    # every failure's padding is observed, for operators to see what the floor costs
+    assert gw.running.metric("ogelkit_auth_failure_padding_seconds_count") - padded == 42
 
 
 def test_a_login_storm_does_not_block_other_connections():

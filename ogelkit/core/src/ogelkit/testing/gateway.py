@@ -72,7 +72,8 @@ def metric_value(url: str, name: str, **labels: str) -> float:
 
     text = urllib.request.urlopen(url, timeout=10).read().decode()
     for line in text.splitlines():
-        if line.startswith(f"{name}{{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+        if (line.startswith((f"{name}{{", f"{name} "))  # labelled, or a series without labels
+                and all(f'{k}="{v}"' in line for k, v in labels.items())):
             return float(line.rsplit(" ", 1)[1])
     want = ",".join(f'{k}="{v}"' for k, v in labels.items())
     raise AssertionError(f"no {name}{{{want}}} in {url}")
