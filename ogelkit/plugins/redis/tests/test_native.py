@@ -17,7 +17,6 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-
 from ogelkit_redis import wire
 
 BENCH = Path(__file__).resolve().parents[4] / "bench" / "fuzz_redis.py"
@@ -85,15 +84,18 @@ def trace(parse: Callable[..., Any], chunks: list[bytes], max_bulk: int, max_arg
     return out
 
 
-def same_parse(stream: bytes, cuts: list[int], max_bulk: int = 512 * 1024 * 1024,
-               max_args: int = wire.MAX_ARGS) -> None:
+def same_parse(
+    stream: bytes, cuts: list[int], max_bulk: int = 512 * 1024 * 1024, max_args: int = wire.MAX_ARGS
+) -> None:
     chunks = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
     chunks = [c for c in chunks if c]
-    assert trace(NAT["parse_command"], chunks, max_bulk, max_args) == \
-        trace(PY["parse_command"], chunks, max_bulk, max_args), (stream, cuts)
+    assert trace(NAT["parse_command"], chunks, max_bulk, max_args) == trace(
+        PY["parse_command"], chunks, max_bulk, max_args
+    ), (stream, cuts)
     for pos in range(len(stream)):
-        assert outcome(NAT["parse_chunk"], stream, pos, max_bulk, max_args) == \
-            outcome(PY["parse_chunk"], stream, pos, max_bulk, max_args), (stream, pos)
+        assert outcome(NAT["parse_chunk"], stream, pos, max_bulk, max_args) == outcome(
+            PY["parse_chunk"], stream, pos, max_bulk, max_args
+        ), (stream, pos)
 
 
 def enc(*args: bytes) -> bytes:
@@ -101,14 +103,43 @@ def enc(*args: bytes) -> bytes:
 
 
 #: Bytes that matter to the parsers, so random input often looks like RESP.
-RESPISH = st.lists(st.sampled_from([b"*", b"$", b"\r\n", b"\r", b"\n", b"0", b"1", b"2", b"3",
-                                    b"9", b"-", b"+", b":", b" ", b'"', b"'", b"\\", b"x",
-                                    b"a", b"GET", b"\x00", b"\xe9", b"*2\r\n", b"$3\r\n",
-                                    b"00", b"1234567890123456789"]),
-                   max_size=40).map(b"".join)
+RESPISH = st.lists(
+    st.sampled_from(
+        [
+            b"*",
+            b"$",
+            b"\r\n",
+            b"\r",
+            b"\n",
+            b"0",
+            b"1",
+            b"2",
+            b"3",
+            b"9",
+            b"-",
+            b"+",
+            b":",
+            b" ",
+            b'"',
+            b"'",
+            b"\\",
+            b"x",
+            b"a",
+            b"GET",
+            b"\x00",
+            b"\xe9",
+            b"*2\r\n",
+            b"$3\r\n",
+            b"00",
+            b"1234567890123456789",
+        ]
+    ),
+    max_size=40,
+).map(b"".join)
 ARG = st.binary(max_size=12) | st.sampled_from([b"", b"\r\n", b"$3", b"*1", b"\x00\xff"])
-VALID = st.lists(st.lists(ARG, min_size=1, max_size=4).map(lambda a: enc(*a)), min_size=1,
-                 max_size=4).map(b"".join)
+VALID = st.lists(st.lists(ARG, min_size=1, max_size=4).map(lambda a: enc(*a)), min_size=1, max_size=4).map(
+    b"".join
+)
 
 
 @native
@@ -121,11 +152,14 @@ def test_requests_random_input_same_results_errors_and_partial_state(stream, dat
 
 
 @native
-@pytest.mark.parametrize("stream", [
-    enc(b"SET", b"k", b"v" * 40) + enc(b"GET", b"k") + b"PING\r\n" + enc(b"MGET", b"a", b"b"),
-    b'SET "a\\x41\\n" \'b\\\'c\' d\r\n*0\r\n*-1\r\n' + enc(b"ECHO", b"\r\n$5\r\n"),
-    b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$10\r\n0123456789\r\n*1\r\n$4\r\nPING\r\n",
-])
+@pytest.mark.parametrize(
+    "stream",
+    [
+        enc(b"SET", b"k", b"v" * 40) + enc(b"GET", b"k") + b"PING\r\n" + enc(b"MGET", b"a", b"b"),
+        b"SET \"a\\x41\\n\" 'b\\'c' d\r\n*0\r\n*-1\r\n" + enc(b"ECHO", b"\r\n$5\r\n"),
+        b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$10\r\n0123456789\r\n*1\r\n$4\r\nPING\r\n",
+    ],
+)
 def test_requests_split_at_every_byte_and_every_pair_of_bytes(stream):
     for i in range(1, len(stream)):
         same_parse(stream, [i])
@@ -135,15 +169,38 @@ def test_requests_split_at_every_byte_and_every_pair_of_bytes(stream):
 
 
 @native
-@pytest.mark.parametrize("stream", [
-    b"*1\r\n+PING\r\n", b"*1\r\n:1\r\n", b"*01\r\n$4\r\nPING\r\n", b"*1\r\n$04\r\nPING\r\n",
-    b"*+1\r\n", b"*1_0\r\n", b"* 1\r\n", b"*-\r\n", b"*-0\r\n", b"*\r\n", b"*1\r\n$-1\r\n",
-    b"*1\r\n$\r\n", b"*1\r\n$4_0\r\n", b"*1\r\n$" + b"9" * 19 + b"\r\n",
-    b"*" + b"9" * 19 + b"\r\n", b"*2000000\r\n", b"*1\r\n$" + b"1" * 40,
-    b"*1" + b"1" * 70000, b"x" * 70000, b'"unbalanced\r\n', b"'x'y\r\n", b'"a"b\r\n',
-    b"*1\r\n\xe9", b"*1\r\n$4\r\nPINGxx", b"\r\n\r\n", b" \t\v\f\r\n",
-    b"*1\r\n$600\r\n" + b"v" * 600 + b"\r\n",  # over max_bulk=512 in the limited pass
-])
+@pytest.mark.parametrize(
+    "stream",
+    [
+        b"*1\r\n+PING\r\n",
+        b"*1\r\n:1\r\n",
+        b"*01\r\n$4\r\nPING\r\n",
+        b"*1\r\n$04\r\nPING\r\n",
+        b"*+1\r\n",
+        b"*1_0\r\n",
+        b"* 1\r\n",
+        b"*-\r\n",
+        b"*-0\r\n",
+        b"*\r\n",
+        b"*1\r\n$-1\r\n",
+        b"*1\r\n$\r\n",
+        b"*1\r\n$4_0\r\n",
+        b"*1\r\n$" + b"9" * 19 + b"\r\n",
+        b"*" + b"9" * 19 + b"\r\n",
+        b"*2000000\r\n",
+        b"*1\r\n$" + b"1" * 40,
+        b"*1" + b"1" * 70000,
+        b"x" * 70000,
+        b'"unbalanced\r\n',
+        b"'x'y\r\n",
+        b'"a"b\r\n',
+        b"*1\r\n\xe9",
+        b"*1\r\n$4\r\nPINGxx",
+        b"\r\n\r\n",
+        b" \t\v\f\r\n",
+        b"*1\r\n$600\r\n" + b"v" * 600 + b"\r\n",  # over max_bulk=512 in the limited pass
+    ],
+)
 def test_requests_malformed_same_errors(stream):
     for cuts in ([], [1], [len(stream) // 2]):
         same_parse(stream, cuts)
@@ -207,8 +264,9 @@ def same_scan(data: bytes) -> None:
         for pos in range(len(data) + 1):
             assert outcome(NAT["reply_end"], buf, pos) == outcome(PY["reply_end"], buf, pos)
             for remaining in (1, 2, 5, -1, 0):
-                assert outcome(NAT["reply_scan"], buf, pos, remaining) == \
-                    outcome(PY["reply_scan"], buf, pos, remaining), (data, pos, remaining)
+                assert outcome(NAT["reply_scan"], buf, pos, remaining) == outcome(
+                    PY["reply_scan"], buf, pos, remaining
+                ), (data, pos, remaining)
 
 
 @native
@@ -229,17 +287,30 @@ def test_replies_resumed_scan_is_the_python_one_at_every_split():
             acc = bytearray(data[:cut])
             at, left, need = scan(acc, 0, 1)
             while left:
-                acc += data[len(acc):max(need, len(acc) + 1)]
+                acc += data[len(acc) : max(need, len(acc) + 1)]
                 at, left, need = scan(acc, at, left)
             assert at == PY["reply_end"](data, 0), (cut, scan)
 
 
 @native
-@pytest.mark.parametrize("data", [
-    b"$+3\r\nabc\r\n", b"$ 3\r\nabc\r\n", b"*1_0\r\n", b"$x\r\n", b"*\r\n", b"$-\r\n",
-    b"*" + b"9" * 40 + b"\r\n", b"$" + b"9" * 30 + b"\r\n", b"%" + b"9" * 18 + b"\r\n" * 5,
-    b"*" + b"9" * 18 + b"\r\n*" + b"9" * 18 + b"\r\n" * 9, b"$03\r\nabc\r\n", b"*-05\r\n",
-    b"|-3\r\n+x\r\n", b"$\xe9\r\n",
-])
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"$+3\r\nabc\r\n",
+        b"$ 3\r\nabc\r\n",
+        b"*1_0\r\n",
+        b"$x\r\n",
+        b"*\r\n",
+        b"$-\r\n",
+        b"*" + b"9" * 40 + b"\r\n",
+        b"$" + b"9" * 30 + b"\r\n",
+        b"%" + b"9" * 18 + b"\r\n" * 5,
+        b"*" + b"9" * 18 + b"\r\n*" + b"9" * 18 + b"\r\n" * 9,
+        b"$03\r\nabc\r\n",
+        b"*-05\r\n",
+        b"|-3\r\n+x\r\n",
+        b"$\xe9\r\n",
+    ],
+)
 def test_replies_malformed_and_unusual_lengths_same_results(data):
     same_scan(data)

@@ -9,6 +9,7 @@ in pub/sub messages).
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import sys
@@ -241,6 +242,8 @@ if _hiredis is not None:
 
     def new_reader():
         """A hiredis reader for complete multibulk requests (see ``RedisConnection._process``)."""
+        if not _announced:
+            _announce()
         return _hiredis.Reader()
 
     FastProtocolError: type[Exception] = _hiredis.ProtocolError
@@ -248,9 +251,24 @@ else:  # pragma: no cover
     encode_command = encode_tuple = _encode_command
 
     def new_reader():
+        if not _announced:
+            _announce()
         return None
 
     FastProtocolError = ProtocolError
+
+
+_announced = False
+
+
+def _announce() -> None:
+    """Log which framing path runs, once per process: at the first client connection (the
+    plugin modules are imported before the gateway's logging is set up)."""
+    global _announced
+    _announced = True
+    logging.getLogger("ogelkit.redis").info(
+        "RESP framing: %s", "native (ogelkit_native)" if NATIVE else
+        "pure Python (OGELKIT_NATIVE=0)" if NATIVE_FUNCS else "pure Python (no ogelkit_native)")
 
 
 # -- replies --------------------------------------------------------------------------------
