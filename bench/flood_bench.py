@@ -606,7 +606,27 @@ def main(argv: list[str] | None = None) -> int:
             Path(args.json).write_text(json.dumps(rows, indent=1))
     finally:
         proc.kill()
+        _cleanup_redis(suffix)
     return 0
+
+
+def _cleanup_redis(suffix: str) -> None:
+    """The run's keys (the attacker's 10,000 keys and 1M-element list) and ACL users on the
+    shared test Redis: left there, they make other tests' SCANs page."""
+    import redis
+
+    from ogelkit.testing.services import redis_url
+    try:
+        r = redis.Redis.from_url(redis_url(), socket_timeout=60)
+        keys = list(r.scan_iter(match=f"fl{suffix}:*", count=10_000))
+        for i in range(0, len(keys), 1000):
+            r.unlink(*keys[i:i + 1000])
+        for user in r.acl_users():
+            if user.startswith(f"fl{suffix}-"):
+                r.acl_deluser(user)
+        r.close()
+    except Exception as exc:  # a benchmark's tidying up: report, do not fail the run
+        print(f"cleanup of the run's Redis keys failed: {exc!r}", file=sys.stderr)
 
 
 if __name__ == "__main__":

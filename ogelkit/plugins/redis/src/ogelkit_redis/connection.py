@@ -59,12 +59,18 @@ log = logging.getLogger("ogelkit.redis.client")
 PREAUTH_MAX_BULK = 16 * 1024  # like Redis for unauthenticated clients
 PREAUTH_MAX_ARGS = 16
 PROTOVER = re.compile(rb"0|-?[1-9][0-9]{0,17}")  # what Redis's string2ll takes as HELLO's protover
-MAX_PENDING_INPUT = 8 * 1024 * 1024  # input buffered while stalled before we stop reading
+MAX_PENDING_INPUT = 1024 * 1024  # input buffered while suspended before we stop reading
 OWED_GRACE = 5.0  # after a protocol error: how long owed replies may take before the close
 YIELD_AFTER = 64 * 1024  # a chunk this big: other clients' turn before the next one
 #: Requests run per client per event-loop turn; the rest of the chunk waits for the next turn
 #: (a 64 kB chunk of inline junk is ~4,000 requests the gateway answers itself: ~20 ms).
 REQUESTS_PER_TURN = 64
+#: Input bytes parsed per client per event-loop turn (a read is up to 256 kB: 6,500 SETs, or
+#: 20,000 arguments of one MGET, tens of ms). The rest waits in ``_chunks``, with reading
+#: paused, for the loop's next turn. A request counts once however many arguments it has,
+#: so this, not REQUESTS_PER_TURN, bounds the turn of a client of 10,000-key commands. One
+#: argument is never cut (a 10 MB value is taken whole: copying it costs little).
+BYTES_PER_TURN = 16 * 1024
 #: Sent behind each (UN)SUBSCRIBE (see RedisConnection.send_subscribe).
 SUBSCRIBE_BARRIER = encode_command([b"PING"])
 
@@ -243,6 +249,11 @@ class RedisConnection(asyncio.Protocol):
             if self._have < self._need and (not self._line or b"\n" not in data):
                 return  # the request cut short still lacks bytes: nothing to parse again
             self._process(self._take(), 0)
+        elif size > 2 * BYTES_PER_TURN and self.authed:
+            # A big read: BYTES_PER_TURN of it now, the rest over the next turns.
+            self._chunks.append(data)
+            self._have = size
+            self._process(self._take(), 0)
         else:
             pos = self._parse(data, 0)
             if 0 <= pos < size:  # an incomplete request at the end: keep it (from pos)
@@ -260,13 +271,38 @@ class RedisConnection(asyncio.Protocol):
             self.transport.resume_reading()
 
     def _take(self) -> bytes:
-        """The buffered chunks as one buffer (their number is small: a request cut short
-        waits for all the bytes it needs before they are joined)."""
+        """The next buffered input to parse, at most about BYTES_PER_TURN (or what the
+        request cut short needs, if more: its bytes are joined once they are all there; a
+        line cut short comes with BYTES_PER_TURN more). A chunk bigger than that is cut
+        without a copy of its rest (a memoryview)."""
         chunks = self._chunks
-        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        self._chunks = []
-        self._have = 0
-        return data
+        limit = BYTES_PER_TURN
+        if self._line:  # a line without its end first: it, and more
+            limit += len(chunks[0])
+        elif self._need > limit:
+            limit = self._need
+        if self._have <= 2 * limit:
+            data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            self._chunks = []
+            self._have = 0
+            return data if type(data) is bytes else bytes(data)
+        parts: list[bytes | memoryview] = []
+        total = 0
+        while total < limit:
+            c = chunks[0]
+            room = limit - total
+            if len(c) <= 2 * room:
+                parts.append(c)
+                del chunks[0]
+                total += len(c)
+            else:
+                view = c if type(c) is memoryview else memoryview(c)
+                parts.append(view[:room])
+                chunks[0] = view[room:]  # type: ignore[call-overload]
+                total = limit
+        self._have -= total
+        data = parts[0] if len(parts) == 1 else b"".join(parts)
+        return data if type(data) is bytes else bytes(data)
 
     # == request loop ===========================================================================
     def _process(self, data: bytes, pos: int) -> None:
@@ -276,7 +312,9 @@ class RedisConnection(asyncio.Protocol):
         ``_chunks`` with what it needs in ``_need``/``_line``; a request that suspends the
         input (stall, task) leaves the rest in ``_rest``/``_rest_pos`` as it is, uncopied.
         (``data_received`` does the same inline for a chunk when nothing is buffered.)"""
+        parsed = 0
         while True:
+            parsed += len(data) - pos
             pos = self._parse(data, pos)
             if pos < 0:
                 return  # suspended (the rest is kept) or closing
@@ -287,7 +325,12 @@ class RedisConnection(asyncio.Protocol):
                 self._have += len(rest)
                 if len(chunks) == 1:
                     return  # wait for more (data_received checks _need/_line)
+                if self._have < self._need and not self._line:
+                    return  # the request cut short needs more than is buffered
             elif not chunks:
+                return
+            if parsed >= BYTES_PER_TURN:  # the rest: the loop's next turn
+                self._next_turn()
                 return
             # Input that arrived while suspended: go on with it (after the rest, if any).
             data = self._take()
@@ -299,6 +342,8 @@ class RedisConnection(asyncio.Protocol):
         when the input stopped (suspended or closing)."""
         partial = self._partial
         n = len(data)
+        self._need = 0  # until a request is cut short again
+        self._line = False
         if partial.argv is not None:  # finish the request the previous chunk cut short
             try:
                 argv, end = parse_command(data, pos, self.max_bulk, self.max_args, partial)
