@@ -6,7 +6,15 @@
 # scripts/container-check.sh runs these same steps without a container engine.
 
 FROM python:3.11-slim-bookworm AS build
-ENV UV_VERSION=0.13.9 UV_LINK_MODE=copy UV_COMPILE_BYTECODE=1 UV_PYTHON_DOWNLOADS=never
+ENV UV_VERSION=0.13.9 UV_LINK_MODE=copy UV_COMPILE_BYTECODE=1 UV_PYTHON_DOWNLOADS=never \
+    RUST_VERSION=1.95.0 PATH=/root/.cargo/bin:$PATH
+# ogelkit-native (Rust) is built from source by maturin during the sync: a C linker and a
+# Rust toolchain in the build stage only; the runtime stage gets just the built extension.
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends build-essential ca-certificates curl \
+ && curl --proto '=https' --tlsv1.2 -sSf https://sh.rustup.rs \
+    | sh -s -- -y --profile minimal --default-toolchain "${RUST_VERSION}" \
+ && rm -rf /var/lib/apt/lists/*
 RUN pip install --no-cache-dir "uv==${UV_VERSION}"
 WORKDIR /app
 COPY pyproject.toml uv.lock README.md ./

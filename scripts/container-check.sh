@@ -31,6 +31,7 @@ for dev in ("pytest", "ruff", "mypy"):
     assert importlib.util.find_spec(dev) is None, f"{dev} must not be in the image"
 import ogelkit
 assert "/site-packages/" in ogelkit.__file__, f"ogelkit is not installed as a package: {ogelkit.__file__}"
+import ogelkit_native  # the Rust framing was built into the image, not left to the Python path
 PY
 
 # USER ogelkit: the installed CLI must run unprivileged.

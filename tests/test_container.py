@@ -17,6 +17,9 @@ def test_the_dockerfile_is_multi_stage_non_root_and_execs_the_gateway():
     assert len(re.findall(r"^FROM ", text, re.M)) == 2
     assert re.search(r"^RUN uv sync .*--locked.*--no-dev", text, re.M)
     assert re.search(r"^USER ogelkit$", text, re.M)
+    # the build stage has what building ogelkit-native needs (the runtime stage does not)
+    build = text.split("\nFROM ", 2)[1]
+    assert "rustup" in build and "build-essential" in build
     assert 'ENTRYPOINT ["ogelkit", "run"]' in text  # exec form: ogelkit is PID 1
     assert "/readyz" in text.split("HEALTHCHECK", 1)[1]
 
