@@ -71,6 +71,10 @@ REQUESTS_PER_TURN = 64
 #: so this, not REQUESTS_PER_TURN, bounds the turn of a client of 10,000-key commands. One
 #: argument is never cut (a 10 MB value is taken whole: copying it costs little).
 BYTES_PER_TURN = 16 * 1024
+#: An operation's arguments are for its admission (the cost layer's cost_key); once it is
+#: queued upstream only its name stays, if it had more than this many: 128 MGETs of 10,000
+#: keys in flight per connection held 1.3M bytes objects until their replies came.
+ARGV_KEPT = 16
 #: Sent behind each (UN)SUBSCRIBE (see RedisConnection.send_subscribe).
 SUBSCRIBE_BARRIER = encode_command([b"PING"])
 
@@ -1055,6 +1059,8 @@ class RedisConnection(asyncio.Protocol):
             self.skip_next = False
             op.transform = _silence
         op.queued = True
+        if len(argv) > ARGV_KEPT:
+            op.argv = argv[:1]
         if up.paused:
             up.paused_clients.append(self)
             self._pause_reading()
@@ -1111,6 +1117,8 @@ class RedisConnection(asyncio.Protocol):
         self.sent += len(outs)
         op.errors_at = self.metrics.error
         op.bytes_at = self.session.bytes_out
+        if len(op.argv) > ARGV_KEPT:
+            op.argv = op.argv[:1]
         up.send_run(outs, self, op)
 
     def _admission_refused(self, op: RedisOperation, rej: Reject) -> None:
@@ -1153,6 +1161,8 @@ class RedisConnection(asyncio.Protocol):
             self.skip_next = False
             op.transform = _silence
         op.queued = True  # cancellable from now on (RedisOperation.cancel)
+        if len(op.argv) > ARGV_KEPT:
+            op.argv = op.argv[:1]
         up = op.up
         if up.paused:
             up.paused_clients.append(self)
