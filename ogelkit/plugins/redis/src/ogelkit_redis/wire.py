@@ -14,6 +14,7 @@ import os
 import re
 import sys
 from collections.abc import Callable
+from types import ModuleType
 from typing import Any, cast
 
 CRLF = b"\r\n"
@@ -504,10 +505,13 @@ NATIVE_FUNCS: dict[str, Callable[..., Any]] = {}
 #: True when the functions of this module are the native ones (docs/dev/native.md).
 NATIVE = False
 
+_native: ModuleType | None
 try:
-    import ogelkit_native as _native
+    import ogelkit_native
 except ImportError:  # not built: the pure-Python path
     _native = None
+else:
+    _native = ogelkit_native
 
 if _native is not None:
     # The module too: an inline request's line is split by whatever ``split_args`` is here.
