@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import ogelkit
 from ogelkit_postgres.cancel import CancelKeys
-from ogelkit_postgres.connection import PostgresConnection
+from ogelkit_postgres.connection import PostgresConnection, TurnClock
 from ogelkit_postgres.upstream import send_cancel
 
 if TYPE_CHECKING:
@@ -35,6 +35,8 @@ class PostgresFrontDoor(ogelkit.FrontDoor):
         #: ``login_timeout``: connect to authenticated, then the client is closed.
         self.handshake_timeout = max(b.config.login_timeout for b in backends)
         self.cancel_keys = CancelKeys(context, max(b.config.cancel_key_ttl for b in backends))
+        #: each tenant's share of an event-loop turn (``connection.TENANT_UNITS_PER_TURN``)
+        self.turns = TurnClock()
         m = context.metrics
         self._checkout = {b.name: m.checkout_seconds.labels(b.name) for b in backends}
 

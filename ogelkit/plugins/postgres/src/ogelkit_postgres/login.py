@@ -389,6 +389,7 @@ async def _login(conn: PostgresConnection, deadline: asyncio.Timeout | None = No
         + pg.backend_key_data(pid, secret) + pg.ready_for_query(b"I"))
     if not conn.session_mode:
         conn._release()
+    conn.share = door.turns.share(session.tenant_slug)  # fairness between tenants
     conn.phase = RELAY
     rest = bytes(conn.sbuf)
     conn.sbuf = bytearray()
