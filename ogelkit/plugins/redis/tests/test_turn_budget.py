@@ -18,11 +18,10 @@ import threading
 import time
 
 import pytest
-from redis_support import Gw, gateway, new_tenants
-
 from ogelkit_redis import connection as rconn
 from ogelkit_redis import upstream as rup
 from ogelkit_redis import wire
+from redis_support import Gw, gateway, new_tenants
 
 BIG = 1_000_000
 MGET_KEYS = 10_000
@@ -102,7 +101,8 @@ def test_huge_valid_work_is_done_a_bounded_slice_per_turn_and_others_are_served(
         keys = [b"k%d" % i for i in range(MGET_KEYS)]
         mget = _resp(b"MGET", *keys)
         mget_reply = b"*%d\r\n" % MGET_KEYS + b"".join(
-            b"$%d\r\n%s\r\n" % (len(v), v) for v in (b"v%d" % i for i in range(MGET_KEYS)))
+            b"$%d\r\n%s\r\n" % (len(v), v) for v in (b"v%d" % i for i in range(MGET_KEYS))
+        )
         sets = b"".join(_resp(b"SET", b"s%d" % i, b"x" * 16) for i in range(10_000))
         failures: list[BaseException] = []
 
