@@ -96,11 +96,14 @@ fn parse_command<'py>(
     match resp::request(data, pos, max_bulk, max_args, &mut spans) {
         Ok(Req::Done(end)) => Ok((list_of(py, data, &spans)?.into_any(), end)),
         Ok(Req::Inline(start, stop, end)) => {
-            let wire = WIRE
-                .get(py)
-                .ok_or_else(|| PyRuntimeError::new_err("ogelkit_native.redis_init was not called"))?;
+            let wire = WIRE.get(py).ok_or_else(|| {
+                PyRuntimeError::new_err("ogelkit_native.redis_init was not called")
+            })?;
             let line = PyBytes::new(py, &data[start..stop]);
-            let argv = wire.bind(py).getattr(intern!(py, "split_args"))?.call1((line,))?;
+            let argv = wire
+                .bind(py)
+                .getattr(intern!(py, "split_args"))?
+                .call1((line,))?;
             Ok((argv.unbind(), end))
         }
         Ok(Req::Line) => {
@@ -183,7 +186,9 @@ fn bytes_of<'a>(buf: &'a Bound<'_, PyAny>) -> PyResult<&'a [u8]> {
         // Rust, and the slice is dropped before any call back into Python).
         return Ok(unsafe { b.as_bytes() });
     }
-    Err(PyTypeError::new_err("a bytes-like object (bytes or bytearray) is required"))
+    Err(PyTypeError::new_err(
+        "a bytes-like object (bytes or bytearray) is required",
+    ))
 }
 
 /// `wire.reply_scan`: scan `remaining` more elements of a reply from `pos`.
@@ -214,7 +219,7 @@ fn defer(py: Python<'_>, buf: &Bound<'_, PyAny>, pos: i64, remaining: i64) -> Py
     let f = PY_REPLY_SCAN
         .get(py)
         .ok_or_else(|| PyRuntimeError::new_err("ogelkit_native.redis_init was not called"))?;
-    Ok(f.call1(py, (buf, pos, remaining))?)
+    f.call1(py, (buf, pos, remaining))
 }
 
 /// `wire.reply_end`: end offset of the reply at `pos`, `-need` if incomplete.

@@ -140,7 +140,11 @@ pub fn bulks(
     let n = buf.len();
     while left > 0 {
         if p >= n {
-            return Ok(Bulks::More { at: p, left, need: 1 });
+            return Ok(Bulks::More {
+                at: p,
+                left,
+                need: 1,
+            });
         }
         if buf[p] != b'$' {
             return Err(ReqError::Expected(buf[p]));
@@ -151,7 +155,11 @@ pub fn bulks(
                 if n - p > 32 {
                     return Err(ReqError::BulkLength);
                 }
-                return Ok(Bulks::More { at: p, left, need: n - p + 1 });
+                return Ok(Bulks::More {
+                    at: p,
+                    left,
+                    need: n - p + 1,
+                });
             }
         };
         let size = strict_len(&buf[p + 1..eol]).ok_or(ReqError::BulkLength)?;
@@ -162,7 +170,11 @@ pub fn bulks(
         let start = eol + 2;
         let end = start + size + 2;
         if end > n {
-            return Ok(Bulks::More { at: p, left, need: end - p });
+            return Ok(Bulks::More {
+                at: p,
+                left,
+                need: end - p,
+            });
         }
         spans.push((start, start + size));
         p = end;
@@ -185,7 +197,11 @@ fn inline(buf: &[u8], pos: usize) -> Result<Req, ReqError> {
     if eol - pos > MAX_INLINE {
         return Err(ReqError::TooBigInline);
     }
-    let stop = if eol > pos && buf[eol - 1] == b'\r' { eol - 1 } else { eol };
+    let stop = if eol > pos && buf[eol - 1] == b'\r' {
+        eol - 1
+    } else {
+        eol
+    };
     Ok(Req::Inline(pos, stop, eol + 1))
 }
 
@@ -324,7 +340,11 @@ pub fn reply_scan(buf: &[u8], mut pos: usize, mut remaining: i64) -> Option<(i64
         match t {
             b'$' | b'=' | b'!' => {
                 let size = reply_len(&buf[pos + 1..eol])?;
-                end = if size < 0 { eol as i64 + 2 } else { (eol as i64 + 4).checked_add(size)? };
+                end = if size < 0 {
+                    eol as i64 + 2
+                } else {
+                    (eol as i64 + 4).checked_add(size)?
+                };
                 if end > n64 {
                     return Some((pos as i64, remaining, end));
                 }

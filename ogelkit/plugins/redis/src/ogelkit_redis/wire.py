@@ -267,9 +267,13 @@ def _announce() -> None:
     plugin modules are imported before the gateway's logging is set up)."""
     global _announced
     _announced = True
-    logging.getLogger("ogelkit.redis").info(
-        "RESP framing: %s", "native (ogelkit_native)" if NATIVE else
-        "pure Python (OGELKIT_NATIVE=0)" if NATIVE_FUNCS else "pure Python (no ogelkit_native)")
+    if NATIVE:
+        path = "native (ogelkit_native)"
+    elif NATIVE_FUNCS:
+        path = "pure Python (OGELKIT_NATIVE=0)"
+    else:
+        path = "pure Python (no ogelkit_native)"
+    logging.getLogger("ogelkit.redis").info("RESP framing: %s", path)
 
 
 # -- replies --------------------------------------------------------------------------------
