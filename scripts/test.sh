@@ -17,6 +17,9 @@ scripts/typecheck.sh
 # The native framing core was built by bootstrap: it must import (a broken build is a
 # failure, not a silent fallback to the pure-Python path; test_native.py checks it too).
 .venv/bin/python -c "import ogelkit_native"
+# Its Rust unit tests (the framing rules; the differential tests against Python are in
+# ogelkit/plugins/redis/tests/test_native.py).
+(PATH="$HOME/.cargo/bin:$PATH" && cd ogelkit/native && cargo test --release --quiet)
 # pytest's exit code 5 ("no tests collected") is a failure here too.
 if [ "$#" -gt 0 ]; then exec .venv/bin/python -m pytest "$@"; fi
 .venv/bin/python -m pytest ogelkit examples tests

@@ -30,6 +30,7 @@ impl ReqError {
 }
 
 /// The outcome of reading one request.
+#[derive(Debug)]
 pub enum Req {
     /// A multibulk request ending at this offset (its arguments pushed as spans).
     Done(usize),
@@ -374,4 +375,75 @@ pub fn reply_scan(buf: &[u8], mut pos: usize, mut remaining: i64) -> Option<(i64
         pos = end as usize;
     }
     Some((pos as i64, 0, 0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_and_its_arguments() {
+        let buf = b"*2\r\n$3\r\nGET\r\n$1\r\nk\r\nrest";
+        let mut spans = Vec::new();
+        match request(buf, 0, 512, 16, &mut spans) {
+            Ok(Req::Done(end)) => assert_eq!(&buf[end..], b"rest"),
+            _ => panic!("not parsed"),
+        }
+        assert_eq!(spans, vec![(8, 11), (17, 18)]);
+    }
+
+    #[test]
+    fn a_cut_request_says_what_it_needs() {
+        let buf = b"*2\r\n$3\r\nGET\r\n$10\r\n01234";
+        let mut spans = Vec::new();
+        match request(buf, 0, 512, 16, &mut spans) {
+            Ok(Req::More { at, left, need }) => assert_eq!((at, left, need), (13, 1, 5 + 10 + 2)),
+            _ => panic!("not incomplete"),
+        }
+    }
+
+    #[test]
+    fn lengths_as_redis_reads_them() {
+        let mut spans = Vec::new();
+        for bad in [
+            &b"*01\r\n"[..],
+            b"*+1\r\n",
+            b"*1\r\n$04\r\nPING\r\n",
+            b"*1\r\n+PING\r\n",
+        ] {
+            assert!(request(bad, 0, 512, 16, &mut spans).is_err(), "{bad:?}");
+        }
+        assert!(matches!(
+            request(b"*-1\r\n", 0, 512, 16, &mut spans),
+            Ok(Req::Done(5))
+        ));
+        assert_eq!(
+            request(b"*1\r\n\xe9", 0, 512, 16, &mut spans)
+                .unwrap_err()
+                .message(),
+            "expected '$', got '\u{e9}'"
+        );
+    }
+
+    #[test]
+    fn replies_scan_and_unusual_lengths_defer() {
+        let buf = b"*2\r\n%1\r\n+a\r\n:1\r\n$3\r\nabc\r\n";
+        assert_eq!(reply_scan(buf, 0, 1), Some((25, 0, 0)));
+        assert_eq!(reply_scan(buf, 0, 2), Some((25, 1, 26)));
+        assert_eq!(reply_scan(&buf[..20], 0, 1), Some((16, 1, 25)));
+        assert_eq!(reply_scan(b"$+3\r\nabc\r\n", 0, 1), None);
+        assert_eq!(
+            reply_scan(b"*999999999999999999\r\n*999999999999999999\r\n", 0, 1).map(|r| r.1 > 0),
+            Some(true)
+        );
+    }
+
+    #[test]
+    fn inline_quoting() {
+        assert_eq!(
+            split_args(br#"SET "a\x41\n" 'b\'c'"#).unwrap(),
+            vec![b"SET".to_vec(), b"aA\n".to_vec(), b"b'c".to_vec()]
+        );
+        assert_eq!(split_args(br#""x"y"#), Err(ReqError::Unbalanced));
+    }
 }
