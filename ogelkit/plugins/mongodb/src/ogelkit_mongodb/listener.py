@@ -11,10 +11,10 @@ from typing import TYPE_CHECKING, Any
 
 import ogelkit
 from ogelkit_mongodb import wire
-from ogelkit_mongodb.connection import MongoConnection
+from ogelkit_mongodb.connection import InflightShare, MongoConnection
 
 if TYPE_CHECKING:
-    from ogelkit import Backend, GatewayContext
+    from ogelkit import Backend, GatewayContext, Session
 
 MAX_WIRE_VERSION = 21  # MongoDB 7.0: the newest command set the gateway maps
 
@@ -30,6 +30,18 @@ class MongoFrontDoor(ogelkit.FrontDoor):
         self.max_message = max(b.config.max_message_size for b in backends)
         #: An unauthenticated connection that sends no complete command this long is closed.
         self.handshake_timeout = max(b.config.handshake_timeout for b in backends)
+        self._inflight: dict[tuple[str, str | None], InflightShare] = {}
+
+    def inflight_share(self, backend: Backend, session: Session | None) -> InflightShare:
+        """The tenant's share of ``backend``'s upstream (``TENANT_INFLIGHT_BYTES``)."""
+        key = (backend.name, session.tenant_slug if session is not None else None)
+        share = self._inflight.get(key)
+        if share is None:
+            if len(self._inflight) > 100_000:  # tenants come and go: forget the idle ones
+                self._inflight = {k: v for k, v in self._inflight.items()
+                                  if v.bytes or v.waiting}
+            share = self._inflight[key] = InflightShare()
+        return share
 
     def add_backend(self, backend: Backend) -> None:
         super().add_backend(backend)
