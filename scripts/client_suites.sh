@@ -16,6 +16,8 @@
 # CONFIG SET, DEBUG ...: not on the shared test server), the direct psycopg run a database
 # psycopg_suite on the real PostgreSQL.
 #
+# SUITES_PYTEST_ARGS adds pytest arguments to every run (e.g. "-k notify"); SUITES_*_PORT
+# move the gateway's and the private Redis's ports.
 # Outputs in $SUITES_DIR/out: <run>.log, <run>.xml (JUnit) and summary.txt; compare two runs
 # with: scripts/client_suites.sh --diff out/pg-direct.xml out/pg-session.xml
 set -euo pipefail
@@ -29,6 +31,7 @@ GW_REDIS="${SUITES_REDIS_PORT:-23379}"
 DIRECT_REDIS="${SUITES_DIRECT_REDIS_PORT:-23380}"
 TIMEOUT="${SUITES_TEST_TIMEOUT:-60}"  # psycopg (redis-py sets 30 s in its pyproject)
 PASSWORD="suite-password"
+read -r -a EXTRA <<<"${SUITES_PYTEST_ARGS:-}"  # more pytest arguments for every run (-k ...)
 
 summarize() {  # summarize FILE.xml ...: one line of counts per JUnit file (an xpass counts as
   # passed, an xfail as skipped, a test failing in its call and its teardown twice: pytest's
@@ -174,7 +177,7 @@ EOF
     "$REPO/.venv/bin/ogelkit" run "$SUITES_DIR/gw/gateway.toml" >"$OUT/gateway.log" 2>&1 &
   PIDS+=("$!")
   for _ in $(seq 60); do
-    grep -q '"msg": "ready"' "$OUT/gateway.log" && return 0
+    grep -qs '"msg": "ready"' "$OUT/gateway.log" && return 0
     sleep 0.5
   done
   echo "gateway did not start: $OUT/gateway.log" >&2; exit 1
@@ -203,14 +206,14 @@ run_psycopg() {  # run_psycopg NAME DSN
   # "slow" marker (the gc leak tests, minutes of gc.collect() that never touch the wire).
   (cd "$PSYCOPG_DIR" && nice -n 10 "$PG_PY" -m pytest -p no:randomly -q --cache-clear \
      --ignore=tests/pool -m 'not slow' \
-     --timeout="$TIMEOUT" --test-dsn="$2" --junit-xml="$OUT/$1.xml" tests >"$OUT/$1.log" 2>&1) || true
+     --timeout="$TIMEOUT" --test-dsn="$2" --junit-xml="$OUT/$1.xml" "${EXTRA[@]}" tests >"$OUT/$1.log" 2>&1) || true
 }
 
 run_redis() {  # run_redis NAME URL
   (cd "$REDIS_DIR" && nice -n 10 "$REDIS_PY" -m pytest -p no:randomly -p no:cacheprovider -q \
      --ignore=tests/test_scenario --ignore=tests/test_asyncio/test_scenario \
      -m 'not onlycluster and not fixed_client and not multidb_integration and not redismod and not ssl' \
-     --redis-url="$2" --junit-xml="$OUT/$1.xml" tests >"$OUT/$1.log" 2>&1) || true
+     --redis-url="$2" --junit-xml="$OUT/$1.xml" "${EXTRA[@]}" tests >"$OUT/$1.log" 2>&1) || true
 }
 
 need_gateway=0
@@ -231,5 +234,6 @@ for r in "${RUNS[@]}"; do
     redis-gw) run_redis redis-gw "redis://suites:$PASSWORD@127.0.0.1:$GW_REDIS" ;;
     *) echo "unknown run $r" >&2; exit 2 ;;
   esac
-  summarize "$OUT/$r.xml" | tee -a "$OUT/summary.txt"
+  { echo "$r: $(grep -E '(passed|failed|deselected).* in [0-9.]+s' "$OUT/$r.log" | tail -n 1)"
+    summarize "$OUT/$r.xml"; } | tee -a "$OUT/summary.txt"
 done
