@@ -8,7 +8,8 @@
 # The checkouts are source trees of the versions in uv.lock that you obtained yourself
 # (psycopg's repository at a 3.3 tag, its tests/ directory is not in the sdist; redis-py's
 # v8.1.0 tag or its sdist); this script downloads no code. RUN is any of pg-direct
-# pg-session pg-tx redis-direct redis-gw (default: all five, one at a time).
+# pg-session pg-tx (psycopg's tests/ without tests/pool), pool-direct pool-session pool-tx
+# (tests/pool), redis-direct redis-gw (default: all eight, one at a time).
 # Test dependencies go into two virtualenvs under $SUITES_DIR (default
 # /tmp/ogelkit-client-suites), installed with pip the first time; nothing is written into
 # the repository or into the checkouts' parents. The gateway runs from this repository's
@@ -85,7 +86,9 @@ EOF
 if [[ "${1:-}" == "--diff" ]]; then diff_runs "$2" "$3"; exit 0; fi
 if [[ "$#" -lt 2 ]]; then sed -n '2,20p' "$0" >&2; exit 2; fi
 PSYCOPG_DIR="$(cd "$1" && pwd)"; REDIS_DIR="$(cd "$2" && pwd)"; shift 2
-RUNS=("$@"); [[ "${#RUNS[@]}" -gt 0 ]] || RUNS=(pg-direct pg-session pg-tx redis-direct redis-gw)
+RUNS=("$@")
+[[ "${#RUNS[@]}" -gt 0 ]] || RUNS=(pg-direct pg-session pg-tx pool-direct pool-session pool-tx
+                                    redis-direct redis-gw)
 [[ -d "$PSYCOPG_DIR/tests" && -d "$REDIS_DIR/tests" ]] || { echo "no tests/ in a checkout" >&2; exit 2; }
 
 # shellcheck disable=SC1091
@@ -199,14 +202,14 @@ EOF
   echo "private redis-server did not start" >&2; exit 1
 }
 
-run_psycopg() {  # run_psycopg NAME DSN
+run_psycopg() {  # run_psycopg NAME DSN [PATH]: PATH tests (default) or tests/pool
   # (psycopg's conftest needs pytest's cache plugin: it writes .pytest_cache in the checkout,
   # and a run that was killed leaves a "segfault" flag there that --cache-clear removes.)
   # Left out: tests/pool (psycopg_pool's, timing-based: 20+ minutes here) and psycopg's own
   # "slow" marker (the gc leak tests, minutes of gc.collect() that never touch the wire).
   (cd "$PSYCOPG_DIR" && nice -n 10 "$PG_PY" -m pytest -p no:randomly -q --cache-clear \
      --ignore=tests/pool -m 'not slow' \
-     --timeout="$TIMEOUT" --test-dsn="$2" --junit-xml="$OUT/$1.xml" "${EXTRA[@]}" tests >"$OUT/$1.log" 2>&1) || true
+     --timeout="$TIMEOUT" --test-dsn="$2" --junit-xml="$OUT/$1.xml" "${EXTRA[@]}" "${3:-tests}" >"$OUT/$1.log" 2>&1) || true
 }
 
 run_redis() {  # run_redis NAME URL
@@ -217,19 +220,23 @@ run_redis() {  # run_redis NAME URL
 }
 
 need_gateway=0
-for r in "${RUNS[@]}"; do [[ "$r" == pg-session || "$r" == pg-tx || "$r" == redis-gw ]] && need_gateway=1; done
+for r in "${RUNS[@]}"; do [[ "$r" == *-direct ]] || need_gateway=1; done
 [[ "$need_gateway" == 1 ]] && start_gateway
 
 PG_ADMIN="${OGELKIT_TEST_PG_DSN%/*}"
+fresh_db() {  # the direct psycopg runs' database on the real server, empty
+  psql "$PG_ADMIN/postgres" -qAtc "DROP DATABASE IF EXISTS psycopg_suite" >/dev/null
+  psql "$PG_ADMIN/postgres" -qAtc "CREATE DATABASE psycopg_suite" >/dev/null
+}
 for r in "${RUNS[@]}"; do
   echo "== $r ($(date -u +%H:%M:%S))"
   case "$r" in
-    pg-direct)
-      psql "$PG_ADMIN/postgres" -qAtc "DROP DATABASE IF EXISTS psycopg_suite" >/dev/null
-      psql "$PG_ADMIN/postgres" -qAtc "CREATE DATABASE psycopg_suite" >/dev/null
-      run_psycopg pg-direct "$PG_ADMIN/psycopg_suite" ;;
+    pg-direct) fresh_db; run_psycopg pg-direct "$PG_ADMIN/psycopg_suite" ;;
     pg-session) run_psycopg pg-session "postgresql://suites:$PASSWORD@127.0.0.1:$GW_PG/sess" ;;
     pg-tx) run_psycopg pg-tx "postgresql://suitet:$PASSWORD@127.0.0.1:$GW_PG/tx" ;;
+    pool-direct) fresh_db; run_psycopg pool-direct "$PG_ADMIN/psycopg_suite" tests/pool ;;
+    pool-session) run_psycopg pool-session "postgresql://suites:$PASSWORD@127.0.0.1:$GW_PG/sess" tests/pool ;;
+    pool-tx) run_psycopg pool-tx "postgresql://suitet:$PASSWORD@127.0.0.1:$GW_PG/tx" tests/pool ;;
     redis-direct) start_direct_redis; run_redis redis-direct "redis://127.0.0.1:$DIRECT_REDIS/0" ;;
     redis-gw) run_redis redis-gw "redis://suites:$PASSWORD@127.0.0.1:$GW_REDIS" ;;
     *) echo "unknown run $r" >&2; exit 2 ;;
