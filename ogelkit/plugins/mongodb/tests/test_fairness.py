@@ -5,9 +5,14 @@ tenant. Real gateway, real pymongo clients, the real upstream."""
 
 from __future__ import annotations
 
+import logging
+import socket
+import struct
 import threading
+import time
 
 from ogelkit_mongodb import connection as mconn
+from ogelkit_mongodb.testing import read_reply
 from ogelkit_mongodb.upstream import UpstreamPool
 
 BIG = 3_000_000  # a document's string: four of them at once are 12 MB
@@ -80,3 +85,32 @@ def test_a_command_bigger_than_the_share_still_runs(make_gateway):
     assert sum(len(d["blob"]) for d in docs) > mconn.TENANT_INFLIGHT_BYTES
     coll.insert_many(docs)
     assert coll.count_documents({}) == 3
+
+
+def test_malformed_input_from_many_connections_is_logged_at_a_bounded_rate(make_gateway,
+                                                                             caplog):
+    # Once per connection was no bound for an attacker opening connection after connection
+    # (mongo_flood: 700 log lines a second). 40 connections each send a bad header.
+    gw = make_gateway()
+    caplog.set_level(logging.INFO, logger="ogelkit.mongodb")
+    started = time.monotonic()
+    for _ in range(40):
+        with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as sock:
+            sock.sendall(struct.pack("<iiii", 18, 1, 0, 2013) + b"\x00\x00")
+            reply = read_reply(sock)
+            assert reply is not None and reply["ok"] == 0  # each is still answered
+    elapsed = time.monotonic() - started
+    time.sleep(0.2)
+    mine = [r.getMessage() for r in caplog.records
+            if r.name == "ogelkit.mongodb" and "mongodb client" in r.getMessage()]
+    assert 1 <= len(mine) <= mconn.LOG_BURST * (int(elapsed) + 2), mine
+    if elapsed < 1.0:
+        assert len(mine) <= mconn.LOG_BURST
+    time.sleep(1.0)  # a new second: the next line says how many were left out
+    with socket.create_connection(("127.0.0.1", gw.port), timeout=5) as sock:
+        sock.sendall(struct.pack("<iiii", 18, 1, 0, 2013) + b"\x00\x00")
+        read_reply(sock)
+    time.sleep(0.2)
+    last = [r.getMessage() for r in caplog.records
+            if r.name == "ogelkit.mongodb" and "mongodb client" in r.getMessage()][-1]
+    assert "more such lines suppressed" in last, last

@@ -68,6 +68,8 @@ LINGER = 2.0
 #: one batch at a time, 0.6 ms. A tenant's next big command waits for its earlier ones to
 #: be answered; small commands (thousands of finds) never wait.
 TENANT_INFLIGHT_BYTES = 8 * 1024 * 1024
+#: Malformed-input log lines per second, for the whole door (see ``malformed``).
+LOG_BURST = 5
 
 
 class InflightShare:
@@ -320,11 +322,24 @@ class MongoConnection(asyncio.Protocol, Planner, ReplyMapper, LocalCommands):
 
     def malformed(self, message: str) -> None:
         """Log a client's malformed input (or a gateway bug it triggered) once per
-        connection, without a traceback: an attacker cannot flood the log."""
+        connection and at most ``LOG_BURST`` lines a second for the whole door, without a
+        traceback: an attacker opening connection after connection cannot flood the log
+        (mongo_flood's twenty malformed-message threads made 700 lines a second)."""
         if self._logged:
             return
         self._logged = True
-        log.info("mongodb client %s: %s", self.peer, message[:300],
+        window = self.door.log_window  # [second started, lines in it, lines suppressed]
+        now = time.monotonic()
+        if now - window[0] >= 1.0:
+            window[0] = now
+            window[1] = 0
+        if window[1] >= LOG_BURST:
+            window[2] += 1
+            return
+        window[1] += 1
+        suppressed, window[2] = window[2], 0
+        log.info("mongodb client %s: %s%s", self.peer, message[:300],
+                 f" ({suppressed} more such lines suppressed)" if suppressed else "",
                  extra={"tenant": self.session.tenant_slug if self.session else None})
 
     def _fatal(self, request_id: int, code: tuple[int, str], message: str) -> None:

@@ -31,6 +31,8 @@ class MongoFrontDoor(ogelkit.FrontDoor):
         #: An unauthenticated connection that sends no complete command this long is closed.
         self.handshake_timeout = max(b.config.handshake_timeout for b in backends)
         self._inflight: dict[tuple[str, str | None], InflightShare] = {}
+        #: malformed-input log lines: [this second's start, lines in it, lines suppressed]
+        self.log_window: list[Any] = [0.0, 0, 0]
 
     def inflight_share(self, backend: Backend, session: Session | None) -> InflightShare:
         """The tenant's share of ``backend``'s upstream (``TENANT_INFLIGHT_BYTES``)."""
