@@ -155,3 +155,35 @@ def test_huge_valid_work_is_done_a_bounded_slice_per_turn_and_others_are_served(
         a.delete("big")
         a.close()
         canary.close()
+
+
+def test_a_tenant_with_many_busy_connections_gets_a_bounded_share_of_each_turn(monkeypatch):
+    # 16 connections of one tenant, each pipelining 10,000-key MGETs: per connection alone,
+    # every turn parsed 16 x 16-32 kB (420 kB); the tenant's connections now go on with
+    # their kept input SLICES_PER_TENANT at a time.
+    with gateway(new_tenants(2)) as gw:
+        meter = TurnMeter(gw, monkeypatch)
+        mget = _resp(b"MGET", *(b"nokey%d" % i for i in range(MGET_KEYS)))
+        reply = b"*%d\r\n" % MGET_KEYS + b"$-1\r\n" * MGET_KEYS
+        socks = [_auth(gw, gw.a) for _ in range(16)]
+        failures: list[BaseException] = []
+
+        def run(s: socket.socket) -> None:
+            try:
+                for _ in range(3):
+                    s.sendall(mget * 3)
+                    assert _read_exactly(s, 3 * len(reply)) == reply * 3
+                s.close()
+            except BaseException as exc:
+                failures.append(exc)
+
+        meter.start()
+        workers = [threading.Thread(target=run, args=(s,)) for s in socks]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        meter.stop()
+        assert not failures, failures[0]
+        assert meter.max_parsed <= 12 * rconn.BYTES_PER_TURN, meter.max_parsed
+        assert not rconn._TURNS  # nothing left waiting

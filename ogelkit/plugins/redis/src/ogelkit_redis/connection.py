@@ -71,6 +71,8 @@ REQUESTS_PER_TURN = 64
 #: so this, not REQUESTS_PER_TURN, bounds the turn of a client of 10,000-key commands. One
 #: argument is never cut (a 10 MB value is taken whole: copying it costs little).
 BYTES_PER_TURN = 16 * 1024
+#: Connections of one tenant database that go on with kept input per event-loop turn.
+SLICES_PER_TENANT = 4
 #: An operation's arguments are for its admission (the cost layer's cost_key); once it is
 #: queued upstream only its name stays, if it had more than this many: 128 MGETs of 10,000
 #: keys in flight per connection held 1.3M bytes objects until their replies came.
@@ -252,11 +254,18 @@ class RedisConnection(asyncio.Protocol):
                 return
             if self._have < self._need and (not self._line or b"\n" not in data):
                 return  # the request cut short still lacks bytes: nothing to parse again
+            if size > 2 * BYTES_PER_TURN and _TURNS and self.tdb in _TURNS:
+                self._next_turn()  # its tenant's share of this turn is taken: wait in it
+                return
             self._process(self._take(), 0)
         elif size > 2 * BYTES_PER_TURN and self.authed:
-            # A big read: BYTES_PER_TURN of it now, the rest over the next turns.
+            # A big read: BYTES_PER_TURN of it now (or in the tenant's share of the next
+            # turns, when other connections of the tenant wait for theirs), the rest later.
             self._chunks.append(data)
             self._have = size
+            if _TURNS and self.tdb in _TURNS:
+                self._next_turn()
+                return
             self._process(self._take(), 0)
         else:
             pos = self._parse(data, 0)
@@ -527,12 +536,20 @@ class RedisConnection(asyncio.Protocol):
         return self._next_turn() >= 0
 
     def _next_turn(self) -> int:
-        """Fairness: this client ran REQUESTS_PER_TURN requests in this turn; its kept
-        input goes on after the other connections' ready events (returns -1: input stops)."""
+        """Fairness: this client ran REQUESTS_PER_TURN requests or parsed BYTES_PER_TURN in
+        this turn; its kept input goes on after the other connections' ready events, in
+        its tenant database's share of the next turns (returns -1: input stops)."""
         self.suspended = True
         self._stalled = _held
         self._pause_reading()
-        self.loop.call_soon(self._unstall)
+        tdb = self.tdb
+        if tdb is None:  # before AUTH: the pre-auth limits bound it
+            self.loop.call_soon(self._unstall)
+            return -1
+        turns = _TURNS.get(tdb)
+        if turns is None:
+            turns = _TURNS[tdb] = _TenantTurns(tdb, self.loop)
+        turns.add(self)
         return -1
 
     def _stash(self, cmds: list, i: int) -> None:
@@ -1393,6 +1410,44 @@ class RedisConnection(asyncio.Protocol):
 def _held() -> bool:
     """The retry of a connection held by ``_hold``: nothing to redo, input goes on."""
     return True
+
+
+class _TenantTurns:
+    """The connections of one tenant database whose input waits for another turn: at most
+    SLICES_PER_TENANT of them go on per event-loop turn, in order, however many connections
+    the tenant opens (a tenant with 100 busy connections gets 4 slices a turn, not 100)."""
+
+    __slots__ = ("key", "loop", "scheduled", "waiting")
+
+    def __init__(self, key: Any, loop: asyncio.AbstractEventLoop):
+        self.key = key
+        self.loop = loop
+        self.waiting: deque[RedisConnection] = deque()
+        self.scheduled = False
+
+    def add(self, conn: RedisConnection) -> None:
+        self.waiting.append(conn)
+        if not self.scheduled:
+            self.scheduled = True
+            self.loop.call_soon(self.run)
+
+    def run(self) -> None:
+        self.scheduled = False
+        waiting = self.waiting
+        for _ in range(min(SLICES_PER_TENANT, len(waiting))):
+            conn = waiting.popleft()
+            if conn._stalled is _held:  # (not resumed meanwhile, nor stalled otherwise)
+                conn._unstall()
+        if waiting:
+            if not self.scheduled:
+                self.scheduled = True
+                self.loop.call_soon(self.run)
+        elif not self.scheduled:
+            _TURNS.pop(self.key, None)
+
+
+#: Tenant database (its TenantDb) -> its connections waiting for a turn (see _next_turn).
+_TURNS: dict[Any, _TenantTurns] = {}
 
 
 def _silence(raw: bytes) -> bytes:
