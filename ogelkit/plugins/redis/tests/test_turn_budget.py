@@ -187,3 +187,51 @@ def test_a_tenant_with_many_busy_connections_gets_a_bounded_share_of_each_turn(m
         assert not failures, failures[0]
         assert meter.max_parsed <= 12 * rconn.BYTES_PER_TURN, meter.max_parsed
         assert not rconn._TURNS  # nothing left waiting
+
+
+def test_a_never_read_pile_of_big_replies_is_bounded_by_backpressure():
+    # Pipelined 10,000-element LRANGEs (140 kB each) whose replies are never read: what the
+    # gateway holds for the client is bounded by max_inflight replies (then it stops reading
+    # the client), not by what the client sent.
+    with gateway(new_tenants(2), extra="[limits]\nmax_inflight = 16\n") as gw:
+        a = gw.client(gw.a, socket_timeout=60)
+        a.rpush("mid", *(b"m%07d" % i for i in range(10_000)))
+        one = 10_000 * len(b"$8\r\nm0000000\r\n") + len(b"*10000\r\n")
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.connect(("127.0.0.1", gw.port))
+        s.settimeout(10)
+        s.sendall(_resp(b"AUTH", gw.a.slug.encode(), gw.a.password.encode()))
+        assert s.recv(100) == b"+OK\r\n"
+        s.setblocking(False)
+        lrange = _resp(b"LRANGE", b"mid", b"0", b"-1") * 2_000
+        sent, stuck_since = 0, None
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                sent += s.send(lrange[sent % len(lrange) :])
+                stuck_since = None
+            except BlockingIOError:
+                stuck_since = stuck_since or time.monotonic()
+                if time.monotonic() - stuck_since > 1.0:
+                    break
+            time.sleep(0.01)
+        assert stuck_since is not None, f"the gateway read all {sent} bytes"
+        door = next(d for d in gw.running.gateway.frontdoors if d.protocol == "redis")  # type: ignore[attr-defined]
+        held = [c for c in door.clients if c.transport is not None and c.sent - c.recv >= 0]
+        buffered = max(c.transport.get_write_buffer_size() for c in held)
+        owed = max(c.sent - c.recv for c in held)
+        assert owed <= 16 + 1, owed
+        assert buffered <= 18 * one, (buffered, one)
+        assert ping_ok(gw)
+        s.close()
+        a.delete("mid")
+        a.close()
+
+
+def ping_ok(gw: Gw) -> bool:
+    b = gw.client(gw.b, socket_timeout=5)
+    try:
+        return bool(b.ping())
+    finally:
+        b.close()
