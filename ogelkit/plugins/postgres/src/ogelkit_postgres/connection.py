@@ -336,7 +336,11 @@ class PostgresConnection(asyncio.Protocol):
                         rbuf = self.rbuf = bytearray(rbuf)
                     rbuf += data
                     return
-                data = (rbuf if rbuf.__class__ is bytes else bytes(rbuf)) + data
+                if rbuf.__class__ is bytes:
+                    data = rbuf + data
+                else:  # a long message's pieces: one copy of the whole, not two
+                    rbuf += data
+                    data = bytes(rbuf)
                 self.rbuf = b""
             if self.cdrop:
                 drop = self.cdrop
