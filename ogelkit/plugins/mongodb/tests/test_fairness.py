@@ -39,6 +39,7 @@ class Inflight:
                 with self.lock:
                     self.now -= size
                 callback(reply, err)
+
             return original(pool, parts, done)
 
         monkeypatch.setattr(UpstreamPool, "submit", submit)
@@ -87,8 +88,7 @@ def test_a_command_bigger_than_the_share_still_runs(make_gateway):
     assert coll.count_documents({}) == 3
 
 
-def test_malformed_input_from_many_connections_is_logged_at_a_bounded_rate(make_gateway,
-                                                                             caplog):
+def test_malformed_input_from_many_connections_is_logged_at_a_bounded_rate(make_gateway, caplog):
     # Once per connection was no bound for an attacker opening connection after connection
     # (mongo_flood: 700 log lines a second). 40 connections each send a bad header.
     gw = make_gateway()
@@ -101,8 +101,11 @@ def test_malformed_input_from_many_connections_is_logged_at_a_bounded_rate(make_
             assert reply is not None and reply["ok"] == 0  # each is still answered
     elapsed = time.monotonic() - started
     time.sleep(0.2)
-    mine = [r.getMessage() for r in caplog.records
-            if r.name == "ogelkit.mongodb" and "mongodb client" in r.getMessage()]
+    mine = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "ogelkit.mongodb" and "mongodb client" in r.getMessage()
+    ]
     assert 1 <= len(mine) <= mconn.LOG_BURST * (int(elapsed) + 2), mine
     if elapsed < 1.0:
         assert len(mine) <= mconn.LOG_BURST
@@ -111,6 +114,9 @@ def test_malformed_input_from_many_connections_is_logged_at_a_bounded_rate(make_
         sock.sendall(struct.pack("<iiii", 18, 1, 0, 2013) + b"\x00\x00")
         read_reply(sock)
     time.sleep(0.2)
-    last = [r.getMessage() for r in caplog.records
-            if r.name == "ogelkit.mongodb" and "mongodb client" in r.getMessage()][-1]
+    last = [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "ogelkit.mongodb" and "mongodb client" in r.getMessage()
+    ][-1]
     assert "more such lines suppressed" in last, last

@@ -21,8 +21,7 @@ ONE = pg.message(b"P", b"\0SELECT 1\0" + pg._h.pack(0))
 
 @pytest.fixture(scope="module")
 def gw():
-    with pg_gateway([FLOODER, OTHER],
-                    backend_options='pool_size = 12\nquery_wait_timeout = "20s"') as gw:
+    with pg_gateway([FLOODER, OTHER], backend_options='pool_size = 12\nquery_wait_timeout = "20s"') as gw:
         yield gw
 
 
@@ -58,6 +57,7 @@ class TurnCounter:
     def __enter__(self) -> TurnCounter:
         async def start() -> None:
             self.task = asyncio.get_running_loop().create_task(self._spin())
+
         self.gw.call(start())
         return self
 
@@ -65,8 +65,7 @@ class TurnCounter:
         self.stop = True
 
     def most_in_one_turn(self, tenant: Tenant) -> int:
-        return max((n for (slug, _), n in self.scanned.items() if slug == tenant.slug),
-                   default=0)
+        return max((n for (slug, _), n in self.scanned.items() if slug == tenant.slug), default=0)
 
 
 def logged_in(gw, tenant: Tenant) -> RawClient:
@@ -92,7 +91,8 @@ def test_a_tenant_flooding_from_many_connections_gets_one_share_per_turn(gw, mon
         # counted turns and the share's need not start at the same callback: one more batch)
         bound = (pgconn.TENANT_UNITS_PER_TURN + pgconn.MESSAGES_PER_TURN) * len(ONE) + 5
         assert turns.most_in_one_turn(FLOODER) <= bound, (
-            f"{turns.most_in_one_turn(FLOODER)} bytes of one tenant's messages in one turn")
+            f"{turns.most_in_one_turn(FLOODER)} bytes of one tenant's messages in one turn"
+        )
         assert turns.most_in_one_turn(FLOODER) > 0
     finally:
         for raw in raws:
@@ -115,8 +115,7 @@ def test_the_other_tenant_keeps_its_own_share_during_a_flood(gw, monkeypatch):
             for _ in range(20):
                 other.send(pg.query("SELECT 42"))
                 msgs = other.until(b"Z")
-                assert [b for k, b in msgs if k == b"D"] == [pg._h.pack(1) + pg._i.pack(2)
-                                                             + b"42"]
+                assert [b for k, b in msgs if k == b"D"] == [pg._h.pack(1) + pg._i.pack(2) + b"42"]
             t.join(60)
         assert len(got) == 6 and all(m[-1] == (b"Z", b"I") for m in got)
         assert turns.most_in_one_turn(OTHER) > 0
@@ -136,7 +135,6 @@ def test_a_big_query_is_a_debt_not_a_refusal(gw):
             msgs = raw.until(b"Z")
             msgs += raw.until(b"Z")
             rows = [b for k, b in msgs if k == b"D"]
-            assert rows == [pg._h.pack(1) + pg._i.pack(7) + b"2000000",
-                            pg._h.pack(1) + pg._i.pack(1) + b"7"]
+            assert rows == [pg._h.pack(1) + pg._i.pack(7) + b"2000000", pg._h.pack(1) + pg._i.pack(1) + b"7"]
     finally:
         raw.close()
