@@ -36,6 +36,7 @@ from ogelkit_redis.namespace import Namespace, first_word
 from ogelkit_redis.upstream import Pending, RedisOperation, Upstream
 from ogelkit_redis.wire import (
     BIG_ARRAY,
+    NATIVE,
     NOT_BULK,
     FastProtocolError,
     Partial,
@@ -43,6 +44,7 @@ from ogelkit_redis.wire import (
     encode_command,
     encode_tuple,
     new_reader,
+    parse_chunk,
     parse_command,
 )
 
@@ -375,7 +377,16 @@ class RedisConnection(asyncio.Protocol):
                 return -1
             if pos >= n:
                 return n
-        reader = self._reader
+        if NATIVE:
+            # One native call parses every request of the chunk (Redis's rules and limits)
+            # or returns None: a partial request, an inline one, an error (below).
+            if self.authed and data[pos] == 42:
+                cmds = parse_chunk(data, pos, self.max_bulk, self.max_args)
+                if cmds is not None:
+                    return n if self._run_parsed(cmds, 0) else -1
+            reader = None
+        else:
+            reader = self._reader
         if (reader is not None and self.authed and data[pos] == 42
                 and n - pos <= self.max_bulk and BIG_ARRAY.search(data, pos) is None
                 and NOT_BULK.search(data, pos) is None):
