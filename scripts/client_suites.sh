@@ -9,7 +9,8 @@
 # (psycopg's repository at a 3.3 tag, its tests/ directory is not in the sdist; redis-py's
 # v8.1.0 tag or its sdist); this script downloads no code. RUN is any of pg-direct
 # pg-session pg-tx (psycopg's tests/ without tests/pool), pool-direct pool-session pool-tx
-# (tests/pool), redis-direct redis-gw (default: all eight, one at a time).
+# (tests/pool), redis-direct redis-gw (redis-py 8's default protocol, RESP3), redis2-direct
+# redis2-gw (--protocol=2) (default: all ten, one at a time).
 # Test dependencies go into two virtualenvs under $SUITES_DIR (default
 # /tmp/ogelkit-client-suites), installed with pip the first time; nothing is written into
 # the repository or into the checkouts' parents. The gateway runs from this repository's
@@ -88,7 +89,7 @@ if [[ "$#" -lt 2 ]]; then sed -n '2,20p' "$0" >&2; exit 2; fi
 PSYCOPG_DIR="$(cd "$1" && pwd)"; REDIS_DIR="$(cd "$2" && pwd)"; shift 2
 RUNS=("$@")
 [[ "${#RUNS[@]}" -gt 0 ]] || RUNS=(pg-direct pg-session pg-tx pool-direct pool-session pool-tx
-                                    redis-direct redis-gw)
+                                    redis-direct redis-gw redis2-direct redis2-gw)
 [[ -d "$PSYCOPG_DIR/tests" && -d "$REDIS_DIR/tests" ]] || { echo "no tests/ in a checkout" >&2; exit 2; }
 
 # shellcheck disable=SC1091
@@ -187,6 +188,7 @@ EOF
 }
 
 start_direct_redis() {
+  redis-cli -p "$DIRECT_REDIS" ping >/dev/null 2>&1 && return 0  # already started by this run
   cat >"$SUITES_DIR/redis/redis.conf" <<EOF
 bind 127.0.0.1
 port $DIRECT_REDIS
@@ -212,11 +214,11 @@ run_psycopg() {  # run_psycopg NAME DSN [PATH]: PATH tests (default) or tests/po
      --timeout="$TIMEOUT" --test-dsn="$2" --junit-xml="$OUT/$1.xml" "${EXTRA[@]}" "${3:-tests}" >"$OUT/$1.log" 2>&1) || true
 }
 
-run_redis() {  # run_redis NAME URL
+run_redis() {  # run_redis NAME URL [PROTOCOL]: without PROTOCOL redis-py's default, RESP3
   (cd "$REDIS_DIR" && nice -n 10 "$REDIS_PY" -m pytest -p no:randomly -p no:cacheprovider -q \
      --ignore=tests/test_scenario --ignore=tests/test_asyncio/test_scenario \
      -m 'not onlycluster and not fixed_client and not multidb_integration and not redismod and not ssl' \
-     --redis-url="$2" --junit-xml="$OUT/$1.xml" "${EXTRA[@]}" tests >"$OUT/$1.log" 2>&1) || true
+     ${3:+--protocol="$3"} --redis-url="$2" --junit-xml="$OUT/$1.xml" "${EXTRA[@]}" tests >"$OUT/$1.log" 2>&1) || true
 }
 
 need_gateway=0
@@ -239,6 +241,9 @@ for r in "${RUNS[@]}"; do
     pool-tx) run_psycopg pool-tx "postgresql://suitet:$PASSWORD@127.0.0.1:$GW_PG/tx" tests/pool ;;
     redis-direct) start_direct_redis; run_redis redis-direct "redis://127.0.0.1:$DIRECT_REDIS/0" ;;
     redis-gw) run_redis redis-gw "redis://suites:$PASSWORD@127.0.0.1:$GW_REDIS" ;;
+    redis2-direct)
+      start_direct_redis; run_redis redis2-direct "redis://127.0.0.1:$DIRECT_REDIS/0" 2 ;;
+    redis2-gw) run_redis redis2-gw "redis://suites:$PASSWORD@127.0.0.1:$GW_REDIS" 2 ;;
     *) echo "unknown run $r" >&2; exit 2 ;;
   esac
   { echo "$r: $(grep -E '(passed|failed|deselected).* in [0-9.]+s' "$OUT/$r.log" | tail -n 1)"
