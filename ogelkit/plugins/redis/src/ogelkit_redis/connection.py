@@ -316,8 +316,8 @@ class RedisConnection(asyncio.Protocol):
                 chunks[0] = view[room:]  # type: ignore[call-overload]
                 total = limit
         self._have -= total
-        data = parts[0] if len(parts) == 1 else b"".join(parts)
-        return data if type(data) is bytes else bytes(data)
+        taken = parts[0] if len(parts) == 1 else b"".join(parts)
+        return taken if type(taken) is bytes else bytes(taken)
 
     # == request loop ===========================================================================
     def _process(self, data: bytes, pos: int) -> None:
