@@ -8,9 +8,10 @@
 # The checkouts are source trees of the versions in uv.lock that you obtained yourself
 # (psycopg's repository at a 3.3 tag, its tests/ directory is not in the sdist; redis-py's
 # v8.1.0 tag or its sdist); this script downloads no code. RUN is any of pg-direct
-# pg-session pg-tx (psycopg's tests/ without tests/pool), pool-direct pool-session pool-tx
-# (tests/pool), redis-direct redis-gw (redis-py 8's default protocol, RESP3), redis2-direct
-# redis2-gw (--protocol=2) (default: all ten, one at a time).
+# pg-session pg-tx (psycopg's tests/ without tests/pool and its slow tests), pool-direct
+# pool-session pool-tx (tests/pool), slow-direct slow-session slow-tx (the slow tests but
+# the gc leak and mypy ones), redis-direct redis-gw (redis-py 8's default protocol, RESP3),
+# redis2-direct redis2-gw (--protocol=2) (default: all thirteen, one at a time).
 # Test dependencies go into two virtualenvs under $SUITES_DIR (default
 # /tmp/ogelkit-client-suites), installed with pip the first time; nothing is written into
 # the repository or into the checkouts' parents. The gateway runs from this repository's
@@ -18,7 +19,8 @@
 # CONFIG SET, DEBUG ...: not on the shared test server), the direct psycopg run a database
 # psycopg_suite on the real PostgreSQL.
 #
-# SUITES_PYTEST_ARGS adds pytest arguments to every run (e.g. "-k notify"); SUITES_*_PORT
+# SUITES_PYTEST_ARGS adds pytest arguments to every run, split on spaces (e.g. "-k notify";
+# the slow-* runs' own -k wins over one given here); SUITES_*_PORT
 # move the gateway's and the private Redis's ports.
 # Outputs in $SUITES_DIR/out: <run>.log, <run>.xml (JUnit) and summary.txt; compare two runs
 # with: scripts/client_suites.sh --diff out/pg-direct.xml out/pg-session.xml
@@ -89,6 +91,7 @@ if [[ "$#" -lt 2 ]]; then sed -n '2,20p' "$0" >&2; exit 2; fi
 PSYCOPG_DIR="$(cd "$1" && pwd)"; REDIS_DIR="$(cd "$2" && pwd)"; shift 2
 RUNS=("$@")
 [[ "${#RUNS[@]}" -gt 0 ]] || RUNS=(pg-direct pg-session pg-tx pool-direct pool-session pool-tx
+                                    slow-direct slow-session slow-tx
                                     redis-direct redis-gw redis2-direct redis2-gw)
 [[ -d "$PSYCOPG_DIR/tests" && -d "$REDIS_DIR/tests" ]] || { echo "no tests/ in a checkout" >&2; exit 2; }
 
@@ -204,14 +207,20 @@ EOF
   echo "private redis-server did not start" >&2; exit 1
 }
 
-run_psycopg() {  # run_psycopg NAME DSN [PATH]: PATH tests (default) or tests/pool
+run_psycopg() {  # run_psycopg NAME DSN SELECTION: main (tests/ but tests/pool), pool or slow
   # (psycopg's conftest needs pytest's cache plugin: it writes .pytest_cache in the checkout,
   # and a run that was killed leaves a "segfault" flag there that --cache-clear removes.)
-  # Left out: tests/pool (psycopg_pool's, timing-based: 20+ minutes here) and psycopg's own
-  # "slow" marker (the gc leak tests, minutes of gc.collect() that never touch the wire).
+  # psycopg's "slow" marker is left out of main and pool: its gc leak tests take minutes of
+  # gc.collect() each and never touch the wire; "slow" runs the rest of the slow tests.
+  local sel
+  case "$3" in
+    main) sel=(--ignore=tests/pool -m 'not slow' tests) ;;
+    pool) sel=(-m 'not slow' tests/pool) ;;
+    slow) sel=(--ignore=tests/pool -m slow -k 'not leak and not typing' tests) ;;
+  esac
   (cd "$PSYCOPG_DIR" && nice -n 10 "$PG_PY" -m pytest -p no:randomly -q --cache-clear \
-     --ignore=tests/pool -m 'not slow' \
-     --timeout="$TIMEOUT" --test-dsn="$2" --junit-xml="$OUT/$1.xml" "${EXTRA[@]}" "${3:-tests}" >"$OUT/$1.log" 2>&1) || true
+     --timeout="$TIMEOUT" --test-dsn="$2" --junit-xml="$OUT/$1.xml" "${EXTRA[@]}" "${sel[@]}" \
+     >"$OUT/$1.log" 2>&1) || true
 }
 
 run_redis() {  # run_redis NAME URL [PROTOCOL]: without PROTOCOL redis-py's default, RESP3
@@ -226,6 +235,7 @@ for r in "${RUNS[@]}"; do [[ "$r" == *-direct ]] || need_gateway=1; done
 [[ "$need_gateway" == 1 ]] && start_gateway
 
 PG_ADMIN="${OGELKIT_TEST_PG_DSN%/*}"
+sel_of() { case "$1" in pg-*) echo main ;; pool-*) echo pool ;; slow-*) echo slow ;; esac; }
 fresh_db() {  # the direct psycopg runs' database on the real server, empty
   psql "$PG_ADMIN/postgres" -qAtc "DROP DATABASE IF EXISTS psycopg_suite" >/dev/null
   psql "$PG_ADMIN/postgres" -qAtc "CREATE DATABASE psycopg_suite" >/dev/null
@@ -233,12 +243,12 @@ fresh_db() {  # the direct psycopg runs' database on the real server, empty
 for r in "${RUNS[@]}"; do
   echo "== $r ($(date -u +%H:%M:%S))"
   case "$r" in
-    pg-direct) fresh_db; run_psycopg pg-direct "$PG_ADMIN/psycopg_suite" ;;
-    pg-session) run_psycopg pg-session "postgresql://suites:$PASSWORD@127.0.0.1:$GW_PG/sess" ;;
-    pg-tx) run_psycopg pg-tx "postgresql://suitet:$PASSWORD@127.0.0.1:$GW_PG/tx" ;;
-    pool-direct) fresh_db; run_psycopg pool-direct "$PG_ADMIN/psycopg_suite" tests/pool ;;
-    pool-session) run_psycopg pool-session "postgresql://suites:$PASSWORD@127.0.0.1:$GW_PG/sess" tests/pool ;;
-    pool-tx) run_psycopg pool-tx "postgresql://suitet:$PASSWORD@127.0.0.1:$GW_PG/tx" tests/pool ;;
+    pg-direct|pool-direct|slow-direct)
+      fresh_db; run_psycopg "$r" "$PG_ADMIN/psycopg_suite" "$(sel_of "$r")" ;;
+    pg-session|pool-session|slow-session)
+      run_psycopg "$r" "postgresql://suites:$PASSWORD@127.0.0.1:$GW_PG/sess" "$(sel_of "$r")" ;;
+    pg-tx|pool-tx|slow-tx)
+      run_psycopg "$r" "postgresql://suitet:$PASSWORD@127.0.0.1:$GW_PG/tx" "$(sel_of "$r")" ;;
     redis-direct) start_direct_redis; run_redis redis-direct "redis://127.0.0.1:$DIRECT_REDIS/0" ;;
     redis-gw) run_redis redis-gw "redis://suites:$PASSWORD@127.0.0.1:$GW_REDIS" ;;
     redis2-direct)
