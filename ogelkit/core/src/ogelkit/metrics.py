@@ -120,7 +120,7 @@ class Metrics:
         self.auth_failure_padding = Histogram(
             "ogelkit_auth_failure_padding_seconds", "Time a failed plain-password check "
             "(Redis AUTH) waited before its answer, so that every failure answers as late as "
-            "the slowest recent one (an unknown tenant cannot be told from a known one).",
+            "the slowest recent one (an unknown user name cannot be told from a known one).",
             registry=r, buckets=(0.0005, 0.001, 0.005, 0.01, 0.02, 0.05, 0.1))
         self.usage_flushed = Counter(
             "ogelkit_usage_events_flushed", "Usage events written to the control plane.",
