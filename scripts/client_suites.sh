@@ -115,7 +115,19 @@ REDIS_PY="$(venv redis "redis==8.1.0" hiredis==3.5.0 pytest "pytest-asyncio>=0.2
   redis-entraid==1.2.1 packaging)"
 
 PIDS=()
-cleanup() { for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done; }
+GW_PID=""
+OGELKIT_SECRET_KEY="$("$REPO/.venv/bin/ogelkit" secret-key)"
+export OGELKIT_SECRET_KEY
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  if [[ -n "$GW_PID" ]]; then  # drop the tenants' databases, roles and ACL users upstream
+    wait "$GW_PID" 2>/dev/null || true
+    for tenant in suites suitet; do
+      "$REPO/.venv/bin/ogelkit" -c "$SUITES_DIR/gw/gateway.toml" tenants delete --yes "$tenant" \
+        >/dev/null 2>&1 || echo "could not delete tenant $tenant upstream" >&2
+    done
+  fi
+}
 trap cleanup EXIT
 
 start_gateway() {
@@ -180,9 +192,9 @@ password = "$PASSWORD"
 backend = "pgt"
 EOF
   rm -f "$SUITES_DIR/gw/control.db"*
-  OGELKIT_SECRET_KEY="$("$REPO/.venv/bin/ogelkit" secret-key)" \
-    "$REPO/.venv/bin/ogelkit" run "$SUITES_DIR/gw/gateway.toml" >"$OUT/gateway.log" 2>&1 &
-  PIDS+=("$!")
+  "$REPO/.venv/bin/ogelkit" run "$SUITES_DIR/gw/gateway.toml" >"$OUT/gateway.log" 2>&1 &
+  GW_PID="$!"
+  PIDS+=("$GW_PID")
   for _ in $(seq 60); do
     grep -qs '"msg": "ready"' "$OUT/gateway.log" && return 0
     sleep 0.5
