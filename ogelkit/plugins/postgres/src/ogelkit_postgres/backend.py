@@ -198,12 +198,16 @@ class PostgresBackend(ogelkit.Backend):
 
     async def _known_password(self, tenant: str, role: str) -> str | None:
         """The role's password from an earlier provisioning, so a second database of the
-        same tenant does not invalidate the first one's stored credentials."""
+        same tenant does not invalidate the first one's stored credentials: whichever of this
+        server's backends provisioned it (the role name does not depend on the backend, so
+        a session-mode and a transaction-mode backend on one server share it)."""
+        here = self.upstream_address()
         try:
             for db in await self.context.store.list_databases(tenant):
-                if db.backend == self.name and db.upstream.get("role") == role \
-                        and db.upstream.get("password"):
-                    return db.upstream["password"]
+                up = db.upstream
+                if up.get("role") == role and up.get("password") \
+                        and (up.get("host"), up.get("port")) == here:
+                    return up["password"]
         except Exception as exc:
             log.warning("could not read earlier credentials of %s: %s", tenant, exc)
         return None
